@@ -1,0 +1,126 @@
+"""LungClassifier: from_pretrained / predict / analyze / save_pretrained / push_to_hub.
+
+Loading happens once: the SavedModel's signatures are concrete graphs, so every later
+call runs the model without tracing or rebuilding anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from . import hub, package
+from .images import ImageInput, load_rgb
+from .preprocessing import prepare_batch
+
+DEFAULT_MODEL = Path(__file__).parent / "default_model"
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One slice's result: the prediction and how far to trust it."""
+
+    label: str
+    probabilities: dict[str, float]
+    ood_score: float
+    out_of_distribution: bool
+    heatmap: np.ndarray | None = None  # float32 in [0, 1], the input's height x width
+
+
+def resolve_source(source: str | Path | None, revision: str | None = None) -> tuple[Path, str]:
+    """Where a package lives locally, and a description of where it came from."""
+    if source is None:
+        return DEFAULT_MODEL, f"the embedded default model ({DEFAULT_MODEL})"
+    path = Path(source).expanduser()
+    if path.exists():
+        return path, f"local package {path}"
+    repo_id = hub.parse_repo_id(str(source))
+    if repo_id is None or str(source).startswith((".", "/", "~")):
+        raise package.PackageError(f"{source}: no such local package directory, and not a Hub repo id (owner/name)")
+    where = f"{repo_id}@{revision}" if revision else repo_id
+    return hub.download(repo_id, revision), f"Hugging Face Hub repo {where}"
+
+
+class LungClassifier:
+    """A loaded model package; thread-safe for concurrent predictions."""
+
+    def __init__(self, directory: Path, config: dict[str, Any], origin: str):
+        import tensorflow as tf
+
+        self.directory = directory
+        self.config = config
+        self.origin = origin
+        self.labels: tuple[str, ...] = tuple(config["labels"])
+        self.input_size: int = config["input"]["size"]
+        self.ood_threshold: float = float(config["ood"]["threshold"])
+        loaded = tf.saved_model.load(str(directory / package.SAVED_MODEL))
+        self._loaded = loaded  # keeps the variables the signatures use alive
+        self._predict = loaded.signatures["serving_default"]
+        self._explain = loaded.signatures["explain"]
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path | None = None, revision: str | None = None,
+                        weights: str | None = None) -> "LungClassifier":
+        """Load a package: None (embedded default), a local directory, or a Hub repo id.
+
+        ``weights`` names a ResNet50 ImageNet weights file for packages that rebuild their
+        frozen base (the embedded default); see lung_classifier.backbone for the fallbacks.
+        """
+        directory, origin = resolve_source(source, revision)
+        config = package.read_config(directory)
+        full, config = package.complete(directory, config, weights)
+        return cls(full, config, origin)
+
+    def predict(self, image: ImageInput) -> dict[str, float]:
+        """Calibrated probability per label, in the model's label order."""
+        return self.analyze(image).probabilities
+
+    def predict_batch(self, images: Sequence[ImageInput]) -> list[dict[str, float]]:
+        """Like predict, for many images run as one batch."""
+        return [result.probabilities for result in self.analyze_batch(images)]
+
+    def analyze(self, image: ImageInput, explain: bool = False) -> Analysis:
+        """Prediction, OOD score and flag, and with explain=True the Grad-CAM heatmap."""
+        return self.analyze_batch([image], explain=explain)[0]
+
+    def analyze_batch(self, images: Sequence[ImageInput], explain: bool = False) -> list[Analysis]:
+        import tensorflow as tf
+
+        rgbs = [load_rgb(image) for image in images]
+        if not rgbs:
+            return []
+        batch = tf.constant(prepare_batch(rgbs, self.input_size))
+        outputs = {name: tensor.numpy() for name, tensor in (self._explain if explain else self._predict)(images=batch).items()}
+        results = []
+        for index, rgb in enumerate(rgbs):
+            probabilities = {label: float(p) for label, p in zip(self.labels, outputs["probabilities"][index])}
+            heatmap = _upsample(outputs["heatmap"][index], rgb.shape[:2]) if explain else None
+            score = float(outputs["ood_score"][index])
+            results.append(Analysis(
+                label=max(probabilities, key=probabilities.get),
+                probabilities=probabilities,
+                ood_score=score,
+                out_of_distribution=score > self.ood_threshold,
+                heatmap=heatmap,
+            ))
+        return results
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write this (full) package to a directory, verified after copying."""
+        package.copy_package(self.directory, Path(directory))
+        return Path(directory)
+
+    def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool | None = None,
+                    commit_message: str = "Upload lung CT classifier package") -> str:
+        """Upload the full package (model card as the repo's README); returns the commit sha."""
+        return hub.upload(self.directory, repo_id, token=token, private=private, commit_message=commit_message)
+
+
+def _upsample(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    height, width = shape
+    resized = Image.fromarray(heatmap.astype(np.float32)).resize((width, height), Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(resized), 0.0, 1.0)

@@ -1,0 +1,89 @@
+"""Shared fixtures: a tiny stand-in backbone, synthetic CT-like data, a tiny full package."""
+
+from __future__ import annotations
+
+import os
+import zlib
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data" / "iqothnccd"
+TINY_SIZE = 64
+
+
+def need_shared_data() -> Path:
+    """The real dataset, or a skip that says why (CI and sessions have ../shared beside the repo)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real IQ-OTH/NCCD data not found at {SHARED_DATA} (../shared beside the repo)")
+    return SHARED_DATA
+
+
+def tiny_backbone(seed: int = 0):
+    """Three strided convs named like ResNet50's taps: the same graph shape, 1000x cheaper."""
+    import keras
+
+    from lung_classifier.model import TAPS
+
+    keras.utils.set_random_seed(seed)
+    x = inputs = keras.Input((TINY_SIZE, TINY_SIZE, 3))
+    for name, channels in zip(TAPS, (8, 16, 32)):
+        x = keras.layers.Conv2D(channels, 3, strides=4 if name == TAPS[0] else 2, padding="same",
+                                activation="relu", name=name)(x)
+    model = keras.Model(inputs, x)
+    model.trainable = False
+    return model
+
+
+def synthetic_slice(label: str, index: int) -> Image.Image:
+    """A dark disc 'body' with class-dependent bright blobs; the 5 slices of one scan look alike.
+
+    Each scan has its own image size, as scans from different sessions of the real data do.
+    """
+    size = 80 + 8 * (index // 5)
+    rng = np.random.default_rng(zlib.crc32(f"{label}-{index // 5}".encode()))
+    yy, xx = np.mgrid[:size, :size]
+    image = np.where((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size * 0.42) ** 2, 60.0, 0.0)
+    blobs = {"Normal": 0, "Benign": 2, "Malignant": 6}[label]
+    for _ in range(blobs):
+        cy, cx = rng.uniform(size * 0.3, size * 0.7, 2)
+        radius = size * (0.05 if label == "Benign" else 0.09)
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = 230.0
+    image += np.random.default_rng(index).normal(0, 6, image.shape)
+    return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), mode="L")
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory) -> Path:
+    """IQ-OTH/NCCD layout (misspelling included) with 30 synthetic slices per class."""
+    root = tmp_path_factory.mktemp("data") / "The IQ-OTHNCCD lung cancer dataset"
+    for folder, label in (("Normal cases", "Normal"), ("Bengin cases", "Benign"), ("Malignant cases", "Malignant")):
+        (root / folder).mkdir(parents=True)
+        for index in range(1, 31):
+            synthetic_slice(label, index).save(root / folder / f"{folder.split()[0]} case ({index}).jpg", quality=95)
+    return root.parent
+
+
+@pytest.fixture(scope="session")
+def cache_root(tmp_path_factory) -> Path:
+    """Keep tests out of the user's cache (features, rebuilt packages)."""
+    root = tmp_path_factory.mktemp("cache")
+    os.environ["LUNG_CLASSIFIER_CACHE"] = str(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tmp_path_factory, synthetic_dataset, cache_root) -> Path:
+    """A full package trained by `training` on the synthetic set with the tiny backbone."""
+    from training.__main__ import parse_args, train
+
+    output = tmp_path_factory.mktemp("package") / "tiny"
+    args = parse_args(["--data", str(synthetic_dataset), "--output", str(output),
+                       "--input-size", str(TINY_SIZE), "--name", "tiny-test"])
+    assert train(args, tiny_backbone(), digest="tiny-backbone-seed-0") == 0
+    return output

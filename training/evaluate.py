@@ -1,0 +1,186 @@
+"""Metrics and plots for a labelled set; `python -m training.evaluate --model SOURCE --data DIR`.
+
+The same `report` is computed by training on its grouped test split and by this command
+on any labelled folder, so the numbers in a model card can be re-measured by anyone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ECE_BINS = 15
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y_true, y_pred, labels=list(range(n_classes)), average="macro", zero_division=0))
+
+
+def reliability(probabilities: np.ndarray, y_true: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, float]]:
+    """Per equal-width confidence bin: mean confidence, accuracy and count (top label)."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == y_true
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    return [
+        {"low": float(edges[b]), "high": float(edges[b + 1]), "count": int((which == b).sum()),
+         "confidence": float(confidence[which == b].mean()), "accuracy": float(correct[which == b].mean())}
+        for b in range(bins) if (which == b).any()
+    ]
+
+
+def expected_calibration_error(probabilities: np.ndarray, y_true: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Top-label ECE: |accuracy - confidence| per bin, weighted by the bin's share of images."""
+    return float(sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in reliability(probabilities, y_true, bins))
+                 / len(y_true))
+
+
+def report(probabilities: np.ndarray, y_true: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    """Loss, accuracy, per-class report, confusion matrix, one-vs-rest ROC AUC, ECE."""
+    from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
+
+    n = len(labels)
+    y_pred = probabilities.argmax(axis=1)
+    clipped = np.clip(probabilities[np.arange(len(y_true)), y_true], 1e-12, 1.0)
+    per_class = classification_report(y_true, y_pred, labels=list(range(n)), target_names=labels,
+                                      output_dict=True, zero_division=0)
+    auc = {}
+    for index, label in enumerate(labels):
+        positives = y_true == index
+        auc[label] = float(roc_auc_score(positives, probabilities[:, index])) if 0 < positives.sum() < len(y_true) else None
+    return {
+        "n": int(len(y_true)),
+        "loss": float(-np.log(clipped).mean()),
+        "accuracy": float((y_pred == y_true).mean()),
+        "macro_f1": macro_f1(y_true, y_pred, n),
+        "per_class": {label: {k: float(v) for k, v in per_class[label].items()} for label in labels},
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=list(range(n))).tolist(),
+        "roc_auc": auc,
+        "ece": expected_calibration_error(probabilities, y_true),
+    }
+
+
+def format_report(metrics: dict[str, Any], labels: list[str]) -> str:
+    """The report as markdown tables, for the terminal and the model card."""
+    lines = [
+        f"images: {metrics['n']}  loss: {metrics['loss']:.4f}  accuracy: {metrics['accuracy']:.4f}  "
+        f"macro-F1: {metrics['macro_f1']:.4f}  ECE: {metrics['ece']:.4f}",
+        "",
+        "| class | precision | recall | F1 | support | ROC AUC (one-vs-rest) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for label in labels:
+        row = metrics["per_class"][label]
+        auc = metrics["roc_auc"][label]
+        lines.append(f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1-score']:.3f} | "
+                     f"{int(row['support'])} | {'n/a' if auc is None else f'{auc:.3f}'} |")
+    lines += ["", "Confusion matrix (rows: true, columns: predicted):", "",
+              "| true \\ predicted | " + " | ".join(labels) + " |", "| --- |" + " --- |" * len(labels)]
+    for label, row in zip(labels, metrics["confusion_matrix"]):
+        lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def plot_confusion(metrics: dict[str, Any], labels: list[str], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    matrix = np.array(metrics["confusion_matrix"])
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, str(value), ha="center", va="center", color="white" if value > matrix.max() / 2 else "black")
+    ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xticklabels=labels, yticklabels=labels,
+           xlabel="predicted", ylabel="true", title="Confusion matrix (grouped test split)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_roc(probabilities: np.ndarray, y_true: np.ndarray, labels: list[str], path: Path) -> None:
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    for index, label in enumerate(labels):
+        if 0 < (y_true == index).sum() < len(y_true):
+            fpr, tpr, _ = roc_curve(y_true == index, probabilities[:, index])
+            ax.plot(fpr, tpr, label=label)
+    ax.plot([0, 1], [0, 1], "k:", linewidth=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, one-vs-rest")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_reliability(before: np.ndarray, after: np.ndarray, y_true: np.ndarray, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    for name, probabilities in (("before scaling", before), ("after temperature scaling", after)):
+        bins = reliability(probabilities, y_true)
+        ece = expected_calibration_error(probabilities, y_true)
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", label=f"{name} (ECE {ece:.3f})")
+    ax.plot([0, 1], [0, 1], "k:", linewidth=1)
+    ax.set(xlabel="confidence", ylabel="accuracy", title="Reliability (grouped test split)", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_history(history: dict[str, list[float]], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.plot(history[metric], label="train")
+        ax.plot(history[f"val_{metric}"], label="validation")
+        ax.set(xlabel="epoch", title=metric)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from lung_classifier import LungClassifier
+    from training.data import scan_folder
+
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="package directory or Hub repo id (default: embedded model)")
+    parser.add_argument("--data", required=True, type=Path, help="class-per-folder image directory")
+    parser.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
+    args = parser.parse_args(argv)
+
+    classifier = LungClassifier.from_pretrained(args.model)
+    dataset = scan_folder(args.data)
+    labels = list(classifier.labels)
+    unknown = sorted({item.label for item in dataset.items} - set(labels))
+    if unknown:
+        print(f"error: {args.data} has classes the model does not know: {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    results = []
+    for first in range(0, len(dataset.items), 32):
+        results += classifier.analyze_batch([item.path for item in dataset.items[first:first + 32]])
+    probabilities = np.array([[r.probabilities[label] for label in labels] for r in results])
+    y_true = np.array([labels.index(item.label) for item in dataset.items])
+    metrics = report(probabilities, y_true, labels)
+    metrics["ood_flag_rate"] = float(np.mean([r.out_of_distribution for r in results]))
+    print(f"model: {classifier.origin}\ndata: {args.data}\n")
+    print(format_report(metrics, labels))
+    print(f"\nflagged out-of-distribution: {metrics['ood_flag_rate']:.1%}")
+    if args.json:
+        args.json.write_text(json.dumps(metrics, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

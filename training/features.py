@@ -1,0 +1,72 @@
+"""Backbone features computed once and cached, so training the head costs seconds.
+
+The base is frozen, so its pooled outputs for an image never change: they are cached
+per image content (md5), under a key naming the backbone weights, input size, taps and
+preprocessing. A rerun of training reads them back instead of running ResNet50 again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+from lung_classifier.backbone import cache_dir
+from lung_classifier.images import load_rgb
+from lung_classifier.model import TAPS, pool
+from lung_classifier.preprocessing import RESAMPLE, prepare_batch
+
+BATCH = 32
+
+
+def cache_key(weights_id: str, input_size: int) -> str:
+    """Everything that changes a feature vector, hashed."""
+    identity = {"weights": weights_id, "input_size": input_size, "taps": TAPS, "resample": RESAMPLE, "v": 1}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+
+
+class FeatureCache:
+    """md5 -> feature vector, one .npz per cache key."""
+
+    def __init__(self, key: str, root: Path | None = None):
+        self.path = (root or cache_dir() / "features") / f"{key}.npz"
+        self.vectors: dict[str, np.ndarray] = {}
+        if self.path.is_file():
+            with np.load(self.path, allow_pickle=False) as stored:
+                self.vectors = dict(zip(stored["md5"].tolist(), stored["features"]))
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        md5s = sorted(self.vectors)
+        temporary = self.path.with_suffix(".tmp.npz")
+        np.savez(temporary, md5=np.array(md5s), features=np.stack([self.vectors[m] for m in md5s]))
+        temporary.replace(self.path)
+
+
+def extract(extractor: keras.Model, paths: list[Path], md5s: list[str], input_size: int,
+            cache: FeatureCache) -> np.ndarray:
+    """Pooled backbone features for each image, computing only what the cache lacks."""
+    todo = sorted({md5: path for md5, path in zip(md5s, paths) if md5 not in cache.vectors}.items())
+    if todo:
+        features_of = tf.function(
+            lambda images: pool(extractor(images, training=False)),
+            input_signature=[tf.TensorSpec([None, input_size, input_size, 3], tf.float32)],
+        )
+        start = time.perf_counter()
+        for first in range(0, len(todo), BATCH):
+            chunk = todo[first:first + BATCH]
+            batch = prepare_batch([load_rgb(path) for _, path in chunk], input_size)
+            for (md5, _), vector in zip(chunk, features_of(tf.constant(batch)).numpy()):
+                cache.vectors[md5] = vector
+            done = first + len(chunk)
+            rate = done / (time.perf_counter() - start)
+            print(f"\r  backbone features: {done}/{len(todo)} images ({rate:.1f}/s)", end="", file=sys.stderr)
+        print(file=sys.stderr)
+        cache.save()
+    return np.stack([cache.vectors[md5] for md5 in md5s])
