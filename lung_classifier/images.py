@@ -63,13 +63,21 @@ def _bytes_to_rgb(data: bytes, name: str) -> np.ndarray:
                 raise ImageError(
                     f"{name} is an animated image with {pil.n_frames} frames: upload a single CT slice"
                 )
+            # PIL only warns between MAX_PIXELS and twice that: refuse before decoding, not after.
+            if pil.width * pil.height > MAX_PIXELS:
+                raise ImageError(
+                    f"{name}: image of {pil.width}x{pil.height} pixels is too large (limit {MAX_PIXELS:,})"
+                )
             pil.load()
             return _pil_to_rgb(pil)
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{name} is too large to decode safely ({exc})") from None
     except UnidentifiedImageError:
         raise ImageError(f"{name} is not an image PIL can read, nor a DICOM file") from None
-    except OSError as exc:
+    except (OSError, SyntaxError, TypeError, ValueError) as exc:
+        if isinstance(exc, ImageError):
+            raise
+        # PIL reports corrupt files through all of these, depending on the format.
         raise ImageError(f"{name} is damaged or truncated ({exc})") from None
 
 

@@ -126,9 +126,7 @@ class LungModel(tf.Module):
 
     def export(self, path: Path) -> None:
         """Write a SavedModel whose signatures TensorFlow Serving serves as they are."""
-        archive = keras.export.ExportArchive()
-        archive.track(self.extractor)
-        archive.track(self.head)
+        archive = keras.export.ExportArchive()  # tracks the variables the endpoints use, once each
         archive.add_endpoint("serving_default", self.predict)
         archive.add_endpoint("explain", self.explain)
         archive.add_endpoint("features", self.features)

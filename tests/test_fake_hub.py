@@ -32,9 +32,14 @@ def _png(width: int = 4, height: int = 4) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    raw = b"".join(b"\0" + bytes([x * 40 % 256, y * 40 % 256, 128]) * 1 * width for y in range(height) for x in [y])
+    raw = b"".join(b"\0" + bytes([y * 40 % 256, 90, 128]) * width for y in range(height))
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _binary(size: int) -> bytes:
+    """Random bytes that look binary to the Hub (a NUL byte early on), like real weights files."""
+    return b"\0\0\0\x01" + os.urandom(size - 4)
 
 
 def _make_folder(root: Path, big_size: int = 20 * 1024 * 1024) -> dict[str, bytes]:
@@ -42,11 +47,11 @@ def _make_folder(root: Path, big_size: int = 20 * 1024 * 1024) -> dict[str, byte
         "config.json": b'{"image_size": 224, "classes": ["normal", "pneumonia"]}\n',
         "README.md": b"---\nlicense: mit\ntags: [image-classification]\n---\n# Lung model\n",
         "examples/sample.png": _png(),
-        "weights.bin": os.urandom(big_size),
+        "weights.bin": _binary(big_size),
         "saved_model/saved_model.pb": b"\x08\x01\x12\x00" + os.urandom(2048),
-        "saved_model/fingerprint.pb": os.urandom(64),
-        VARIABLES: os.urandom(3 * 1024 * 1024),
-        "saved_model/variables/variables.index": os.urandom(1024),
+        "saved_model/fingerprint.pb": _binary(64),
+        VARIABLES: _binary(3 * 1024 * 1024),
+        "saved_model/variables/variables.index": _binary(1024),
     }
     for rel, data in files.items():
         path = root / rel
@@ -60,11 +65,8 @@ def _read_tree(root: str | Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
-@pytest.fixture
-def uploaded(hub_env, tmp_path):
-    """REPO created and uploaded through the client; returns (files, commit sha)."""
-    folder = tmp_path / "model"
-    files = _make_folder(folder)
+def _create_and_upload(folder: Path, big_size: int) -> tuple[dict[str, bytes], str]:
+    files = _make_folder(folder, big_size)
     api = HfApi()
     api.create_repo(REPO, repo_type="model", exist_ok=True)
     api.create_repo(REPO, repo_type="model", exist_ok=True)  # exist_ok -> 409 swallowed
@@ -72,8 +74,14 @@ def uploaded(hub_env, tmp_path):
     return files, info.oid
 
 
-def test_upload_then_snapshot_download(hub_env, uploaded):
-    files, sha = uploaded
+@pytest.fixture
+def uploaded(hub_env, tmp_path):
+    """REPO created and uploaded through the client (2 MB weights, to keep tests fast); (files, commit sha)."""
+    return _create_and_upload(tmp_path / "model", big_size=2 * 1024 * 1024)
+
+
+def test_upload_then_snapshot_download(hub_env, tmp_path):
+    files, sha = _create_and_upload(tmp_path / "model", big_size=20 * 1024 * 1024)
     assert SHA_RE.match(sha)
     assert hub_env.fake_hub.resolve(REPO) == sha
 
@@ -95,6 +103,7 @@ def test_upload_then_snapshot_download(hub_env, uploaded):
     assert siblings["weights.bin"].lfs.sha256 == hashlib.sha256(files["weights.bin"]).hexdigest()
     assert siblings["weights.bin"].size == len(files["weights.bin"])
     assert siblings["examples/sample.png"].lfs is not None  # binary
+    assert siblings[VARIABLES].lfs.sha256 == hashlib.sha256(files[VARIABLES]).hexdigest()
     assert siblings["config.json"].lfs is None
     assert siblings["config.json"].blob_id == hashlib.sha1(
         b"blob %d\0" % len(files["config.json"]) + files["config.json"]).hexdigest()
@@ -226,6 +235,7 @@ def test_xet_enabled_client_still_works(fake_hub, tmp_path, monkeypatch):
     assert not [p for _, p in fake_hub.requests if "xet" in p]
 
 
+@pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")  # huggingface_hub's own LFS PUT
 def test_basic_lfs_upload_mode(tmp_path, monkeypatch):
     with FakeHub(lfs_uploads=True) as hub:
         configure_hf_hub(monkeypatch, hub.url, tmp_path / "home")  # Xet disabled in the client

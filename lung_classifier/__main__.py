@@ -1,0 +1,50 @@
+"""Command line for scripts: `python -m lung_classifier predict IMAGE... [--model SOURCE] [--json]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import HubError, ImageError, LungClassifier, PackageError
+    from .backbone import BackboneWeightsError
+
+    parser = argparse.ArgumentParser(prog="python -m lung_classifier")
+    commands = parser.add_subparsers(dest="command", required=True)
+    predict = commands.add_parser("predict", help="classify CT slice images")
+    predict.add_argument("images", nargs="+", help="image or DICOM files")
+    predict.add_argument("--model", default=None, help="package directory or Hub repo id (default: embedded model)")
+    predict.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit sha)")
+    predict.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    args = parser.parse_args(argv)
+
+    try:
+        classifier = LungClassifier.from_pretrained(args.model, revision=args.revision)
+    except (PackageError, HubError, BackboneWeightsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    failures = 0
+    for path in args.images:
+        try:
+            result = classifier.analyze(path)
+        except ImageError as exc:
+            failures += 1
+            print(f"error: {path}: {exc}", file=sys.stderr)
+            continue
+        if args.json:
+            print(json.dumps({"image": path, "label": result.label, "probabilities": result.probabilities,
+                              "ood_score": result.ood_score, "out_of_distribution": result.out_of_distribution}))
+        else:
+            scores = "  ".join(f"{label} {p:.3f}" for label, p in result.probabilities.items())
+            flag = "  [unlike the training data: do not trust]" if result.out_of_distribution else ""
+            print(f"{path}: {result.label}  ({scores}){flag}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""The model card and config.json that training writes: complete, parseable, consistent with the metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from lung_classifier import package
+from lung_classifier.model import TAPS, Head
+from training import card
+
+PLOTS = ("confusion_matrix.png", "roc_curves.png", "reliability.png", "training_curves.png")
+
+
+def front_matter(text: str) -> dict:
+    match = re.match(r"---\n(.*?)\n---\n", text, re.DOTALL)
+    assert match, "README.md does not start with YAML front matter"
+    return yaml.safe_load(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def readme(tiny_package) -> str:
+    return (tiny_package / "README.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def config(tiny_package) -> dict:
+    return json.loads((tiny_package / "config.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def metrics(tiny_package) -> dict:
+    return json.loads((tiny_package / "metrics.json").read_text())
+
+
+# --- render ------------------------------------------------------------------------------------------
+
+
+def test_render_fills_every_placeholder():
+    assert card.render("a {{ x }} b {{ y }} {{ x }}", {"x": 1, "y": "two", "unused": 3}) == "a 1 b two 1"
+
+
+def test_render_refuses_a_missing_value_naming_it():
+    with pytest.raises(KeyError, match="model card values missing: b, c"):
+        card.render("{{ a }} {{ c }} {{ b }}", {"a": 1})
+
+
+def test_render_does_not_expand_placeholders_inside_values():
+    assert card.render("{{ a }}", {"a": "{{ b }}"}) == "{{ b }}"
+
+
+def test_template_placeholders_are_all_supplied_by_training(readme):
+    # Everything named in the template was filled (render would have raised otherwise).
+    assert card.PLACEHOLDER.findall(card.TEMPLATE.read_text())
+    assert "{{" not in readme and "}}" not in readme
+
+
+def test_metadata_is_yaml_with_the_measured_results():
+    config = {"name": "m", "labels": ["Normal", "Benign", "Malignant"]}
+    test = {"accuracy": 0.876543, "macro_f1": 0.5,
+            "per_class": {"Normal": {"recall": 1.0}, "Benign": {"recall": 0.25}, "Malignant": {"recall": 0.123456}}}
+    parsed = yaml.safe_load(card.metadata(config, test))
+    metrics = parsed["model-index"][0]["results"][0]["metrics"]
+    assert {m["name"]: m["value"] for m in metrics} == {
+        "accuracy": 0.8765, "macro F1": 0.5, "Normal recall": 1.0, "Benign recall": 0.25, "Malignant recall": 0.1235}
+    assert parsed["model-index"][0]["name"] == "m"
+
+
+def test_write_card_uses_the_given_template(tmp_path):
+    template = tmp_path / "template.md"
+    template.write_text("# {{ name }}\n")
+    card.write_card(tmp_path, {"name": "x"}, template)
+    assert (tmp_path / "README.md").read_text() == "# x\n"
+
+
+# --- the card training wrote for the tiny package -----------------------------------------------------
+
+
+def test_card_front_matter(readme, config, metrics):
+    meta = front_matter(readme)
+    assert meta["license"] == "cc-by-4.0"
+    assert meta["library_name"] == "keras"
+    assert meta["pipeline_tag"] == "image-classification"
+    assert isinstance(meta["tags"], list) and {"medical-imaging", "resnet50"} <= set(meta["tags"])
+    assert isinstance(meta["datasets"], list) and meta["datasets"]
+    (entry,) = meta["model-index"]
+    assert entry["name"] == config["name"] == "tiny-test"
+    (result,) = entry["results"]
+    assert result["task"]["type"] == "image-classification"
+    values = {m["type"] if m["type"] != "recall" else m["name"]: m["value"] for m in result["metrics"]}
+    assert values["accuracy"] == pytest.approx(round(metrics["test"]["accuracy"], 4))
+    assert values["f1"] == pytest.approx(round(metrics["test"]["macro_f1"], 4))
+    for label in config["labels"]:
+        assert values[f"{label} recall"] == pytest.approx(round(metrics["test"]["per_class"][label]["recall"], 4))
+
+
+def test_card_text(readme, config, metrics):
+    assert "not a medical device" in readme
+    assert "10.17632/bhmdr45bh2" in readme
+    assert "CC BY 4.0" in readme
+    assert f"Lung CT slice classifier: {config['name']}" in readme
+    assert "**Normal, Benign, Malignant**" in readme
+    # The measured numbers are in the text as well as the metadata.
+    assert f"accuracy: {metrics['test']['accuracy']:.4f}" in readme
+    assert f"temperature T = {config['temperature']:.3f}" in readme
+    assert f"threshold {config['ood']['threshold']:.3f}" in readme
+    assert "| all | 63 (15) | 12 (3) | 15 (3) |" in readme
+    # Reproduction command and usage hint.
+    assert "python -m training --data" in readme and "--input-size 64" in readme
+    assert 'from_pretrained("OWNER/NAME")' in readme  # no --push-to-hub: a placeholder repo id
+
+
+def test_plots_are_pngs_referenced_by_the_card(tiny_package, readme):
+    for name in PLOTS:
+        path = tiny_package / "plots" / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width >= 300 and image.height >= 200
+        assert f"(plots/{name})" in readme
+
+
+# --- config.json --------------------------------------------------------------------------------------
+
+
+def test_config_describes_the_model(tiny_package, config):
+    head = Head.load(tiny_package / "head.npz")
+    assert config["format"] == package.FORMAT and config["format_version"] == package.FORMAT_VERSION
+    assert config["labels"] == ["Normal", "Benign", "Malignant"]
+    assert config["input"]["size"] == 64 and config["input"]["channels"] == "RGB"
+    assert config["input"]["range"] == [0, 255]
+    assert config["preprocessing"]["decoder"] == "lung_classifier.images.load_rgb"
+    assert config["temperature"] == pytest.approx(float(head.temperature))
+    assert config["ood"]["threshold"] == pytest.approx(float(head.ood_threshold))
+    assert config["ood"]["components"] == head.ood_components.shape[0]
+    assert np.isfinite(config["ood"]["threshold"])
+    backbone = config["backbone"]
+    assert backbone["architecture"] == "keras.applications.ResNet50" and backbone["frozen"] is True
+    assert backbone["taps"] == list(TAPS)
+    assert backbone["weights_sha256"] == "tiny-backbone-seed-0"
+    assert head.kernel.shape == (8 + 16 + 32, len(config["labels"]))
+    assert set(config["signatures"]) == {"serving_default", "explain", "features"}
+
+
+def test_config_training_split_summary(config, tiny_package):
+    training = config["training"]
+    assert training["seed"] == 0
+    split = training["split"]
+    assert split["splits"] == ["train", "val", "test"]
+    total = split["classes"]["all"]
+    assert sum(total[s]["images"] for s in split["splits"]) == 90
+    for label in config["labels"]:
+        assert sum(split["classes"][label][s]["images"] for s in split["splits"]) == 30
+        assert all(split["classes"][label][s]["groups"] >= 1 for s in split["splits"])
+
+
+def test_config_checksums_cover_the_package(tiny_package, config):
+    files = config["files"]
+    assert {"head.npz", "README.md", "metrics.json", *(f"plots/{p}" for p in PLOTS)} <= set(files)
+    assert "config.json" not in files
+    saved = config["saved_model_files"]
+    assert "saved_model/saved_model.pb" in saved
+    assert any(name.startswith("saved_model/variables/") for name in saved)
+    for name, digest in {**files, **saved}.items():
+        assert re.fullmatch(r"[0-9a-f]{64}", digest)
+        assert package.sha256_file(tiny_package / name) == digest
+
+
+def test_metrics_json_is_consistent(metrics):
+    test = metrics["test"]
+    assert test["n"] == 15
+    matrix = np.array(test["confusion_matrix"])
+    assert matrix.sum() == test["n"]
+    assert test["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
+    assert 0.0 <= metrics["test_ood_flag_rate"] <= 1.0
+    assert set(metrics["l2_search"]) == {"0.0001", "0.001", "0.01"}

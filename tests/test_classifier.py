@@ -1,0 +1,217 @@
+"""LungClassifier on the tiny package: loading, predictions, batching, Grad-CAM, OOD, saving."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import synthetic_slice
+from lung_classifier import Analysis, ImageError, LungClassifier, PackageError
+from lung_classifier.classifier import resolve_source
+
+LABELS = ("Normal", "Benign", "Malignant")
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_package) -> LungClassifier:
+    return LungClassifier.from_pretrained(tiny_package)
+
+
+@pytest.fixture
+def slice_file(tmp_path):
+    path = tmp_path / "slice.png"
+    synthetic_slice("Malignant", 12).save(path)
+    return path
+
+
+def values(probabilities: dict[str, float]) -> np.ndarray:
+    return np.array(list(probabilities.values()))
+
+
+def test_from_pretrained_local_directory(tiny_package, classifier):
+    assert classifier.labels == LABELS
+    assert classifier.labels == tuple(json.loads((tiny_package / "config.json").read_text())["labels"])
+    assert classifier.input_size == 64
+    assert classifier.directory == tiny_package  # a full package is used in place
+    assert str(tiny_package) in classifier.origin
+    again = LungClassifier.from_pretrained(str(tiny_package))
+    assert again.labels == LABELS
+
+
+def test_predict_is_a_distribution_over_the_labels_in_order(classifier, slice_file):
+    probabilities = classifier.predict(slice_file)
+    assert list(probabilities) == list(LABELS)
+    assert all(isinstance(p, float) and 0.0 <= p <= 1.0 for p in probabilities.values())
+    assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_predictions_follow_the_training_classes(classifier):
+    # The tiny model separates the synthetic classes; a broken label order or head would not.
+    for label in LABELS:
+        result = classifier.analyze(np.asarray(synthetic_slice(label, 12)))
+        assert result.label == label
+        assert result.label == max(result.probabilities, key=result.probabilities.get)
+
+
+def test_every_input_kind_gives_the_same_prediction(classifier, slice_file):
+    from_path = classifier.predict(slice_file)
+    with Image.open(slice_file) as pil:
+        from_pil = classifier.predict(pil)
+        from_array = classifier.predict(np.asarray(pil))
+    for other in (classifier.predict(str(slice_file)), classifier.predict(slice_file.read_bytes()),
+                  from_pil, from_array):
+        assert other == from_path
+
+
+def test_predict_batch_matches_single_predictions(classifier):
+    images = [np.asarray(synthetic_slice(label, index)) for label in LABELS for index in (3, 17)]
+    images.append(np.asarray(synthetic_slice("Benign", 26).resize((90, 120))))  # another size in the batch
+    batch = classifier.predict_batch(images)
+    assert len(batch) == len(images)
+    for image, result in zip(images, batch):
+        np.testing.assert_allclose(values(result), values(classifier.predict(image)), atol=1e-5)
+    assert classifier.predict_batch([]) == []
+
+
+def test_batch_with_a_bad_image_raises_image_error(classifier):
+    with pytest.raises(ImageError, match="empty"):
+        classifier.predict_batch([np.asarray(synthetic_slice("Normal", 1)), b""])
+
+
+def test_explain_gives_a_heatmap_of_the_input_size(classifier):
+    image = np.asarray(synthetic_slice("Malignant", 12).resize((90, 120)))  # 120 high, 90 wide
+    explained = classifier.analyze(image, explain=True)
+    assert isinstance(explained, Analysis)
+    heatmap = explained.heatmap
+    assert heatmap.dtype == np.float32
+    assert heatmap.shape == (120, 90)
+    assert heatmap.min() >= 0.0 and heatmap.max() <= 1.0
+    assert heatmap.max() > 0.5  # normalised per image, not all zeros
+    plain = classifier.analyze(image)
+    assert plain.heatmap is None
+    assert plain.label == explained.label
+    np.testing.assert_allclose(values(explained.probabilities), values(plain.probabilities), atol=1e-5)
+    assert explained.ood_score == pytest.approx(plain.ood_score, rel=1e-4)
+
+
+def test_ood_flag_is_the_score_against_the_threshold(classifier):
+    rng = np.random.default_rng(0)
+    images = [np.asarray(synthetic_slice("Normal", 8)), rng.integers(0, 256, (100, 100, 3), dtype=np.uint8)]
+    for result in classifier.analyze_batch(images):
+        assert isinstance(result.out_of_distribution, bool)
+        assert result.out_of_distribution == (result.ood_score > classifier.ood_threshold)
+
+
+def test_training_like_slices_are_less_out_of_distribution_than_junk(classifier):
+    rng = np.random.default_rng(1)
+    slices = [np.asarray(synthetic_slice(label, index)) for label in LABELS for index in (8, 12, 18, 23)]
+    junk = {
+        "colour noise": rng.integers(0, 256, (100, 100, 3), dtype=np.uint8),
+        "constant grey": np.full((100, 100), 128, np.uint8),
+        "colour gradient": np.stack([*np.meshgrid(np.linspace(0, 255, 100), np.linspace(255, 0, 100)),
+                                     np.full((100, 100), 200.0)], axis=-1).astype(np.uint8),
+    }
+    slice_scores = [r.ood_score for r in classifier.analyze_batch(slices)]
+    for name, image in junk.items():
+        score = classifier.analyze(image).ood_score
+        assert score > max(slice_scores), name
+    # Most in-distribution slices are not flagged (the threshold is a high quantile of validation scores).
+    flagged = [r.out_of_distribution for r in classifier.analyze_batch(slices)]
+    assert sum(flagged) <= len(flagged) // 4
+
+
+def test_concurrent_predictions_agree(classifier):
+    images = [np.asarray(synthetic_slice(label, 10 + i)) for i, label in enumerate(LABELS * 2)]
+    expected = [classifier.predict(image) for image in images]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(classifier.predict, images * 3))
+    for index, result in enumerate(got):
+        np.testing.assert_allclose(values(result), values(expected[index % len(images)]), atol=1e-6)
+
+
+def test_bad_image_raises_image_error(classifier):
+    with pytest.raises(ImageError, match="not an image"):
+        classifier.predict(b"GIF89a but not really" * 20)
+
+
+def test_save_pretrained_round_trips(classifier, tmp_path, slice_file):
+    saved = classifier.save_pretrained(tmp_path / "saved")
+    assert saved == tmp_path / "saved"
+    reloaded = LungClassifier.from_pretrained(saved)
+    assert reloaded.labels == classifier.labels
+    assert reloaded.config == classifier.config
+    assert reloaded.predict(slice_file) == classifier.predict(slice_file)
+    # Saving over a package replaces it.
+    classifier.save_pretrained(saved)
+    assert LungClassifier.from_pretrained(saved).predict(slice_file) == classifier.predict(slice_file)
+
+
+def test_save_pretrained_refuses_a_non_empty_foreign_directory(classifier, tmp_path):
+    target = tmp_path / "documents"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(PackageError, match="not empty"):
+        classifier.save_pretrained(target)
+    assert [p.name for p in target.iterdir()] == ["notes.txt"]
+
+
+def test_plain_saved_model_gives_the_classifier_probabilities(classifier, tiny_package):
+    import tensorflow as tf
+
+    from lung_classifier.images import load_rgb
+    from lung_classifier.preprocessing import prepare_batch
+
+    images = [np.asarray(synthetic_slice(label, 14)) for label in LABELS]
+    loaded = tf.saved_model.load(str(tiny_package / "saved_model"))
+    assert {"serving_default", "explain", "features"} <= set(loaded.signatures)
+    batch = tf.constant(prepare_batch([load_rgb(image) for image in images], classifier.input_size))
+    outputs = loaded.signatures["serving_default"](images=batch)
+    assert set(outputs) == {"probabilities", "ood_score"}
+    for row, result in zip(outputs["probabilities"].numpy(), classifier.analyze_batch(images)):
+        np.testing.assert_allclose(row, values(result.probabilities), atol=1e-6)
+    features = loaded.signatures["features"](images=batch)["features"]
+    assert features.shape == (3, 8 + 16 + 32)  # the tiny backbone's taps, pooled
+
+
+def test_from_pretrained_refuses_a_tampered_package(tiny_package, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_package, copy)
+    data = bytearray((copy / "head.npz").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "head.npz").write_bytes(bytes(data))
+    with pytest.raises(PackageError, match="head.npz"):
+        LungClassifier.from_pretrained(copy)
+
+
+@pytest.mark.parametrize("source", ["./nope", "/definitely/not/here", "~/no-such-package-dir", "not a repo id!!",
+                                    "three/part/name", "hf://"])
+def test_resolve_source_refuses_what_is_neither_a_directory_nor_a_repo_id(source, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PackageError, match="no such local package directory, and not a Hub repo id"):
+        resolve_source(source)
+
+
+def test_resolve_source_local_directory_and_default(tiny_package):
+    assert resolve_source(tiny_package)[0] == tiny_package
+    assert resolve_source(str(tiny_package))[0] == tiny_package
+    path, origin = resolve_source(None)
+    assert path.name == "default_model" and "embedded default model" in origin
+
+
+def test_from_pretrained_on_a_directory_that_is_not_a_package(tmp_path):
+    (tmp_path / "stuff.txt").write_text("x")
+    with pytest.raises(PackageError, match="config.json is missing"):
+        LungClassifier.from_pretrained(tmp_path)
+
+
+def test_image_bytes_from_a_jpeg_upload(classifier):
+    buffer = io.BytesIO()
+    synthetic_slice("Benign", 12).save(buffer, format="JPEG", quality=95)
+    result = classifier.analyze(buffer.getvalue())
+    assert result.label == "Benign"
