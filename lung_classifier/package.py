@@ -105,7 +105,13 @@ def export_saved_model(directory: Path, config: dict[str, Any], weights: str | N
 
     size = config["input"]["size"]
     source = backbone.resolve_weights(weights)
-    extractor = build_extractor(backbone.load_resnet50(source, input_shape=(size, size, 3)))
+    resnet = backbone.load_resnet50(source, input_shape=(size, size, 3))
+    expected = config["backbone"]["weights_sha256"]
+    if backbone.model_digest(resnet) != expected:
+        print(f"lung_classifier: warning: ResNet50 weights from {source.origin} differ from those the head "
+              f"was trained on (sha256 {expected[:12]}...); predictions may differ from the model card",
+              file=sys.stderr)
+    extractor = build_extractor(resnet)
     model = LungModel(extractor, Head.load(directory / HEAD), size)
     model.export(directory / SAVED_MODEL)
 

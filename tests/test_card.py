@@ -109,7 +109,9 @@ def test_card_text(readme, config, metrics):
     assert f"accuracy: {metrics['test']['accuracy']:.4f}" in readme
     assert f"temperature T = {config['temperature']:.3f}" in readme
     assert f"threshold {config['ood']['threshold']:.3f}" in readme
-    assert "| all | 63 (15) | 12 (3) | 15 (3) |" in readme
+    total = config["training"]["split"]["classes"]["all"]
+    cells = " | ".join(f"{total[s]['images']} ({total[s]['groups']})" for s in ("train", "val", "test"))
+    assert f"| all | {cells} |" in readme
     # Reproduction command and usage hint.
     assert "python -m training --data" in readme and "--input-size 64" in readme
     assert 'from_pretrained("OWNER/NAME")' in readme  # no --push-to-hub: a placeholder repo id
@@ -170,9 +172,9 @@ def test_config_checksums_cover_the_package(tiny_package, config):
         assert package.sha256_file(tiny_package / name) == digest
 
 
-def test_metrics_json_is_consistent(metrics):
+def test_metrics_json_is_consistent(metrics, config):
     test = metrics["test"]
-    assert test["n"] == 15
+    assert test["n"] == config["training"]["split"]["classes"]["all"]["test"]["images"]
     matrix = np.array(test["confusion_matrix"])
     assert matrix.sum() == test["n"]
     assert test["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
