@@ -80,6 +80,13 @@ def read_config(directory: Path) -> dict[str, Any]:
             f"{config_path}: package format version {config.get('format_version')} is not supported "
             f"(this library reads version {FORMAT_VERSION}); upgrade lung_classifier or re-export the package"
         )
+    required = (("labels",), ("input", "size"), ("ood", "threshold"), ("backbone", "weights_sha256"))
+    for keys in required:
+        value = config
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is None:
+            raise PackageError(f"{config_path}: required field {'.'.join(keys)} is missing")
     listed = {**config.get("files", {}), **config.get("saved_model_files", {})}
     if HEAD not in listed:
         raise PackageError(f"{config_path}: lists no {HEAD}, the trained head")

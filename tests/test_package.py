@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -280,7 +279,7 @@ def real_weights(monkeypatch) -> str:
         pytest.skip(f"real ResNet50 weights cannot be resolved: {exc}")
 
 
-def random_resnet_head_package(directory: Path, seed: int = 0) -> dict:
+def random_resnet_head_package(directory: Path, weights_sha256: str, seed: int = 0) -> dict:
     """A head-only package with a random but valid head for ResNet50's 3584 pooled features."""
     from lung_classifier.model import TAPS, Head
 
@@ -308,7 +307,7 @@ def random_resnet_head_package(directory: Path, seed: int = 0) -> dict:
         "input": {"size": 224, "channels": "RGB", "dtype": "float32", "range": [0, 255]},
         "preprocessing": {"decoder": "lung_classifier.images.load_rgb", "resize": "bilinear"},
         "backbone": {"architecture": "keras.applications.ResNet50", "weights": "imagenet", "include_top": False,
-                     "frozen": True, "taps": list(TAPS)},
+                     "frozen": True, "taps": list(TAPS), "weights_sha256": weights_sha256},
         "head": {"file": package.HEAD},
         "temperature": 1.5,
         "ood": {"threshold": 3.0},
@@ -324,10 +323,13 @@ def test_head_only_package_is_completed_with_real_resnet50(tmp_path, monkeypatch
     monkeypatch.setenv("LUNG_CLASSIFIER_CACHE", str(tmp_path / "cache"))
     real_weights(monkeypatch)
     source = tmp_path / "head-only"
-    random_resnet_head_package(source)
+    # Trained "on other weights": the rebuild works but warns that predictions may differ from the card.
+    random_resnet_head_package(source, weights_sha256="0" * 64)
 
     first = LungClassifier.from_pretrained(source)
-    assert "building the full model" in capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert "building the full model" in err
+    assert "differ from those the head was trained on (sha256 000000000000...)" in err
     assert first.directory.parent == tmp_path / "cache" / "packages"
     assert first.input_size == 224
     assert not (source / package.SAVED_MODEL).exists()
@@ -343,17 +345,24 @@ def test_head_only_package_is_completed_with_real_resnet50(tmp_path, monkeypatch
 
 
 @pytest.mark.slow
-def test_embedded_default_model_loads_and_predicts(tmp_path, monkeypatch):
+def test_embedded_default_model_loads_and_predicts(tmp_path, monkeypatch, capfd):
     from conftest import synthetic_slice
     from lung_classifier import LungClassifier
     from lung_classifier.classifier import DEFAULT_MODEL
 
     if not DEFAULT_MODEL.is_dir():
         pytest.skip(f"no embedded default model at {DEFAULT_MODEL} yet")
+    from lung_classifier import backbone
+
     monkeypatch.setenv("LUNG_CLASSIFIER_CACHE", str(tmp_path / "cache"))
-    real_weights(monkeypatch)
+    weights = real_weights(monkeypatch)
     classifier = LungClassifier.from_pretrained()
+    err = capfd.readouterr().err
+    assert "building the full model" in err
+    if Path(weights).name == backbone.CACHE_FILE_NAME:  # the pinned npm import the default head was trained on
+        assert "differ" not in err
     assert classifier.labels == ("Normal", "Benign", "Malignant")
+    assert classifier.input_size == 224
     probabilities = classifier.predict(np.asarray(synthetic_slice("Normal", 1)))
     assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     assert "embedded default model" in classifier.origin

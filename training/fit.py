@@ -79,7 +79,8 @@ def ood_statistics(z_train: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     components = vt[:k]
     scale = singular[:k] / np.sqrt(len(z_train) - 1)
     residual = z_train - (z_train @ components.T) @ components
-    return components, scale, float(np.mean(residual**2))
+    # With fewer features than axes nothing is left off-axis: floor it so the score stays finite.
+    return components, scale, max(float(np.mean(residual**2)), 1e-6)
 
 
 def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,

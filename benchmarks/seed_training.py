@@ -1,0 +1,93 @@
+"""Seed-style training, the baseline of row 7: `python -m benchmarks.seed_training --data DIR`.
+
+What the seed did, on the same grouped split as `python -m training`: random augmentation
+(horizontal flips, small shifts; the ImageDataGenerator recipe as Keras preprocessing
+layers) in front of the frozen ImageNet ResNet50, global average pooling and a softmax
+Dense layer, fitted end to end, so every training and validation image goes through
+ResNet50 again every epoch. Images are decoded and resized once up front (the seed's
+ImageDataGenerator re-read them from disk every epoch, which only made it slower).
+Prints one JSON line: timings and grouped-test accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--input-size", type=int, default=224)
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import keras
+
+    from lung_classifier import backbone
+    from lung_classifier.model import CAFFE_BGR_MEAN
+    from training import data
+    from training.evaluate import macro_f1
+
+    keras.utils.set_random_seed(args.seed)
+    dataset = data.scan_folder(args.data, progress=False)
+    labels = list(dataset.labels)
+    splits = data.grouped_split(dataset, data.group_items(dataset), seed=args.seed)
+    size = args.input_size
+    images = np.stack([keras.utils.img_to_array(keras.utils.load_img(item.path, target_size=(size, size)))
+                       for item in dataset.items])
+    y = np.array([labels.index(item.label) for item in dataset.items])
+    part = {name: np.array([s == name for s in splits]) for name in ("train", "val", "test")}
+    prepared = time.perf_counter()
+
+    resnet = backbone.load_resnet50(backbone.resolve_weights(), input_shape=(size, size, 3))
+    inputs = keras.Input((size, size, 3))
+    augmented = keras.layers.RandomFlip("horizontal", seed=args.seed)(inputs)
+    augmented = keras.layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=args.seed)(augmented)
+    bgr = keras.ops.flip(augmented, axis=-1) - keras.ops.convert_to_tensor(CAFFE_BGR_MEAN)
+    pooled = keras.layers.GlobalAveragePooling2D()(resnet(bgr, training=False))
+    outputs = keras.layers.Dense(len(labels), activation="softmax")(pooled)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+
+    epoch_seconds: list[float] = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.began = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            epoch_seconds.append(time.perf_counter() - self.began)
+            print(f"epoch {epoch + 1}/{args.epochs}: {epoch_seconds[-1]:.1f} s, "
+                  f"val_accuracy {logs.get('val_accuracy', float('nan')):.3f}", file=sys.stderr, flush=True)
+
+    fit_started = time.perf_counter()
+    model.fit(images[part["train"]], y[part["train"]], validation_data=(images[part["val"]], y[part["val"]]),
+              epochs=args.epochs, batch_size=32, shuffle=True, verbose=0, callbacks=[Timer()])
+    fitted = time.perf_counter()
+    predicted = model.predict(images[part["test"]], batch_size=32, verbose=0).argmax(axis=1)
+    truth = y[part["test"]]
+    print(json.dumps({
+        "epochs": args.epochs,
+        "epoch_seconds": epoch_seconds,
+        "prepare_seconds": prepared - started,
+        "fit_seconds": fitted - fit_started,
+        "test_seconds": time.perf_counter() - fitted,
+        "n": {name: int(mask.sum()) for name, mask in part.items()},
+        "test_accuracy": float((predicted == truth).mean()),
+        "test_macro_f1": float(macro_f1(truth, predicted, len(labels))),
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

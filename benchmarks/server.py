@@ -1,0 +1,315 @@
+"""Rows 5 and 6: the real app.py on loopback under concurrent gradio_client load, and cold start.
+
+Each server is `python app.py --port P [--no-batching]` in its own process; the clients
+are threads of this process, each with its own gradio_client.Client (as separate users
+would be), uploading a real slice per request to /predict. Both share the machine's
+cores with the server, as a load generator on the same host always does.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .common import REPO, Row, Stats, ms, per_s, rss_bytes, secs, verdict_at_least, verdict_at_most, x
+
+CLIENT_COUNTS = (1, 4, 16)
+CHUNKS = 5  # throughput is also measured over consecutive fifths of a run, for its spread
+START_TIMEOUT_S = 180.0
+
+
+@dataclass
+class LoadResult:
+    batching: bool
+    clients: int
+    requests: int
+    failed: int  # warm-up and timed requests together
+    timed_failed: int
+    errors: list[str]
+    wall_s: float
+    latencies: Stats
+    chunk_rates: Stats
+    rss_marks: dict[int, int]  # request number -> server VmRSS bytes
+
+    @property
+    def throughput(self) -> float:
+        return (self.requests - self.timed_failed) / self.wall_s
+
+    def growth(self) -> float | None:
+        marks = sorted(self.rss_marks)
+        if len(marks) < 2:
+            return None
+        return self.rss_marks[marks[-1]] / self.rss_marks[marks[0]] - 1
+
+
+@dataclass
+class ServerResults:
+    rows: list[Row]
+    details: list[str] = field(default_factory=list)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env() -> dict[str, str]:
+    return {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
+            "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost", "PYTHONUNBUFFERED": "1"}
+
+
+class Server:
+    """app.py in a subprocess; start() returns the seconds to its first answered /predict."""
+
+    def __init__(self, batching: bool, log_dir: Path):
+        self.batching = batching
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log_path = log_dir / f"app-{'batching' if batching else 'no-batching'}-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, image: Path) -> float:
+        from gradio_client import Client, handle_file
+
+        command = [sys.executable, "app.py", "--port", str(self.port)] + ([] if self.batching else ["--no-batching"])
+        log = open(self.log_path, "w")
+        started = time.perf_counter()
+        self.process = subprocess.Popen(command, cwd=REPO, env=server_env(), stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        client = None
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"app.py exited with {self.process.returncode}:\n{self.log_tail()}")
+            if time.perf_counter() - started > START_TIMEOUT_S:
+                self.stop()
+                raise RuntimeError(f"app.py did not answer within {START_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
+            try:
+                client = client or Client(self.url, verbose=False, analytics_enabled=False, download_files=False)
+                client.predict(handle_file(str(image)), api_name="/predict")
+                return time.perf_counter() - started
+            except Exception:  # not listening yet, or still starting up
+                time.sleep(0.1)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def load_test(server: Server, clients: int, requests: int, paths: list[Path], marks: tuple[int, ...]) -> LoadResult:
+    """`clients` threads with a Client each share `requests` timed requests after one warm-up each."""
+    from gradio_client import Client, handle_file
+
+    pool = [Client(server.url, verbose=False, analytics_enabled=False, download_files=False) for _ in range(clients)]
+    lock = threading.Lock()
+    state = {"issued": 0, "done": 0}
+    latencies: list[float] = []
+    completions: list[float] = []
+    errors: list[str] = []
+    rss: dict[int, int] = {}
+
+    def call(client, index: int) -> None:
+        result = client.predict(handle_file(str(paths[index % len(paths)])), api_name="/predict")
+        if not isinstance(result, dict) or "label" not in result:
+            raise RuntimeError(f"unexpected answer {result!r:.200}")
+
+    def warm(client, index: int) -> None:
+        try:
+            call(client, index)
+        except Exception as exc:
+            with lock:
+                errors.append(f"warm-up: {type(exc).__name__}: {exc}")
+
+    def work(client) -> None:
+        while True:
+            with lock:
+                if state["issued"] >= requests:
+                    return
+                index = state["issued"]
+                state["issued"] += 1
+            start = time.perf_counter()
+            try:
+                call(client, index)
+                failure = None
+            except Exception as exc:  # every failure counts; none may be hidden
+                failure = f"{type(exc).__name__}: {exc}"
+            end = time.perf_counter()
+            with lock:
+                if failure:
+                    errors.append(failure)
+                latencies.append(end - start)
+                completions.append(end)
+                state["done"] += 1
+                if state["done"] in marks:
+                    rss[state["done"]] = rss_bytes(server.pid)
+
+    warmers = [threading.Thread(target=warm, args=(c, 7919 * i)) for i, c in enumerate(pool)]
+    for thread in warmers:
+        thread.start()
+    for thread in warmers:
+        thread.join()
+    warm_errors = len(errors)
+    threads = [threading.Thread(target=work, args=(c,)) for c in pool]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    for client in pool:
+        try:
+            client.close()
+        except Exception:
+            pass
+    ends = sorted(completions)
+    edges = [round(k * len(ends) / CHUNKS) for k in range(CHUNKS + 1)]
+    rates = []
+    for first, last in zip(edges, edges[1:]):
+        if last > first:
+            begin = started if first == 0 else ends[first - 1]
+            rates.append((last - first) / max(ends[last - 1] - begin, 1e-9))
+    return LoadResult(batching=server.batching, clients=clients, requests=requests,
+                      failed=len(errors), timed_failed=len(errors) - warm_errors, errors=errors, wall_s=wall,
+                      latencies=Stats.of(latencies), chunk_rates=Stats.of(rates), rss_marks=rss)
+
+
+def run(paths: list[Path], requests: int, cold_starts: int, batch_rate: float, one_rate: float, log) -> ServerResults:
+    """Both servers under 1, 4 and 16 clients, then extra cold starts up to `cold_starts` samples."""
+    marks = (100, 500) if requests >= 500 else (max(1, min(100, requests // 4)), requests)
+    results: dict[tuple[bool, int], LoadResult] = {}
+    cold: list[float] = []
+    idle_rss: dict[bool, int] = {}
+    log_dir = Path(tempfile.mkdtemp(prefix="lung-bench-server-"))
+    for batching in (True, False):
+        server = Server(batching, log_dir)
+        log(f"starting app.py{'' if batching else ' --no-batching'} on port {server.port}")
+        try:
+            cold.append(server.start(paths[0]))
+            idle_rss[batching] = rss_bytes(server.pid)
+            log(f"  first /predict answered {cold[-1]:.1f} s after process start")
+            for clients in CLIENT_COUNTS:
+                log(f"  {clients} client(s), {requests} requests")
+                result = load_test(server, clients, requests, paths, marks)
+                results[(batching, clients)] = result
+                log(f"    {result.throughput:.2f} req/s, p50 {ms(result.latencies.median)}, "
+                    f"p95 {ms(result.latencies.quantile(0.95))}, failed {result.failed}")
+                if result.errors:
+                    log(f"    first error: {result.errors[0]}")
+        finally:
+            server.stop()
+    while len(cold) < cold_starts:
+        server = Server(True, log_dir)
+        log(f"extra cold start {len(cold) + 1}/{cold_starts}")
+        try:
+            cold.append(server.start(paths[0]))
+        finally:
+            server.stop()
+    return ServerResults(rows=_rows(results, cold, batch_rate, one_rate, marks),
+                         details=_details(results, idle_rss, marks, requests))
+
+
+def _rows(results, cold: list[float], batch_rate: float, one_rate: float, marks) -> list[Row]:
+    rows = []
+    for batching in (True, False):
+        for clients in CLIENT_COUNTS:
+            result = results[(batching, clients)]
+            name = f"5. Server /predict, {clients} client{'s' if clients > 1 else ''}, batching {'on' if batching else 'off'}"
+            latency = (f"p50 {ms(result.latencies.median)}, p95 {ms(result.latencies.quantile(0.95))}; "
+                       f"{result.requests} requests, {result.failed} failed")
+            failures_ok = result.failed == 0
+            if batching and clients == max(CLIENT_COUNTS):
+                ratio = result.throughput / batch_rate
+                verdict = verdict_at_least(ratio, 0.8, " of the batch-32 rate")
+                if not failures_ok:
+                    verdict = f"**no**: {result.failed} failed; " + verdict
+                rows.append(Row(name, f"{per_s(result.throughput)}", result.chunk_rates.spread(per_s),
+                                f"predict_batch(32) in-process {per_s(batch_rate)}", x(ratio),
+                                "≥0.8x batch-32 rate, 0 failed", verdict, latency))
+                continue
+            if batching:
+                off = results[(False, clients)].throughput
+                baseline, ratio = f"batching off, {clients} client(s): {per_s(off)}", x(result.throughput / off)
+            else:
+                baseline = f"in-process predict(one image) {per_s(one_rate)}"
+                ratio = x(result.throughput / one_rate)
+            rows.append(Row(name, f"{per_s(result.throughput)}", result.chunk_rates.spread(per_s), baseline, ratio,
+                            "0 failed requests", "yes" if failures_ok else f"**no**: {result.failed} failed",
+                            latency))
+    growths = {key: r.growth() for key, r in results.items() if r.growth() is not None}
+    if growths:
+        worst_key = max(growths, key=growths.get)
+        worst = results[worst_key]
+        first, last = sorted(worst.rss_marks)[0], sorted(worst.rss_marks)[-1]
+        growth = growths[worst_key]
+        rows.append(Row(
+            f"5m. Server memory (VmRSS), request {first} → {last}",
+            f"{growth:+.1%} worst of {len(growths)} runs",
+            ", ".join(f"{'on' if b else 'off'}/{c}: {g:+.1%}" for (b, c), g in sorted(growths.items())),
+            f"RSS at request {first}: {worst.rss_marks[first] / 2**20:.0f} MiB",
+            x(worst.rss_marks[last] / worst.rss_marks[first]),
+            "growth < 5%",
+            "yes" if growth < 0.05 else f"**no**: {growth:+.1%} vs <5% ({(growth - 0.05) * 100:.1f} points over)",
+            f"worst: batching {'on' if worst_key[0] else 'off'}, {worst_key[1]} clients "
+            f"({worst.rss_marks[first] / 2**20:.0f} → {worst.rss_marks[last] / 2**20:.0f} MiB)",
+        ))
+    stats = Stats.of(cold)
+    rows.append(Row(
+        "6. Cold start: process start → first /predict answer",
+        secs(stats.median), stats.spread(secs), "target 10 s", x(stats.median / 10.0), "< 10 s",
+        "yes" if stats.median < 10 else f"**no**: {secs(stats.median)} vs <10 s ({(stats.median / 10 - 1) * 100:.0f}% over)",
+        "`python app.py`, ResNet50 weights and rebuilt package already cached; includes Python, TF and Gradio "
+        "imports, SavedModel load, server start, and one full /predict round trip",
+    ))
+    return rows
+
+
+def _details(results, idle_rss, marks, requests) -> list[str]:
+    lines = [
+        f"Each run: {requests} timed requests after one untimed warm-up request per client; throughput = "
+        f"successful requests / wall time (spread over {CHUNKS} consecutive fifths of the run); "
+        f"RSS = server VmRSS when the {marks[0]}th and {marks[-1]}th timed request completed.",
+        "",
+        "| Batching | Clients | Requests | Failed | Throughput | p50 | p95 | max | RSS idle | RSS @ first mark | "
+        "RSS @ last mark | Growth |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (batching, clients), r in results.items():
+        marks_sorted = sorted(r.rss_marks)
+        rss = [f"{r.rss_marks[m] / 2**20:.0f} MiB (#{m})" for m in marks_sorted]
+        while len(rss) < 2:
+            rss.append("—")
+        growth = r.growth()
+        lines.append(
+            f"| {'on' if batching else 'off'} | {clients} | {r.requests} | {r.failed} | {per_s(r.throughput)} | "
+            f"{ms(r.latencies.median)} | {ms(r.latencies.quantile(0.95))} | {ms(r.latencies.high)} | "
+            f"{idle_rss.get(batching, 0) / 2**20:.0f} MiB | {rss[0]} | {rss[-1]} | "
+            f"{'—' if growth is None else f'{growth:+.1%}'} |")
+    errors = [e for r in results.values() for e in r.errors]
+    if errors:
+        lines += ["", f"Errors ({len(errors)}), first: `{errors[0][:300]}`"]
+    return lines
