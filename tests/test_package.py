@@ -151,12 +151,24 @@ def test_write_config_overrides_format_and_checksums_given_by_the_caller(tmp_pat
     (tmp_path / package.HEAD).write_bytes(b"head")
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "a.txt").write_text("a")
-    written = package.write_config(tmp_path, {"labels": ["x"], "format_version": 99,
+    minimal = {"labels": ["x"], "input": {"size": 8}, "ood": {"threshold": 1.0}, "backbone": {"weights_sha256": "0"}}
+    written = package.write_config(tmp_path, {**minimal, "format_version": 99,
                                               "files": {"stale": "0"}, "saved_model_files": {"s": "0"}})
     assert written["format_version"] == package.FORMAT_VERSION
     assert set(written["files"]) == {package.HEAD, "notes/a.txt"}
     assert "saved_model_files" not in written  # no saved_model/ here
     assert package.read_config(tmp_path) == written
+
+
+@pytest.mark.parametrize("field", ["labels", "input", "ood", "backbone"])
+def test_a_package_missing_a_required_field_is_refused(tiny_package, tmp_path, field):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_package, copy)
+    config = json.loads((copy / package.CONFIG).read_text())
+    del config[field]
+    (copy / package.CONFIG).write_text(json.dumps(config))
+    with pytest.raises(package.PackageError, match="required field"):
+        package.read_config(copy)
 
 
 def test_head_only_package_verifies_without_saved_model(tiny_package, tmp_path):
