@@ -15,7 +15,7 @@ from scipy.optimize import minimize_scalar
 from lung_classifier.model import Head
 from training.evaluate import macro_f1
 
-L2_GRID = (1e-4, 1e-3, 1e-2)
+L2_GRID = (1.0, 3.0, 10.0, 30.0, 100.0)
 """Weight decay candidates, chosen by validation macro-F1 (Benign is rare: accuracy would hide it)."""
 OOD_COMPONENTS = 32
 OOD_QUANTILE = 0.975
@@ -45,7 +45,7 @@ def train_linear(z_train: np.ndarray, y_train: np.ndarray, z_val: np.ndarray, y_
     logits = keras.layers.Dense(n_classes, kernel_regularizer=keras.regularizers.L2(l2))(inputs)
     model = keras.Model(inputs, logits)
     model.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
+        optimizer=keras.optimizers.Adam(1e-2),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
