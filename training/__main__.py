@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 if TYPE_CHECKING:
     import keras
@@ -116,12 +120,8 @@ def train(args: argparse.Namespace, resnet: "keras.Model", digest: str) -> int:
         print(f"error: {out} is not empty and holds no package; refusing to overwrite it", file=sys.stderr)
         return 2
     (out / "plots").mkdir(parents=True, exist_ok=True)
-    for stale in (out / package.SAVED_MODEL, out / package.CONFIG):
-        if stale.is_dir():
-            import shutil
-            shutil.rmtree(stale)
-        elif stale.exists():
-            stale.unlink()
+    shutil.rmtree(out / package.SAVED_MODEL, ignore_errors=True)
+    (out / package.CONFIG).unlink(missing_ok=True)
     head.save(out / package.HEAD)
     evaluate.plot_confusion(metrics["test"], labels, out / "plots/confusion_matrix.png")
     evaluate.plot_roc(test["probabilities"], y[part["test"]], labels, out / "plots/roc_curves.png")
@@ -163,7 +163,7 @@ def train(args: argparse.Namespace, resnet: "keras.Model", digest: str) -> int:
         "ood_flag_rate": f"{metrics['test_ood_flag_rate']:.1%}",
         "search": ", ".join(f"L2={k}: {v:.3f}" for k, v in fitted.search.items()),
         "repo_hint": args.push_to_hub or "OWNER/NAME", "command": command, "train_seconds": seconds,
-        "machine": f"{platform.machine()} CPU, {__import__('os').cpu_count()} cores",
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
     })
     if not args.head_only:
         LungModel(extractor, head, args.input_size).export(out / package.SAVED_MODEL)
