@@ -12,12 +12,16 @@ This module knows no TensorFlow: it only calls LungClassifier.
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import re
 import sys
 import tempfile
+import threading
+from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -26,6 +30,7 @@ import numpy as np
 from matplotlib import colormaps
 
 from lung_classifier import Analysis, ImageError, LungClassifier
+from lung_classifier.batching import BatchingPredictor
 from lung_classifier.images import load_rgb
 
 MAX_FILE_SIZE = "50mb"
@@ -36,15 +41,65 @@ DISCLAIMER = (
 )
 
 
+UPLOAD_GRACE_S = float(os.environ.get("LUNG_UPLOAD_GRACE_S", 30))
+"""Seconds an upload outlives its last request (env LUNG_UPLOAD_GRACE_S)."""
+UPLOAD_GONE = ("this upload was already deleted from the server (uploads are not kept after their requests): "
+               "upload the file again")
+
+
 def gradio_upload_root() -> Path:
-    """Where Gradio stores uploads; only files under it are deleted after a request."""
+    """Where Gradio stores uploads; only files under it are ever deleted."""
     return Path(os.environ.get("GRADIO_TEMP_DIR", Path(tempfile.gettempdir()) / "gradio")).resolve()
 
 
-def discard_upload(path: str | None) -> None:
-    """Uploaded medical images are not kept past the request that needed them."""
-    if path and Path(path).resolve().is_relative_to(gradio_upload_root()):
-        Path(path).unlink(missing_ok=True)
+class UploadJanitor:
+    """Deletes each uploaded file once no request uses it, after a short grace period.
+
+    Gradio stores an upload under its content hash, so the same file sent by two clients
+    at once is one path: deleting it the moment the first request ends would fail the
+    second. The grace period also covers the page's queue and a repeated click.
+    """
+
+    def __init__(self, grace_s: float = UPLOAD_GRACE_S):
+        self.grace_s = grace_s
+        self._users: Counter[Path] = Counter()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def using(self, paths: list[str | None]) -> Iterator[None]:
+        uploads = [Path(p).resolve() for p in paths if p and Path(p).resolve().is_relative_to(gradio_upload_root())]
+        if any(not path.exists() for path in uploads):
+            raise gr.Error(f"Cannot classify this file: {UPLOAD_GONE}.", print_exception=False)
+        with self._lock:
+            self._users.update(uploads)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users.subtract(uploads)
+            for path in uploads:
+                timer = threading.Timer(self.grace_s, self._delete_if_unused, args=(path,))
+                timer.daemon = True
+                timer.start()
+
+    def _delete_if_unused(self, path: Path) -> None:
+        with self._lock:
+            if self._users[path] <= 0:
+                del self._users[path]
+                path.unlink(missing_ok=True)
+
+
+def inline_images(markdown: str, directory: Path) -> str:
+    """The card's relative PNG links (plots/...) as data URIs: the page cannot fetch package files."""
+    root = directory.resolve()
+
+    def embed(match: re.Match) -> str:
+        path = (root / match.group(2)).resolve()
+        if not path.is_file() or not path.is_relative_to(root):
+            return match.group(0)
+        return f"![{match.group(1)}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+    return re.sub(r"!\[([^\]]*)\]\(([^)\s:]+\.png)\)", embed, markdown)
 
 
 def overlay(rgb: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
@@ -81,60 +136,54 @@ def details(result: Analysis) -> dict[str, Any]:
 
 def build_demo(classifier: LungClassifier, examples: list[str] | None = None, batching: bool = True) -> gr.Blocks:
     threshold = classifier.ood_threshold
+    predictor = BatchingPredictor(classifier, max_batch=MAX_BATCH if batching else 1)
+    janitor = UploadJanitor()
 
-    def predict(files: list[str | None]) -> tuple[list[dict[str, float]]]:
-        """Label and confidences of one CT slice (image or DICOM file). Batched on the server."""
-        try:
-            missing = [index for index, path in enumerate(files) if not path]
-            if missing:
-                raise gr.Error("No file received: upload a CT slice image or DICOM file.")
-            results = classifier.predict_batch(files)
-        except ImageError as exc:
-            raise gr.Error(f"Cannot classify this file: {exc}", print_exception=False) from None
-        finally:
-            for path in files:
-                discard_upload(path)
-        return (results,)
-
-    def predict_one(path: str | None) -> dict[str, float]:
-        """Label and confidences of one CT slice (image or DICOM file)."""
-        return predict([path])[0][0]
+    def predict(path: str | None) -> dict[str, float]:
+        """Label and confidences of one CT slice (image or DICOM file); batched with concurrent requests."""
+        if not path:
+            raise gr.Error("No file received: upload a CT slice image or DICOM file.")
+        with janitor.using([path]):
+            try:
+                return predictor.analyze(path).probabilities
+            except ImageError as exc:
+                raise gr.Error(f"Cannot classify this file: {exc}", print_exception=False) from None
 
     def analyze(path: str | None) -> tuple[Any, np.ndarray, str, dict[str, Any]]:
         """Label, Grad-CAM overlay, out-of-distribution note and details for one CT slice."""
         if not path:
             raise gr.Error("No file received: upload a CT slice image or DICOM file.")
-        try:
-            rgb = load_rgb(path)
-            result = classifier.analyze(rgb, explain=True)
-        except ImageError as exc:
-            raise gr.Error(f"Cannot classify this file: {exc}", print_exception=False) from None
-        finally:
-            discard_upload(path)
+        with janitor.using([path]):
+            try:
+                rgb = load_rgb(path)
+                result = classifier.analyze(rgb, explain=True)
+            except ImageError as exc:
+                raise gr.Error(f"Cannot classify this file: {exc}", print_exception=False) from None
         return label_value(result), overlay(rgb, result.heatmap), note(result, threshold), details(result)
 
     def batch(paths: list[str] | None) -> list[list[Any]]:
         """One row per uploaded slice: file, prediction, probabilities, and a note (errors included)."""
         if not paths:
             raise gr.Error("No files received: upload one or more CT slices.")
-        rows = []
-        try:
+        rows: list[list[Any]] = []
+        with janitor.using(paths):
+            decoded: list[tuple[int, np.ndarray]] = []
             for path in paths:
-                name = re.sub(r"^.*[\\/]", "", path)
+                rows.append([Path(path).name, "error", None, None, None, ""])
                 try:
-                    result = classifier.analyze(path)
+                    decoded.append((len(rows) - 1, load_rgb(path)))
                 except ImageError as exc:
-                    rows.append([name, "error", None, None, None, str(exc)])
-                    continue
-                flag = "unlike the training data: do not trust" if result.out_of_distribution else ""
-                rows.append([name, result.label, *(round(result.probabilities[l], 4) for l in classifier.labels), flag])
-        finally:
-            for path in paths:
-                discard_upload(path)
+                    rows[-1][-1] = str(exc)
+            for first in range(0, len(decoded), MAX_BATCH):
+                chunk = decoded[first:first + MAX_BATCH]
+                for (row, _), result in zip(chunk, classifier.analyze_batch([rgb for _, rgb in chunk])):
+                    flag = "unlike the training data: do not trust" if result.out_of_distribution else ""
+                    rows[row] = [rows[row][0], result.label,
+                                 *(round(result.probabilities[label], 4) for label in classifier.labels), flag]
         return rows
 
     card = (classifier.directory / "README.md").read_text()
-    card = re.sub(r"^---\n.*?\n---\n", "", card, flags=re.S)
+    card = inline_images(re.sub(r"^---\n.*?\n---\n", "", card, flags=re.S), classifier.directory)
     with gr.Blocks(title="Lung CT slice classifier", delete_cache=(60, 120)) as demo:
         gr.Markdown("# Lung CT slice classifier\nNormal / Benign / Malignant, on a frozen ImageNet ResNet50 "
                     f"trained on the IQ-OTH/NCCD dataset. Model: {classifier.origin}.\n\n{DISCLAIMER} "
@@ -167,11 +216,9 @@ def build_demo(classifier: LungClassifier, examples: list[str] | None = None, ba
             api_file = gr.File(type="filepath")
             api_label = gr.Label()
             api_trigger = gr.Button()
-        if batching:
-            api_trigger.click(predict, api_file, api_label, api_name="predict", batch=True,
-                              max_batch_size=MAX_BATCH, concurrency_limit=1)
-        else:
-            api_trigger.click(predict_one, api_file, api_label, api_name="predict", concurrency_limit=2)
+        # Up to MAX_BATCH requests wait together in the BatchingPredictor, which runs them as one
+        # model call; Gradio's own batch=True would fail every request in a batch for one bad file.
+        api_trigger.click(predict, api_file, api_label, api_name="predict", concurrency_limit=MAX_BATCH)
     demo.queue(max_size=256)
     return demo
 
@@ -192,7 +239,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also serve the endpoints as MCP tools (env GRADIO_MCP_SERVER=true)")
     parser.add_argument("--examples", type=Path, default=env.get("LUNG_EXAMPLES"),
                         help="directory of example slices to offer on the page (env LUNG_EXAMPLES)")
-    parser.add_argument("--no-batching", action="store_true", help="serve /predict one request at a time")
+    parser.add_argument("--no-batching", action="store_true", help="run each /predict request as its own model call")
     return parser.parse_args(argv)
 
 

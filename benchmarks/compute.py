@@ -54,16 +54,33 @@ def head_flops(head) -> int:
 
 def gemm_rate(size: int, repeats: int, dtype: str = "float32") -> Stats:
     """FLOP/s of tf.matmul on two size x size matrices (2 size^3 FLOPs), one warm-up first."""
-    import tensorflow as tf
-
-    rng = np.random.default_rng(0)
-    a = tf.cast(tf.constant(rng.standard_normal((size, size), np.float32)), dtype)
-    b = tf.cast(tf.constant(rng.standard_normal((size, size), np.float32)), dtype)
-    matmul = tf.function(tf.matmul)
-    matmul(a, b).numpy()
+    gemm = Gemm(size, dtype)
+    gemm()
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
-        matmul(a, b).numpy()
-        rates.append(2 * size**3 / (time.perf_counter() - start))
+        gemm()
+        rates.append(gemm.flops / (time.perf_counter() - start))
     return Stats.of(rates)
+
+
+class Gemm:
+    """One float32 size x size tf.matmul per call, to interleave with other measurements.
+
+    Measuring the GEMM rate next to each timed call (rather than once) keeps the compute
+    bound honest on a machine whose load changes during the run: each ratio to the bound
+    compares two timings taken seconds apart.
+    """
+
+    def __init__(self, size: int, dtype: str = "float32"):
+        import tensorflow as tf
+
+        rng = np.random.default_rng(0)
+        self.size = size
+        self.flops = 2 * size**3
+        self._a = tf.cast(tf.constant(rng.standard_normal((size, size), np.float32)), dtype)
+        self._b = tf.cast(tf.constant(rng.standard_normal((size, size), np.float32)), dtype)
+        self._matmul = tf.function(tf.matmul)
+
+    def __call__(self, index: int = 0) -> None:
+        self._matmul(self._a, self._b).numpy()

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import REPO, Row, Stats, ms, per_s, rss_bytes, secs, verdict_at_least, verdict_at_most, x
+from .common import REPO, Row, Stats, ms, per_s, rss_bytes, secs, verdict_at_least, x
 
 CLIENT_COUNTS = (1, 4, 16)
-CHUNKS = 5  # throughput is also measured over consecutive fifths of a run, for its spread
+CHUNKS = 5  # throughput is also measured over consecutive fifths (in time) of a run, for its spread
 START_TIMEOUT_S = 180.0
 
 
@@ -39,6 +39,8 @@ class LoadResult:
     latencies: Stats
     chunk_rates: Stats
     rss_marks: dict[int, int]  # request number -> server VmRSS bytes
+    server_cpu_s: float  # CPU seconds the server process used during the timed requests
+    client_cpu_s: float  # CPU seconds this process (the clients) used meanwhile
 
     @property
     def throughput(self) -> float:
@@ -175,32 +177,51 @@ def load_test(server: Server, clients: int, requests: int, paths: list[Path], ma
         thread.join()
     warm_errors = len(errors)
     threads = [threading.Thread(target=work, args=(c,)) for c in pool]
+    server_cpu, client_cpu = cpu_seconds(server.pid), _own_cpu_seconds()
     started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
+    server_cpu, client_cpu = cpu_seconds(server.pid) - server_cpu, _own_cpu_seconds() - client_cpu
     for client in pool:
         try:
             client.close()
         except Exception:
             pass
-    ends = sorted(completions)
-    edges = [round(k * len(ends) / CHUNKS) for k in range(CHUNKS + 1)]
-    rates = []
-    for first, last in zip(edges, edges[1:]):
-        if last > first:
-            begin = started if first == 0 else ends[first - 1]
-            rates.append((last - first) / max(ends[last - 1] - begin, 1e-9))
+    # Spread: throughput in CHUNKS equal time windows (batched answers arrive in bursts, so
+    # windows by request count would divide by near-zero durations).
+    window = wall / CHUNKS
+    counts = np.bincount(np.minimum(((np.array(completions) - started) / window).astype(int), CHUNKS - 1),
+                         minlength=CHUNKS)
+    rates = [count / window for count in counts]
     return LoadResult(batching=server.batching, clients=clients, requests=requests,
                       failed=len(errors), timed_failed=len(errors) - warm_errors, errors=errors, wall_s=wall,
-                      latencies=Stats.of(latencies), chunk_rates=Stats.of(rates), rss_marks=rss)
+                      latencies=Stats.of(latencies), chunk_rates=Stats.of(rates), rss_marks=rss,
+                      server_cpu_s=server_cpu, client_cpu_s=client_cpu)
 
 
-def run(paths: list[Path], requests: int, cold_starts: int, batch_rate: float, one_rate: float, log) -> ServerResults:
-    """Both servers under 1, 4 and 16 clients, then extra cold starts up to `cold_starts` samples."""
-    marks = (100, 500) if requests >= 500 else (max(1, min(100, requests // 4)), requests)
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def marks_for(requests: int) -> tuple[int, int]:
+    """When to read the server's RSS: the 100th and 500th request, or a quarter and the end of shorter runs."""
+    return (100, 500) if requests >= 500 else (max(1, min(100, requests // 4)), requests)
+
+
+def run(paths: list[Path], requests: dict[int, int], cold_starts: int, batch_rate: float, one_rate: float,
+        log) -> ServerResults:
+    """Both servers under each client count in `requests` (its value: timed requests), then extra
+    cold starts up to `cold_starts` samples."""
     results: dict[tuple[bool, int], LoadResult] = {}
     cold: list[float] = []
     idle_rss: dict[bool, int] = {}
@@ -212,9 +233,9 @@ def run(paths: list[Path], requests: int, cold_starts: int, batch_rate: float, o
             cold.append(server.start(paths[0]))
             idle_rss[batching] = rss_bytes(server.pid)
             log(f"  first /predict answered {cold[-1]:.1f} s after process start")
-            for clients in CLIENT_COUNTS:
-                log(f"  {clients} client(s), {requests} requests")
-                result = load_test(server, clients, requests, paths, marks)
+            for clients in sorted(requests):
+                log(f"  {clients} client(s), {requests[clients]} requests")
+                result = load_test(server, clients, requests[clients], paths, marks_for(requests[clients]))
                 results[(batching, clients)] = result
                 log(f"    {result.throughput:.2f} req/s, p50 {ms(result.latencies.median)}, "
                     f"p95 {ms(result.latencies.quantile(0.95))}, failed {result.failed}")
@@ -229,20 +250,20 @@ def run(paths: list[Path], requests: int, cold_starts: int, batch_rate: float, o
             cold.append(server.start(paths[0]))
         finally:
             server.stop()
-    return ServerResults(rows=_rows(results, cold, batch_rate, one_rate, marks),
-                         details=_details(results, idle_rss, marks, requests))
+    return ServerResults(rows=_rows(results, sorted(requests), cold, batch_rate, one_rate),
+                         details=_details(results, idle_rss))
 
 
-def _rows(results, cold: list[float], batch_rate: float, one_rate: float, marks) -> list[Row]:
+def _rows(results, counts: list[int], cold: list[float], batch_rate: float, one_rate: float) -> list[Row]:
     rows = []
     for batching in (True, False):
-        for clients in CLIENT_COUNTS:
+        for clients in counts:
             result = results[(batching, clients)]
             name = f"5. Server /predict, {clients} client{'s' if clients > 1 else ''}, batching {'on' if batching else 'off'}"
             latency = (f"p50 {ms(result.latencies.median)}, p95 {ms(result.latencies.quantile(0.95))}; "
                        f"{result.requests} requests, {result.failed} failed")
             failures_ok = result.failed == 0
-            if batching and clients == max(CLIENT_COUNTS):
+            if batching and clients == max(CLIENT_COUNTS):  # the row with a throughput target
                 ratio = result.throughput / batch_rate
                 verdict = verdict_at_least(ratio, 0.8, " of the batch-32 rate")
                 if not failures_ok:
@@ -288,15 +309,18 @@ def _rows(results, cold: list[float], batch_rate: float, one_rate: float, marks)
     return rows
 
 
-def _details(results, idle_rss, marks, requests) -> list[str]:
+def _details(results, idle_rss) -> list[str]:
     lines = [
-        f"Each run: {requests} timed requests after one untimed warm-up request per client; throughput = "
-        f"successful requests / wall time (spread over {CHUNKS} consecutive fifths of the run); "
-        f"RSS = server VmRSS when the {marks[0]}th and {marks[-1]}th timed request completed.",
+        f"Each run: its timed requests follow one untimed warm-up request per client; throughput = "
+        f"successful requests / wall time (spread: answers per second in {CHUNKS} equal time windows of the run); "
+        f"RSS = server VmRSS (/proc/PID/status) when the numbered timed request completed; RSS idle = "
+        "after the first answered request, before any load. Clients and server share the machine's CPUs; "
+        "CPU/request = CPU seconds (user + system, all threads) during the timed requests ÷ requests, for the "
+        "server process and for the client threads (this process).",
         "",
         "| Batching | Clients | Requests | Failed | Throughput | p50 | p95 | max | RSS idle | RSS @ first mark | "
-        "RSS @ last mark | Growth |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "RSS @ last mark | Growth | Server CPU/request | Client CPU/request |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (batching, clients), r in results.items():
         marks_sorted = sorted(r.rss_marks)
@@ -308,7 +332,8 @@ def _details(results, idle_rss, marks, requests) -> list[str]:
             f"| {'on' if batching else 'off'} | {clients} | {r.requests} | {r.failed} | {per_s(r.throughput)} | "
             f"{ms(r.latencies.median)} | {ms(r.latencies.quantile(0.95))} | {ms(r.latencies.high)} | "
             f"{idle_rss.get(batching, 0) / 2**20:.0f} MiB | {rss[0]} | {rss[-1]} | "
-            f"{'—' if growth is None else f'{growth:+.1%}'} |")
+            f"{'—' if growth is None else f'{growth:+.1%}'} | {ms(r.server_cpu_s / r.requests)} | "
+            f"{ms(r.client_cpu_s / r.requests)} |")
     errors = [e for r in results.values() for e in r.errors]
     if errors:
         lines += ["", f"Errors ({len(errors)}), first: `{errors[0][:300]}`"]

@@ -1,0 +1,51 @@
+"""Server-side batching: concurrent single-image requests share one model call.
+
+A batch costs far less per image on a CPU than one call per image. Unlike a web
+framework's all-or-nothing batch, each request here is decoded in its own thread first,
+so a bad upload fails only its own request, never the others in the batch.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from concurrent.futures import Future
+
+import numpy as np
+
+from .classifier import Analysis, LungClassifier
+from .images import ImageInput, load_rgb
+
+
+class BatchingPredictor:
+    """Collects requests for up to `wait_s` (or until `max_batch`) and runs them together."""
+
+    def __init__(self, classifier: LungClassifier, max_batch: int = 16, wait_s: float = 0.01):
+        self.classifier = classifier
+        self.max_batch = max_batch
+        self.wait_s = wait_s
+        self._requests: queue.Queue[tuple[np.ndarray, Future]] = queue.Queue()
+        threading.Thread(target=self._serve, name="batching-predictor", daemon=True).start()
+
+    def analyze(self, image: ImageInput) -> Analysis:
+        """Decode here (errors stay with this caller), then wait for the shared model call."""
+        future: Future = Future()
+        self._requests.put((load_rgb(image), future))
+        return future.result()
+
+    def _serve(self) -> None:
+        while True:
+            batch = [self._requests.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._requests.get(timeout=self.wait_s))
+                except queue.Empty:
+                    break
+            try:
+                results = self.classifier.analyze_batch([rgb for rgb, _ in batch])
+            except Exception as exc:  # a model failure must reach every waiting caller, not kill the thread
+                for _, future in batch:
+                    future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results):
+                future.set_result(result)

@@ -1,0 +1,151 @@
+"""The demo page in a real browser: Playwright driving Debian's chromium against `python app.py`.
+
+Playwright's own browser download does not work here, so the tests use /usr/bin/chromium
+(`apt-get install chromium`); without it they skip, except in CI (CI=true), where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from app_server import UPLOAD_GRACE_S, AppServer, start_app
+from conftest import REPO, synthetic_slice
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
+                 "--disable-quic", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = REPO / "test-artifacts"
+README_SCREENSHOT = REPO / "docs" / "screenshot.png"
+TIMEOUT_MS = 30_000
+
+
+MISSING = f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium) for the browser tests"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+if not CHROMIUM.exists() and not IN_CI:  # skip before the session fixtures build anything
+    pytest.skip(MISSING, allow_module_level=True)
+
+
+def need_chromium() -> None:
+    if not CHROMIUM.exists():
+        pytest.fail(MISSING + " (CI installs it: see .ci/run)")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_package, cache_root, tmp_path_factory) -> AppServer:
+    need_chromium()
+    server = start_app(tiny_package, cache_root, tmp_path_factory.mktemp("app"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    need_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, server, request):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    failed_before = request.session.testsfailed
+    page.goto(server.url)
+    page.get_by_role("button", name="Classify", exact=True).wait_for()
+    yield page
+    if request.session.testsfailed > failed_before:  # keep what the page and the server looked like
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "browser-failure.png"), full_page=True)
+        (ARTIFACTS / "browser-app.log").write_text(server.log())
+    context.close()
+
+
+def file_block(page):
+    """The "One slice" tab's gr.File, found by its label."""
+    return page.locator(".block").filter(has=page.get_by_test_id("block-label").filter(has_text="CT slice:"))
+
+
+def upload(page, path: Path) -> None:
+    """Put a file into the "One slice" tab's file input, as a drop or a file dialog would."""
+    block = file_block(page)
+    clear = block.get_by_role("button", name="Clear", exact=True)
+    if clear.count():  # a file is there already: remove it, as a person would, to show the drop zone
+        clear.click()
+    block.locator("input[type=file]").set_input_files(str(path))
+    # Once uploaded, the file shows as a row labelled with its name, with a link to the server's copy.
+    row = block.locator("tr").filter(has=page.locator(f'[aria-label="{path.name}"]'))
+    row.get_by_test_id("download-link").wait_for()
+
+
+def error_toast(page):
+    """Gradio shows a gr.Error as a toast: role=status, data-testid toast-body, message in toast-text."""
+    return page.locator("[data-testid='toast-body'].error [data-testid='toast-text']")
+
+
+def test_page_classifies_a_slice_shows_the_heatmap_and_explains_errors(page, tiny_package, tmp_path):
+    from playwright.sync_api import expect
+
+    from lung_classifier import LungClassifier
+
+    expect(page.get_by_text("not a medical device")).to_be_visible()
+    expect(page.get_by_role("tab", name="Model card")).to_be_visible()
+
+    slice_path = tmp_path / "malignant-slice.png"
+    synthetic_slice("Malignant", 12).save(slice_path)
+    expected = LungClassifier.from_pretrained(tiny_package).analyze(slice_path)
+    shown = "Unlike the training data: no diagnosis" if expected.out_of_distribution else expected.label
+
+    upload(page, slice_path)
+    page.get_by_role("button", name="Classify", exact=True).click()
+    expect(page.get_by_test_id("label-output-value")).to_have_text(shown)
+    heatmap = page.locator("img[src*='/gradio_api/file='][src$='.png']")
+    expect(heatmap).to_be_visible()
+    page.wait_for_function("image => image.complete && image.naturalWidth > 0", arg=heatmap.element_handle())
+    width, height = heatmap.evaluate("image => [image.naturalWidth, image.naturalHeight]")
+    with Image.open(slice_path) as image:
+        assert (width, height) == (2 * image.width + 8, image.height)
+    expect(page.locator("#note")).to_contain_text("Out-of-distribution score")
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "browser-slice.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    if not README_SCREENSHOT.exists():
+        README_SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(screenshot, README_SCREENSHOT)
+
+    # Classify again once the upload has been deleted (grace period after its request): the page says so.
+    time.sleep(UPLOAD_GRACE_S + 1.5)
+    page.get_by_role("button", name="Classify", exact=True).click()
+    expect(error_toast(page)).to_contain_text("upload the file again")
+    page.locator("[data-testid='toast-close']").first.click()
+    expect(error_toast(page)).to_have_count(0)
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("Patient notes, not an image.\n" * 20)
+    upload(page, notes)
+    page.get_by_role("button", name="Classify", exact=True).click()
+    expect(error_toast(page)).to_contain_text(re.compile(r"Cannot classify this file: notes\.txt is not an image"))
+    expect(error_toast(page)).to_be_visible()
+    # The viewport (the toast is fixed to it), with the toast's slide-in animation finished.
+    page.screenshot(path=str(ARTIFACTS / "browser-error.png"), animations="disabled")
+
+    page.get_by_role("tab", name="Model card").click()
+    expect(page.get_by_role("heading", name=re.compile("Lung CT slice classifier: tiny-test"))).to_be_visible()
+    plot = page.get_by_role("img", name="ROC curves")  # the card's plots/ images, inlined by the app
+    plot.scroll_into_view_if_needed()
+    page.wait_for_function("image => image.complete && image.naturalWidth > 0", arg=plot.element_handle())
