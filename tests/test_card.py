@@ -13,6 +13,7 @@ from PIL import Image
 from lung_classifier import package
 from lung_classifier.model import TAPS, Head
 from training import card
+from training.fit import L2_GRID
 
 PLOTS = ("confusion_matrix.png", "roc_curves.png", "reliability.png", "training_curves.png")
 
@@ -179,4 +180,4 @@ def test_metrics_json_is_consistent(metrics, config):
     assert matrix.sum() == test["n"]
     assert test["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
     assert 0.0 <= metrics["test_ood_flag_rate"] <= 1.0
-    assert set(metrics["l2_search"]) == {"0.0001", "0.001", "0.01"}
+    assert set(metrics["l2_search"]) == {f"{l2:g}" for l2 in L2_GRID}
