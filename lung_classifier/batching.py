@@ -18,12 +18,15 @@ from .images import ImageInput, load_rgb
 
 
 class BatchingPredictor:
-    """Collects requests for up to `wait_s` (or until `max_batch`) and runs them together."""
+    """Runs whatever requests are waiting (up to `max_batch`) as one model call.
 
-    def __init__(self, classifier: LungClassifier, max_batch: int = 16, wait_s: float = 0.01):
+    No timer: a lone request starts at once, and requests that arrive while the model is
+    busy form the next batch, so batches grow exactly as fast as the load does.
+    """
+
+    def __init__(self, classifier: LungClassifier, max_batch: int = 16):
         self.classifier = classifier
         self.max_batch = max_batch
-        self.wait_s = wait_s
         self._requests: queue.Queue[tuple[np.ndarray, Future]] = queue.Queue()
         threading.Thread(target=self._serve, name="batching-predictor", daemon=True).start()
 
@@ -38,7 +41,7 @@ class BatchingPredictor:
             batch = [self._requests.get()]
             while len(batch) < self.max_batch:
                 try:
-                    batch.append(self._requests.get(timeout=self.wait_s))
+                    batch.append(self._requests.get_nowait())
                 except queue.Empty:
                     break
             try:
