@@ -118,7 +118,7 @@ def test_folder_without_class_folders_is_an_error(tmp_path: Path) -> None:
     save(slice_image(1, 0), tmp_path / "loose.png")
     with pytest.raises(ValueError, match="no class folders"):
         scan_folder(tmp_path, progress=False)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match="no such directory"):
         scan_folder(tmp_path / "missing", progress=False)
 
 

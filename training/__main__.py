@@ -48,11 +48,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from lung_classifier import backbone
+    from training.data import DatasetError, require_class_folders
 
-    source = backbone.resolve_weights(args.weights)
-    print(f"Backbone weights: {source.origin}")
-    resnet = backbone.load_resnet50(source, input_shape=(args.input_size, args.input_size, 3))
-    return train(args, resnet, backbone.model_digest(resnet))
+    try:
+        require_class_folders(args.data)  # fail on a wrong --data before loading ResNet50
+        source = backbone.resolve_weights(args.weights)
+        print(f"Backbone weights: {source.origin}")
+        resnet = backbone.load_resnet50(source, input_shape=(args.input_size, args.input_size, 3))
+        return train(args, resnet, backbone.model_digest(resnet))
+    except (DatasetError, backbone.BackboneWeightsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def train(args: argparse.Namespace, resnet: "keras.Model", digest: str) -> int:

@@ -60,6 +60,10 @@ _FOLDER_LABELS = {
 }
 
 
+class DatasetError(ValueError):
+    """The --data directory is missing or holds no class folders of images."""
+
+
 def canonical_label(folder_name: str) -> str:
     """IQ-OTH/NCCD folder names (misspelt "Bengin cases" too) to LABELS; others unchanged."""
     words = folder_name.strip().lower().split()
@@ -109,11 +113,7 @@ class Dataset:
 def scan_folder(root: str | Path, progress: bool = True) -> Dataset:
     """Read every file of every class folder under root; unreadable files are reported, not fatal."""
     root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such directory")
-    folders = class_folders(root)
-    if not folders:
-        raise ValueError(f"{root}: no class folders (directories holding images) one or two levels down")
+    folders = require_class_folders(root)
     files = [(path, canonical_label(folder.name)) for folder in folders for path in _folder_files(folder)]
     items: list[Item] = []
     skipped: list[tuple[Path, str]] = []
@@ -133,6 +133,16 @@ def scan_folder(root: str | Path, progress: bool = True) -> Dataset:
 def _skip(skipped: list[tuple[Path, str]], path: Path, reason: str) -> None:
     skipped.append((path, reason))
     print(f"warning: skipped {path}: {reason}", file=sys.stderr)
+
+
+def require_class_folders(root: Path) -> list[Path]:
+    """class_folders, or a DatasetError saying why there are none."""
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such directory")
+    folders = class_folders(root)
+    if not folders:
+        raise DatasetError(f"{root}: no class folders (directories holding images) one or two levels down")
+    return folders
 
 
 def class_folders(root: Path) -> list[Path]:
