@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 FORMAT = "lung-classifier-package"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CONFIG = "config.json"
 HEAD = "head.npz"
 SAVED_MODEL = "saved_model"
@@ -80,7 +80,8 @@ def read_config(directory: Path) -> dict[str, Any]:
             f"{config_path}: package format version {config.get('format_version')} is not supported "
             f"(this library reads version {FORMAT_VERSION}); upgrade lung_classifier or re-export the package"
         )
-    required = (("labels",), ("input", "size"), ("ood", "threshold"), ("backbone", "weights_sha256"))
+    required = (("labels",), ("input", "size"), ("ood", "threshold"), ("backbone", "weights_sha256"),
+                ("gradcam", "layers"), ("rendering", "dicom_window"))
     for keys in required:
         value = config
         for key in keys:
@@ -119,7 +120,7 @@ def export_saved_model(directory: Path, config: dict[str, Any], weights: str | N
               f"was trained on (sha256 {expected[:12]}...); predictions may differ from the model card",
               file=sys.stderr)
     extractor = build_extractor(resnet)
-    model = LungModel(extractor, Head.load(directory / HEAD), size)
+    model = LungModel(extractor, Head.load(directory / HEAD), size, cam=config["gradcam"]["layers"])
     model.export(directory / SAVED_MODEL)
 
 
