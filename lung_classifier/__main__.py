@@ -12,6 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def main(argv: list[str] | None = None) -> int:
     from . import HubError, ImageError, LungClassifier, PackageError
+    from .classifier import OOD_NOTICE
     from .backbone import BackboneWeightsError
 
     parser = argparse.ArgumentParser(prog="python -m lung_classifier")
@@ -37,12 +38,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {path}: {exc}", file=sys.stderr)
             continue
         if args.json:
-            print(json.dumps({"image": path, "label": result.label, "probabilities": result.probabilities,
-                              "ood_score": result.ood_score, "out_of_distribution": result.out_of_distribution}))
+            # A flagged input gets no label: scripts that read "label" cannot mistake it for a diagnosis.
+            record = {"image": path, **result.as_dict()}
+            if result.out_of_distribution:
+                record.update(label=None, notice=OOD_NOTICE)
+            print(json.dumps(record))
         else:
             scores = "  ".join(f"{label} {p:.3f}" for label, p in result.probabilities.items())
-            flag = "  [unlike the training data: do not trust]" if result.out_of_distribution else ""
-            print(f"{path}: {result.label}  ({scores}){flag}")
+            print(f"{path}: {result.verdict}  ({scores})")
     return 1 if failures else 0
 
 

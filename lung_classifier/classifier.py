@@ -18,6 +18,8 @@ from .images import ImageInput, load_rgb
 from .preprocessing import prepare_batch
 
 DEFAULT_MODEL = Path(__file__).parent / "default_model"
+OOD_NOTICE = "Unlike the training data: no diagnosis"
+"""What the page, the API and the CLI show instead of a class for a flagged input."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,11 @@ class Analysis:
     ood_score: float
     out_of_distribution: bool
     heatmap: np.ndarray | None = None  # float32 in [0, 1], the input's height x width
+
+    @property
+    def verdict(self) -> str:
+        """What to show a person: the label, or OOD_NOTICE where the input is out of distribution."""
+        return OOD_NOTICE if self.out_of_distribution else self.label
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (no heatmap)."""

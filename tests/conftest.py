@@ -84,6 +84,6 @@ def tiny_package(tmp_path_factory, synthetic_dataset, cache_root) -> Path:
 
     output = tmp_path_factory.mktemp("package") / "tiny"
     args = parse_args(["--data", str(synthetic_dataset), "--output", str(output),
-                       "--input-size", str(TINY_SIZE), "--name", "tiny-test"])
+                       "--input-size", str(TINY_SIZE), "--name", "tiny-test", "--repeats", "2"])
     assert train(args, tiny_backbone(), digest="tiny-backbone-seed-0") == 0
     return output

@@ -13,9 +13,9 @@ from PIL import Image
 from lung_classifier import package
 from lung_classifier.model import TAPS, Head
 from training import card
-from training.fit import L2_GRID
+from training import selection
 
-PLOTS = ("confusion_matrix.png", "roc_curves.png", "reliability.png", "training_curves.png")
+PLOTS = ("confusion_matrix.png", "roc_curves.png", "reliability.png")
 
 
 def front_matter(text: str) -> dict:
@@ -63,9 +63,10 @@ def test_template_placeholders_are_all_supplied_by_training(readme):
 
 def test_metadata_is_yaml_with_the_measured_results():
     config = {"name": "m", "labels": ["Normal", "Benign", "Malignant"]}
-    test = {"accuracy": 0.876543, "macro_f1": 0.5,
-            "per_class": {"Normal": {"recall": 1.0}, "Benign": {"recall": 0.25}, "Malignant": {"recall": 0.123456}}}
-    parsed = yaml.safe_load(card.metadata(config, test))
+    means = {"accuracy": 0.876543, "macro_f1": 0.5, "recall_Normal": 1.0, "recall_Benign": 0.25,
+             "recall_Malignant": 0.123456}
+    summary = {name: {"mean": value, "low": 0.0, "high": 1.0} for name, value in means.items()}
+    parsed = yaml.safe_load(card.metadata(config, summary))
     metrics = parsed["model-index"][0]["results"][0]["metrics"]
     assert {m["name"]: m["value"] for m in metrics} == {
         "accuracy": 0.8765, "macro F1": 0.5, "Normal recall": 1.0, "Benign recall": 0.25, "Malignant recall": 0.1235}
@@ -93,11 +94,13 @@ def test_card_front_matter(readme, config, metrics):
     assert entry["name"] == config["name"] == "tiny-test"
     (result,) = entry["results"]
     assert result["task"]["type"] == "image-classification"
+    assert "cross-validation" in result["dataset"]["name"]
     values = {m["type"] if m["type"] != "recall" else m["name"]: m["value"] for m in result["metrics"]}
-    assert values["accuracy"] == pytest.approx(round(metrics["test"]["accuracy"], 4))
-    assert values["f1"] == pytest.approx(round(metrics["test"]["macro_f1"], 4))
+    cv = metrics["cv"]
+    assert values["accuracy"] == pytest.approx(round(cv["accuracy"]["mean"], 4))
+    assert values["f1"] == pytest.approx(round(cv["macro_f1"]["mean"], 4))
     for label in config["labels"]:
-        assert values[f"{label} recall"] == pytest.approx(round(metrics["test"]["per_class"][label]["recall"], 4))
+        assert values[f"{label} recall"] == pytest.approx(round(cv[f"recall_{label}"]["mean"], 4))
 
 
 def test_card_text(readme, config, metrics):
@@ -106,13 +109,21 @@ def test_card_text(readme, config, metrics):
     assert "CC BY 4.0" in readme
     assert f"Lung CT slice classifier: {config['name']}" in readme
     assert "**Normal, Benign, Malignant**" in readme
-    # The measured numbers are in the text as well as the metadata.
-    assert f"accuracy: {metrics['test']['accuracy']:.4f}" in readme
-    assert f"temperature T = {config['temperature']:.3f}" in readme
+    # CV numbers with intervals, and no single-split numbers.
+    assert "5-fold patient-grouped, stratified cross-validation,\nrepeated 2 times" in readme
+    cv = metrics["cv"]
+    assert f"| macro-F1 | {cv['macro_f1']['mean']:.3f} [{cv['macro_f1']['low']:.3f}, {cv['macro_f1']['high']:.3f}] |" \
+        in readme
+    assert "test split" not in readme
+    # What was compared, how the rule and calibration were chosen, the deletion test and the guard.
+    assert readme.count(" **(chosen)** |") == 2  # one head in the selection table, one CAM layer
+    assert f"temperature T = {config['calibration']['temperature']:.3f}" in readme
+    offsets = config["decision_rule"]["offsets"]
+    assert ", ".join(f"{label} {value:+.2f}" for label, value in offsets.items()) in readme
     assert f"threshold {config['ood']['threshold']:.3f}" in readme
-    total = config["training"]["split"]["classes"]["all"]
-    cells = " | ".join(f"{total[s]['images']} ({total[s]['groups']})" for s in ("train", "val", "test"))
-    assert f"| all | {cells} |" in readme
+    assert "| random contiguous regions inside the body (3 per slice) |" in readme
+    assert "| photographs (matplotlib's sample images) | 3 |" in readme
+    assert "| Benign recall >= 0.7 |" in readme
     # Reproduction command and usage hint.
     assert "python -m training --data" in readme and "--input-size 64" in readme
     assert 'from_pretrained("OWNER/NAME")' in readme  # no --push-to-hub: a placeholder repo id
@@ -141,24 +152,30 @@ def test_config_describes_the_model(tiny_package, config):
     assert config["ood"]["threshold"] == pytest.approx(float(head.ood_threshold))
     assert config["ood"]["components"] == head.ood_components.shape[0]
     assert np.isfinite(config["ood"]["threshold"])
+    assert list(config["decision_rule"]["offsets"].values()) == pytest.approx(head.decision_offsets.tolist())
+    assert config["gradcam"]["layers"] in ("conv4", "conv5", "conv4+conv5")
+    assert config["rendering"]["window_width_hu"] == [350, 1200]
+    assert config["rendering"]["window_centre_hu"] == [50, 600]
+    assert set(config["rendering"]["dicom_window"]) == {"centre", "width"}
     backbone = config["backbone"]
     assert backbone["architecture"] == "keras.applications.ResNet50" and backbone["frozen"] is True
     assert backbone["taps"] == list(TAPS)
     assert backbone["weights_sha256"] == "tiny-backbone-seed-0"
     assert head.kernel.shape == (8 + 16 + 32, len(config["labels"]))
     assert set(config["signatures"]) == {"serving_default", "explain", "features"}
+    outputs = config["outputs"]
+    assert outputs["probabilities"]["channel_def"] == {"0": "Normal", "1": "Benign", "2": "Malignant"}
+    assert set(outputs) == {"probabilities", "label", "ood_score", "out_of_distribution", "heatmap"}
+    assert "intended_use" in config and "not a medical device" in config["intended_use"].lower()
 
 
-def test_config_training_split_summary(config, tiny_package):
+def test_config_training_record(config):
     training = config["training"]
     assert training["seed"] == 0
-    split = training["split"]
-    assert split["splits"] == ["train", "val", "test"]
-    total = split["classes"]["all"]
-    assert sum(total[s]["images"] for s in split["splits"]) == 90
+    assert training["cv"] == {"folds": 5, "repeats": 2}
     for label in config["labels"]:
-        assert sum(split["classes"][label][s]["images"] for s in split["splits"]) == 30
-        assert all(split["classes"][label][s]["groups"] >= 1 for s in split["splits"])
+        assert training["classes"][label]["images"] == 30
+        assert training["classes"][label]["groups"] >= 5
 
 
 def test_config_checksums_cover_the_package(tiny_package, config):
@@ -174,10 +191,13 @@ def test_config_checksums_cover_the_package(tiny_package, config):
 
 
 def test_metrics_json_is_consistent(metrics, config):
-    test = metrics["test"]
-    assert test["n"] == config["training"]["split"]["classes"]["all"]["test"]["images"]
-    matrix = np.array(test["confusion_matrix"])
-    assert matrix.sum() == test["n"]
-    assert test["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
-    assert 0.0 <= metrics["test_ood_flag_rate"] <= 1.0
-    assert set(metrics["l2_search"]) == {f"{l2:g}" for l2 in L2_GRID}
+    cv = metrics["cv"]
+    assert len(metrics["cv_folds"]) == 5 * 2 == cv["macro_f1"]["folds"]
+    matrix = np.array(metrics["cv_confusion_matrix"])
+    assert matrix.sum() == 90 * 2  # every slice once per repeat
+    assert [int(row.sum()) for row in matrix] == [60, 60, 60]
+    assert cv["macro_f1"]["mean"] == pytest.approx(np.mean([fold["macro_f1"] for fold in metrics["cv_folds"]]))
+    assert len(metrics["selection"]) == len(selection.CANDIDATES)
+    assert metrics["chosen"] in [candidate["settings"] for candidate in metrics["selection"]]
+    assert metrics["faithfulness"]["chosen"] == config["gradcam"]["layers"]
+    assert all(0.0 <= entry["flagged"] <= 1.0 for entry in metrics["ood_shifts"].values())

@@ -45,7 +45,10 @@ def test_from_pretrained_local_directory(tiny_package, classifier):
 
 
 def test_predict_is_a_distribution_over_the_labels_in_order(classifier, slice_file):
-    probabilities = classifier.predict(slice_file)
+    result = classifier.predict(slice_file)
+    assert set(result) == {"label", "probabilities", "ood_score", "out_of_distribution"}
+    assert result["label"] in LABELS and isinstance(result["out_of_distribution"], bool)
+    probabilities = result["probabilities"]
     assert list(probabilities) == list(LABELS)
     assert all(isinstance(p, float) and 0.0 <= p <= 1.0 for p in probabilities.values())
     assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
@@ -56,7 +59,25 @@ def test_predictions_follow_the_training_classes(classifier):
     for label in LABELS:
         result = classifier.analyze(np.asarray(synthetic_slice(label, 12)))
         assert result.label == label
-        assert result.label == max(result.probabilities, key=result.probabilities.get)
+
+
+def test_the_label_is_the_packages_decision_rule(classifier):
+    from lung_classifier.model import Head
+    from training import decision
+
+    offsets = Head.load(classifier.directory / "head.npz").decision_offsets
+    images = [np.asarray(synthetic_slice(label, index)) for label in LABELS for index in range(1, 30, 4)]
+    results = classifier.analyze_batch(images)
+    probabilities = np.array([[r.probabilities[label] for label in LABELS] for r in results])
+    assert [r.label for r in results] == [LABELS[i] for i in decision.apply(probabilities, offsets)]
+
+
+def test_a_photo_is_flagged_on_predict_and_predict_batch(classifier):
+    import matplotlib
+
+    photo = f"{matplotlib.get_data_path()}/sample_data/grace_hopper.jpg"
+    assert classifier.predict(photo)["out_of_distribution"] is True
+    assert [r["out_of_distribution"] for r in classifier.predict_batch([photo, photo])] == [True, True]
 
 
 def test_every_input_kind_gives_the_same_prediction(classifier, slice_file):
@@ -75,7 +96,9 @@ def test_predict_batch_matches_single_predictions(classifier):
     batch = classifier.predict_batch(images)
     assert len(batch) == len(images)
     for image, result in zip(images, batch):
-        np.testing.assert_allclose(values(result), values(classifier.predict(image)), atol=1e-5)
+        single = classifier.predict(image)
+        np.testing.assert_allclose(values(result["probabilities"]), values(single["probabilities"]), atol=1e-5)
+        assert result["label"] == single["label"]
     assert classifier.predict_batch([]) == []
 
 
@@ -132,7 +155,8 @@ def test_concurrent_predictions_agree(classifier):
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(classifier.predict, images * 3))
     for index, result in enumerate(got):
-        np.testing.assert_allclose(values(result), values(expected[index % len(images)]), atol=1e-6)
+        np.testing.assert_allclose(values(result["probabilities"]),
+                                   values(expected[index % len(images)]["probabilities"]), atol=1e-6)
 
 
 def test_bad_image_raises_image_error(classifier):
@@ -172,9 +196,13 @@ def test_plain_saved_model_gives_the_classifier_probabilities(classifier, tiny_p
     assert {"serving_default", "explain", "features"} <= set(loaded.signatures)
     batch = tf.constant(prepare_batch([load_rgb(image) for image in images], classifier.input_size))
     outputs = loaded.signatures["serving_default"](images=batch)
-    assert set(outputs) == {"probabilities", "ood_score"}
-    for row, result in zip(outputs["probabilities"].numpy(), classifier.analyze_batch(images)):
+    assert set(outputs) == {"probabilities", "label", "ood_score", "out_of_distribution"}
+    results = classifier.analyze_batch(images)
+    for row, result in zip(outputs["probabilities"].numpy(), results):
         np.testing.assert_allclose(row, values(result.probabilities), atol=1e-6)
+    # TF Serving users get the same decided label and flag as the library.
+    assert [LABELS[i] for i in outputs["label"].numpy()] == [r.label for r in results]
+    assert outputs["out_of_distribution"].numpy().tolist() == [r.out_of_distribution for r in results]
     features = loaded.signatures["features"](images=batch)["features"]
     assert features.shape == (3, 8 + 16 + 32)  # the tiny backbone's taps, pooled
 

@@ -17,13 +17,11 @@ from training.data import (
     LABELS,
     Dataset,
     canonical_label,
-    format_split_table,
     group_items,
     group_summary,
     grouped_split,
     scan_folder,
     similarity_stats,
-    split_summary,
 )
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "iqothnccd"
@@ -298,23 +296,6 @@ def test_grouped_split_rejects_bad_fractions(many_patients: Path) -> None:
         grouped_split(dataset, group_items(dataset), fractions=(0.7, 0.2, 0.2))
 
 
-def test_split_summary_and_table(many_patients: Path) -> None:
-    dataset = scan_folder(many_patients, progress=False)
-    groups = group_items(dataset)
-    splits = grouped_split(dataset, groups)
-    summary = split_summary(dataset, groups, splits)
-
-    assert summary["splits"] == ["train", "val", "test"]
-    assert list(summary["classes"]) == [*LABELS, "all"]
-    assert sum(cell["images"] for cell in summary["classes"]["all"].values()) == len(dataset.items)
-    assert sum(cell["groups"] for cell in summary["classes"]["Benign"].values()) == 10
-    assert json.loads(json.dumps(summary)) == summary
-    table = format_split_table(summary)
-    assert table.splitlines()[0] == "| class | train | val | test |"
-    cell = summary["classes"]["Benign"]["test"]
-    assert "| Benign | " in table and f"{cell['images']} ({cell['groups']})" in table
-
-
 # --- the real dataset ------------------------------------------------------------------------
 
 
@@ -343,8 +324,3 @@ def test_real_dataset() -> None:
     for group, split in zip(groups, splits):
         sides[group].add(split)
     assert all(len(found) == 1 for found in sides.values())
-    table = split_summary(dataset, groups, splits)["classes"]
-    for label in LABELS:
-        for split, fraction in zip(("train", "val", "test"), (0.7, 0.15, 0.15)):
-            assert table[label][split]["groups"] >= 1
-            assert abs(table[label][split]["images"] / counts[label] - fraction) < 0.05

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from training import evaluate, fit
+from training import calibration, evaluate, fit
 
 # --- calibration error and reliability bins -------------------------------------------------------
 
@@ -137,25 +137,36 @@ def test_macro_f1_counts_every_class():
     assert evaluate.macro_f1(np.array([0, 0]), np.array([0, 0]), 3) == pytest.approx(1 / 3)
 
 
-# --- temperature --------------------------------------------------------------------------------------
+# --- calibration: temperature and per-class bias ---------------------------------------------------------
+
+
+def sample_labels(rng: np.random.Generator, probabilities: np.ndarray) -> np.ndarray:
+    return (probabilities.cumsum(axis=1) < rng.uniform(size=(len(probabilities), 1))).sum(axis=1)
 
 
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
-def test_fit_temperature_recovers_the_generating_temperature(temperature):
+def test_calibration_recovers_the_generating_temperature_and_biases(temperature):
     rng = np.random.default_rng(42)
     logits = rng.normal(size=(20_000, 3)) * 3.0
-    scaled = logits / temperature
-    probabilities = np.exp(scaled - scaled.max(axis=1, keepdims=True))
-    probabilities /= probabilities.sum(axis=1, keepdims=True)
-    labels = (probabilities.cumsum(axis=1) < rng.uniform(size=(len(logits), 1))).sum(axis=1)
-    assert fit.fit_temperature(logits, labels) == pytest.approx(temperature, rel=0.1)
+    bias = np.array([0.0, -1.0, 0.7])
+    labels = sample_labels(rng, calibration.softmax(logits / temperature + bias))
+    fitted = calibration.fit(logits, labels)
+    assert fitted.temperature == pytest.approx(temperature, rel=0.1)
+    np.testing.assert_allclose(fitted.bias, bias, atol=0.1)
 
 
-def test_fit_temperature_shrinks_for_always_right_logits():
-    # Confident and always right: the NLL keeps falling as T shrinks, so T hits the lower bound e^-3.
-    logits = np.array([[2.0, 0.0], [0.0, 2.0]] * 20)
-    labels = np.array([0, 1] * 20)
-    assert fit.fit_temperature(logits, labels) < 0.1
+def test_calibration_undoes_a_class_weight_shift():
+    # Logits pushed towards class 1 (as balanced class weights do for a rare class): the fitted
+    # bias moves them back, and the calibrated probabilities match the observed frequencies.
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(30_000, 3)) * 2.0
+    labels = sample_labels(rng, calibration.softmax(logits))
+    shifted = logits + np.array([0.0, 1.5, 0.0])
+    fitted = calibration.fit(shifted, labels)
+    assert fitted.bias[1] == pytest.approx(-1.5, abs=0.1)
+    before = evaluate.expected_calibration_error(calibration.softmax(shifted), labels)
+    after = evaluate.expected_calibration_error(fitted.probabilities(shifted), labels)
+    assert after < 0.02 < before
 
 
 # --- OOD statistics -------------------------------------------------------------------------------------
@@ -168,7 +179,8 @@ def test_ood_statistics_on_gaussian_data():
     order = rng.permutation(dims)  # axes not in std order in feature space
     z = rng.normal(size=(20_000, dims)) * stds[order]
 
-    components, scale, residual = fit.ood_statistics(z)
+    statistics = fit.ood_statistics(z)
+    components, scale, residual = statistics.components, statistics.scale, statistics.residual
     k = fit.OOD_COMPONENTS
     assert components.shape == (k, dims) and scale.shape == (k,)
     np.testing.assert_allclose(components @ components.T, np.eye(k), atol=1e-6)
@@ -192,14 +204,17 @@ def test_ood_score_is_about_one_on_training_data_and_large_off_it():
     x_train = rng.normal(size=(n, dims)) @ mixing + 3.0
     mean, scale = fit.standardisation(x_train)
     z_train = (x_train - mean) / scale
-    components, ood_scale, residual = fit.ood_statistics(z_train)
+    statistics = fit.ood_statistics(z_train)
     head = Head(feature_mean=mean, feature_scale=scale, kernel=np.zeros((dims, 3)), bias=np.zeros(3),
-                temperature=np.array(1.0), ood_components=components, ood_scale=ood_scale,
-                ood_residual=np.array(residual), ood_threshold=np.array(np.inf))
-    head = fit._as_float32(head)
+                temperature=np.array(1.0), decision_offsets=np.zeros(3), ood_components=statistics.components,
+                ood_scale=statistics.scale, ood_residual=np.array(statistics.residual),
+                ood_threshold=np.array(np.inf)).as_float32()
 
     def scores(x: np.ndarray) -> np.ndarray:
-        return head_outputs(tf.constant(x, tf.float32), HeadVariables(head))["ood_score"].numpy()
+        graph = head_outputs(tf.constant(x, tf.float32), HeadVariables(head))["ood_score"].numpy()
+        # The numpy score used during cross-validation is the graph's score.
+        np.testing.assert_allclose(statistics.scores((x - mean) / scale), graph, rtol=1e-3)
+        return graph
 
     inside = scores(x_train)
     assert inside.mean() == pytest.approx(1.0, rel=0.05)
@@ -209,12 +224,6 @@ def test_ood_score_is_about_one_on_training_data_and_large_off_it():
     off_manifold = scores(x_train[:1000] + rng.normal(size=(1000, dims)) * scale * 3.0)
     assert np.median(shifted) > 10 * np.median(fresh)
     assert np.median(off_manifold) > 3 * np.median(fresh)
-
-    # The threshold is the 97.5% quantile of validation scores.
-    flagged = fit.with_ood_threshold(head, fresh)
-    assert float(flagged.ood_threshold) == pytest.approx(np.quantile(fresh, fit.OOD_QUANTILE), rel=1e-6)
-    assert np.mean(fresh > flagged.ood_threshold) == pytest.approx(1 - fit.OOD_QUANTILE, abs=0.002)
-    assert flagged.ood_threshold.dtype == np.float32
 
 
 def test_standardisation_keeps_dead_channels_finite():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from lung_classifier import package
+from lung_classifier.rendering import IQ_OTH_RENDERING
 from lung_classifier.package import PackageError
 
 
@@ -209,8 +210,8 @@ def tiny_exporter(monkeypatch):
     def export(directory: Path, config: dict, weights: str | None = None) -> None:
         calls.append(directory)
         size = config["input"]["size"]
-        LungModel(build_extractor(tiny_backbone()), Head.load(directory / package.HEAD), size).export(
-            directory / package.SAVED_MODEL)
+        LungModel(build_extractor(tiny_backbone()), Head.load(directory / package.HEAD), size,
+                  cam=config["gradcam"]["layers"]).export(directory / package.SAVED_MODEL)
 
     monkeypatch.setattr(package, "export_saved_model", export)
     return calls
@@ -304,6 +305,7 @@ def random_resnet_head_package(directory: Path, weights_sha256: str, seed: int =
         kernel=(rng.normal(size=(features, classes)) * 0.01).astype(np.float32),
         bias=np.zeros(classes, np.float32),
         temperature=np.array(1.5, np.float32),
+        decision_offsets=np.array([0.0, 0.0, 1.0], np.float32),
         ood_components=axes.T.astype(np.float32),
         ood_scale=rng.uniform(0.5, 2, components).astype(np.float32),
         ood_residual=np.array(1.0, np.float32),
@@ -323,6 +325,8 @@ def random_resnet_head_package(directory: Path, weights_sha256: str, seed: int =
         "head": {"file": package.HEAD},
         "temperature": 1.5,
         "ood": {"threshold": 3.0},
+        "gradcam": {"layers": "conv4+conv5"},
+        "rendering": IQ_OTH_RENDERING,
     }
     return package.write_config(directory, config)
 
@@ -346,14 +350,15 @@ def test_head_only_package_is_completed_with_real_resnet50(tmp_path, monkeypatch
     assert first.input_size == 224
     assert not (source / package.SAVED_MODEL).exists()
     image = np.asarray(synthetic_slice("Normal", 1))
-    probabilities = first.predict(image)
+    probabilities = first.predict(image)["probabilities"]
     assert list(probabilities) == ["Normal", "Benign", "Malignant"]
     assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
 
     second = LungClassifier.from_pretrained(source)
     assert "building" not in capfd.readouterr().err
     assert second.directory == first.directory
-    np.testing.assert_allclose(list(second.predict(image).values()), list(probabilities.values()), atol=1e-6)
+    np.testing.assert_allclose(list(second.predict(image)["probabilities"].values()), list(probabilities.values()),
+                               atol=1e-6)
 
 
 @pytest.mark.slow
@@ -375,6 +380,6 @@ def test_embedded_default_model_loads_and_predicts(tmp_path, monkeypatch, capfd)
         assert "differ" not in err
     assert classifier.labels == ("Normal", "Benign", "Malignant")
     assert classifier.input_size == 224
-    probabilities = classifier.predict(np.asarray(synthetic_slice("Normal", 1)))
+    probabilities = classifier.predict(np.asarray(synthetic_slice("Normal", 1)))["probabilities"]
     assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     assert "embedded default model" in classifier.origin

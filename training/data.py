@@ -287,38 +287,6 @@ def grouped_split(
     return [split_of_group[group] for group in groups]
 
 
-def split_summary(dataset: Dataset, groups: list[int], splits: list[str]) -> dict:
-    """Images and groups per class and split, plus totals (JSON-serialisable)."""
-    images: dict[tuple[str, str], int] = Counter()
-    group_sets: dict[tuple[str, str], set[int]] = defaultdict(set)
-    for item, group, split in zip(dataset.items, groups, splits):
-        for label in (item.label, "all"):
-            images[label, split] += 1
-            group_sets[label, split].add(group)
-    rows = [*dataset.labels, "all"]
-    return {
-        "splits": list(SPLITS),
-        "classes": {
-            label: {split: {"images": images[label, split], "groups": len(group_sets[label, split])}
-                    for split in SPLITS}
-            for label in rows
-        },
-    }
-
-
-def format_split_table(summary: dict) -> str:
-    """The split summary as a markdown table of "images (groups)" cells, for logs and the model card."""
-    splits = summary["splits"]
-    lines = [
-        "| class | " + " | ".join(splits) + " |",
-        "| --- | " + " | ".join("---:" for _ in splits) + " |",
-    ]
-    for label, cells in summary["classes"].items():
-        row = " | ".join(f"{cells[split]['images']} ({cells[split]['groups']})" for split in splits)
-        lines.append(f"| {label} | {row} |")
-    return "\n".join(lines) + "\n\nCells: images (pseudo-patient groups)."
-
-
 def _subdirectories(folder: Path) -> list[Path]:
     return sorted(path for path in folder.iterdir() if path.is_dir() and not _hidden(path))
 
