@@ -39,6 +39,7 @@ def download(repo_id: str, *, revision: str | None = None, token: bool | str | N
     The options are huggingface_hub's own (``snapshot_download``), forwarded as they are.
     """
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     where = f"{repo_id}@{revision}" if revision else repo_id
     options = dict(repo_id=repo_id, repo_type="model", token=token, cache_dir=cache_dir,
@@ -50,7 +51,19 @@ def download(repo_id: str, *, revision: str | None = None, token: bool | str | N
         config = package.parse_config(first / package.CONFIG)
         # The first call resolved the revision: fetch the rest from that same commit.
         wanted = package.listed_files(config, saved_model=saved_model)
-        return Path(snapshot_download(revision=first.name, allow_patterns=wanted, **options))
+        try:
+            return Path(snapshot_download(revision=first.name, allow_patterns=wanted, **options))
+        except LocalEntryNotFoundError:
+            raise _Incomplete([name for name in wanted if not (first / name).is_file()]) from None
+
+
+class _Incomplete(Exception):
+    """The cached snapshot has config.json but not all the files it lists that this load needs."""
+
+
+_LACKS = ("the Hub is unreachable, HF_HUB_OFFLINE is set or local_files_only=True, and the cached copy lacks "
+          "files this load needs (the SavedModel is fetched only by trust_saved_model=True loads); connect once "
+          "to complete it")
 
 
 @contextlib.contextmanager
@@ -72,10 +85,9 @@ def _errors(repo_id: str, revision: str | None, where: str) -> Iterator[None]:
     except RevisionNotFoundError:
         raise HubError(f"Hub repo {repo_id!r} has no revision {revision!r}") from None
     except IncompleteSnapshotError as exc:
-        raise HubError(
-            f"cannot fetch {where}: the Hub is unreachable or offline, and the cached copy lacks files this "
-            f"load needs ({exc}); connect once to complete it"
-        ) from None
+        raise HubError(f"cannot fetch {where}: {_LACKS} ({exc})") from None
+    except _Incomplete as exc:
+        raise HubError(f"cannot fetch {where}: {_LACKS} ({', '.join(exc.args[0])})") from None
     except LocalEntryNotFoundError:
         raise HubError(
             f"cannot fetch {where}: the Hub is unreachable, HF_HUB_OFFLINE is set or local_files_only=True, and "
