@@ -328,6 +328,7 @@ def test_completed_head_only_package_predicts_like_the_full_one(tiny_package, tm
     original = LungClassifier.from_pretrained(tiny_package, trust_saved_model=True)
     assert rebuilt.directory.parent == tmp_path / "cache" / "packages"
     assert original.directory == tiny_package
+    assert rebuilt.source_name == "local package head-only" and str(tmp_path) not in rebuilt.source_name
     image = np.asarray(synthetic_slice("Malignant", 3))
     got, want = rebuilt.predict(image), original.predict(image)
     assert list(got) == list(want)
