@@ -22,13 +22,23 @@ DEFAULT_MODEL = Path(__file__).parent / "default_model"
 
 @dataclass(frozen=True)
 class Analysis:
-    """One slice's result: the prediction and how far to trust it."""
+    """One slice's result: the decided label, the probabilities, and how far to trust them.
+
+    ``label`` is the package's decision rule (Malignant recall first), not always the most
+    probable class. Where ``out_of_distribution`` is true the input is unlike the training
+    slices: show no diagnosis for it.
+    """
 
     label: str
     probabilities: dict[str, float]
     ood_score: float
     out_of_distribution: bool
     heatmap: np.ndarray | None = None  # float32 in [0, 1], the input's height x width
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data (no heatmap)."""
+        return {"label": self.label, "probabilities": self.probabilities, "ood_score": self.ood_score,
+                "out_of_distribution": self.out_of_distribution}
 
 
 @dataclass(frozen=True)
@@ -108,13 +118,13 @@ class LungClassifier:
                                         allow_other_weights=allow_other_weights)
         return cls(full, config, found.origin, found.name)
 
-    def predict(self, image: ImageInput) -> dict[str, float]:
-        """Calibrated probability per label, in the model's label order."""
-        return self.analyze(image).probabilities
+    def predict(self, image: ImageInput) -> dict[str, Any]:
+        """``{"label", "probabilities", "ood_score", "out_of_distribution"}`` for one slice, as plain data."""
+        return self.analyze(image).as_dict()
 
-    def predict_batch(self, images: Sequence[ImageInput]) -> list[dict[str, float]]:
+    def predict_batch(self, images: Sequence[ImageInput]) -> list[dict[str, Any]]:
         """Like predict, for many images run as one batch."""
-        return [result.probabilities for result in self.analyze_batch(images)]
+        return [result.as_dict() for result in self.analyze_batch(images)]
 
     def analyze(self, image: ImageInput, explain: bool = False) -> Analysis:
         """Prediction, OOD score and flag, and with explain=True the Grad-CAM heatmap."""
@@ -132,12 +142,11 @@ class LungClassifier:
         for index, rgb in enumerate(rgbs):
             probabilities = {label: float(p) for label, p in zip(self.labels, outputs["probabilities"][index])}
             heatmap = _upsample(outputs["heatmap"][index], rgb.shape[:2]) if explain else None
-            score = float(outputs["ood_score"][index])
             results.append(Analysis(
-                label=max(probabilities, key=probabilities.get),
+                label=self.labels[int(outputs["label"][index])],
                 probabilities=probabilities,
-                ood_score=score,
-                out_of_distribution=score > self.ood_threshold,
+                ood_score=float(outputs["ood_score"][index]),
+                out_of_distribution=bool(outputs["out_of_distribution"][index]),
                 heatmap=heatmap,
             ))
         return results

@@ -17,21 +17,24 @@ import keras
 
 TAPS = ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out")
 """ResNet50 stage outputs whose pooled activations feed the head (512 + 1024 + 2048 = 3584)."""
-CAM_TAP = 1
-"""Grad-CAM is taken at conv4 (14x14 at 224 px): finer than conv5's 7x7, still semantic."""
+CAM_CHOICES = {"conv4": (TAPS[1],), "conv5": (TAPS[2],), "conv4+conv5": (TAPS[1], TAPS[2])}
+"""Where Grad-CAM can be taken; training picks one by a deletion test and records it in the package."""
+DEFAULT_CAM = "conv4+conv5"
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 """keras.applications.resnet50.preprocess_input ("caffe" mode): RGB->BGR, minus ImageNet mean."""
+UPPER_STAGE = "resnet50_conv5"
 
 
 @dataclass(frozen=True)
 class Head:
-    """Trained parts: feature standardisation, linear classifier, temperature, OOD statistics."""
+    """Trained parts: standardisation, calibrated linear classifier, decision rule, OOD statistics."""
 
     feature_mean: np.ndarray  # (D,)
     feature_scale: np.ndarray  # (D,)
     kernel: np.ndarray  # (D, C)
-    bias: np.ndarray  # (C,)
-    temperature: np.ndarray  # () softmax temperature fitted on validation
+    bias: np.ndarray  # (C,) calibration's per-class bias folded in
+    temperature: np.ndarray  # () softmax temperature fitted on out-of-fold logits
+    decision_offsets: np.ndarray  # (C,) label = argmax(log probability + offset)
     ood_components: np.ndarray  # (K, D) principal axes of standardised training features
     ood_scale: np.ndarray  # (K,) their standard deviations
     ood_residual: np.ndarray  # () mean squared off-subspace residual on training features
@@ -46,18 +49,34 @@ class Head:
         with np.load(path, allow_pickle=False) as arrays:
             missing = [f.name for f in fields(cls) if f.name not in arrays]
             if missing:
-                raise ValueError(f"{path}: head arrays missing: {', '.join(missing)}")
+                raise ValueError(f"{path.name}: head arrays missing: {', '.join(missing)} "
+                                 "(a package from an older version: retrain it with python -m training)")
             return cls(**{f.name: arrays[f.name].astype(np.float32) for f in fields(cls)})
+
+    def as_float32(self) -> "Head":
+        return Head(**{f.name: np.asarray(getattr(self, f.name), np.float32) for f in fields(self)})
 
 
 def build_extractor(backbone: keras.Model) -> keras.Model:
-    """Backbone -> the feature maps named in TAPS, from raw 0..255 RGB pixels."""
+    """Backbone -> the feature maps named in TAPS, from raw 0..255 RGB pixels.
+
+    The last stage is its own sub-model (UPPER_STAGE) so Grad-CAM can differentiate
+    through it from the conv4 maps (see :func:`split_extractor`).
+    """
     pixels = keras.Input(shape=backbone.input_shape[1:], name="pixels")
     bgr = keras.ops.flip(pixels, axis=-1) - keras.ops.convert_to_tensor(CAFFE_BGR_MEAN)
-    taps = keras.Model(backbone.input, [backbone.get_layer(name).output for name in TAPS])
-    extractor = keras.Model(pixels, taps(bgr), name="resnet50_taps")
+    conv3, conv4, conv5 = (backbone.get_layer(name).output for name in TAPS)
+    lower = keras.Model(backbone.input, [conv3, conv4], name="resnet50_to_conv4")
+    upper = keras.Model(conv4, conv5, name=UPPER_STAGE)
+    maps3, maps4 = lower(bgr)
+    extractor = keras.Model(pixels, [maps3, maps4, upper(maps4)], name="resnet50_taps")
     extractor.trainable = False
     return extractor
+
+
+def split_extractor(extractor: keras.Model) -> tuple[keras.Model, keras.Model]:
+    """(pixels -> conv3, conv4 maps) and (conv4 maps -> conv5 maps), sharing the extractor's weights."""
+    return keras.Model(extractor.input, extractor.outputs[:2]), extractor.get_layer(UPPER_STAGE)
 
 
 def pool(maps: list[tf.Tensor]) -> tf.Tensor:
@@ -66,19 +85,26 @@ def pool(maps: list[tf.Tensor]) -> tf.Tensor:
 
 
 def head_outputs(features: tf.Tensor, head: "HeadVariables") -> dict[str, tf.Tensor]:
-    """Calibrated probabilities, logits and OOD score from pooled features."""
+    """Calibrated probabilities, decided label, logits and OOD score and flag from pooled features."""
     z = (features - head.feature_mean) / head.feature_scale
     logits = tf.matmul(z, head.kernel) + head.bias
+    scaled = logits / head.temperature
     projected = tf.matmul(z, head.ood_components, transpose_b=True)
     inside = tf.reduce_mean(tf.square(projected / head.ood_scale), axis=-1)
     residual = tf.reduce_mean(tf.square(z - tf.matmul(projected, head.ood_components)), axis=-1)
     # Both terms are ~1 on training data: distance within the subspace and off it.
     ood_score = 0.5 * (inside + residual / head.ood_residual)
     return {
-        "probabilities": tf.nn.softmax(logits / head.temperature, axis=-1),
+        "probabilities": tf.nn.softmax(scaled, axis=-1),
+        "label": tf.argmax(tf.nn.log_softmax(scaled, axis=-1) + head.decision_offsets, axis=-1, output_type=tf.int32),
         "logits": logits,
         "ood_score": ood_score,
+        "out_of_distribution": ood_score > head.ood_threshold,
     }
+
+
+SERVED = ("probabilities", "label", "ood_score", "out_of_distribution")
+"""What serving_default returns; `explain` adds `heatmap`."""
 
 
 class HeadVariables(tf.Module):
@@ -93,36 +119,54 @@ class HeadVariables(tf.Module):
 class LungModel(tf.Module):
     """Extractor + head, with the three endpoints the package exports."""
 
-    def __init__(self, extractor: keras.Model, head: Head, input_size: int):
+    def __init__(self, extractor: keras.Model, head: Head, input_size: int, cam: str = DEFAULT_CAM):
         super().__init__(name="lung_model")
+        if cam not in CAM_CHOICES:
+            raise ValueError(f"unknown Grad-CAM layer choice {cam!r}: one of {', '.join(CAM_CHOICES)}")
         self.extractor = extractor
+        self.lower, self.upper = split_extractor(extractor)
         self.head = HeadVariables(head)
         self.input_size = input_size
+        self.cam = cam
         self.signature = [tf.TensorSpec([None, input_size, input_size, 3], tf.float32, name="images")]
         self.predict = tf.function(self._predict, input_signature=self.signature)
         self.explain = tf.function(self._explain, input_signature=self.signature)
         self.features = tf.function(self._features, input_signature=self.signature)
 
     def _features(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"features": pool(self.extractor(images, training=False))}
+        return {"features": pool(self.extractor(images))}
 
     def _predict(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         outputs = head_outputs(self._features(images)["features"], self.head)
-        return {"probabilities": outputs["probabilities"], "ood_score": outputs["ood_score"]}
+        return {name: outputs[name] for name in SERVED}
+
+    def cam_maps(self, images: tf.Tensor) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+        """Head outputs, and Grad-CAM of the decided label's logit at conv4 and at conv5.
+
+        The conv4 maps are watched and conv5 is computed from them inside the tape, so the
+        conv4 gradient flows through the whole last stage, not only through conv4's own pool.
+        """
+        maps3, maps4 = self.lower(images)
+        with tf.GradientTape() as tape:
+            tape.watch(maps4)
+            maps5 = self.upper(maps4)
+            outputs = head_outputs(pool([maps3, maps4, maps5]), self.head)
+            score = tf.gather(outputs["logits"], outputs["label"], axis=1, batch_dims=1)
+        gradients4, gradients5 = tape.gradient(score, [maps4, maps5])
+        grid = tf.shape(maps4)[1:3]
+        cams = {}
+        for name, maps, gradients in ((TAPS[1], maps4, gradients4), (TAPS[2], maps5, gradients5)):
+            weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)
+            cam = tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1, keepdims=True))
+            cam = tf.image.resize(cam, grid, method="bilinear")[..., 0]
+            cams[name] = cam / (tf.reduce_max(cam, axis=[1, 2], keepdims=True) + 1e-8)
+        return outputs, cams
 
     def _explain(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Grad-CAM of the predicted class at the CAM tap, normalised to [0, 1] per image."""
-        maps = self.extractor(images, training=False)
-        with tf.GradientTape() as tape:
-            tape.watch(maps[CAM_TAP])
-            outputs = head_outputs(pool(maps), self.head)
-            predicted = tf.argmax(outputs["logits"], axis=-1)
-            score = tf.gather(outputs["logits"], predicted, axis=1, batch_dims=1)
-        gradients = tape.gradient(score, maps[CAM_TAP])
-        weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)
-        cam = tf.nn.relu(tf.reduce_sum(weights * maps[CAM_TAP], axis=-1))
-        cam = cam / (tf.reduce_max(cam, axis=[1, 2], keepdims=True) + 1e-8)
-        return {"probabilities": outputs["probabilities"], "ood_score": outputs["ood_score"], "heatmap": cam}
+        """Served outputs plus the Grad-CAM heatmap (conv4 grid, [0, 1] per image) of the chosen layers."""
+        outputs, cams = self.cam_maps(images)
+        heatmap = tf.add_n([cams[name] for name in CAM_CHOICES[self.cam]]) / len(CAM_CHOICES[self.cam])
+        return {**{name: outputs[name] for name in SERVED}, "heatmap": heatmap}
 
     def export(self, path: Path) -> None:
         """Write a SavedModel whose signatures TensorFlow Serving serves as they are."""

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .backbone import WeightsSource
 
 FORMAT = "lung-classifier-package"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CONFIG = "config.json"
 HEAD = "head.npz"
 SAVED_MODEL = "saved_model"
@@ -119,7 +119,8 @@ def parse_config(config_path: Path) -> dict[str, Any]:
             f"{config_path}: package format version {config.get('format_version')} is not supported "
             f"(this library reads version {FORMAT_VERSION}); upgrade lung_classifier or re-export the package"
         )
-    required = (("labels",), ("input", "size"), ("ood", "threshold"), ("backbone", "weights_sha256"))
+    required = (("labels",), ("input", "size"), ("ood", "threshold"), ("backbone", "weights_sha256"),
+                ("gradcam", "layers"), ("rendering", "dicom_window"))
     for keys in required:
         value = config
         for key in keys:
@@ -241,7 +242,7 @@ def export_saved_model(directory: Path, config: dict[str, Any], source: WeightsS
     resnet = backbone.load_resnet50(source, input_shape=(size, size, 3))
     digest = backbone.model_digest(resnet)
     check_weights(config["backbone"]["weights_sha256"], digest, source.origin, allow_other_weights)
-    model = LungModel(build_extractor(resnet), Head.load(directory / HEAD), size)
+    model = LungModel(build_extractor(resnet), Head.load(directory / HEAD), size, cam=config["gradcam"]["layers"])
     model.export(directory / SAVED_MODEL)
     return digest
 

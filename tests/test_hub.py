@@ -38,7 +38,7 @@ def own_cache(tmp_path, monkeypatch):
 
 
 def predictions(classifier: LungClassifier, images) -> np.ndarray:
-    return np.array([list(p.values()) for p in classifier.predict_batch(images)])
+    return np.array([list(p["probabilities"].values()) for p in classifier.predict_batch(images)])
 
 
 def downloaded(hub_env, since: int = 0) -> list[str]:
@@ -258,19 +258,14 @@ def test_upload_without_a_token_is_a_hub_error(hub_env, local, monkeypatch):
 
 def test_training_pushes_its_package(hub_env, synthetic_dataset, cache_root, tmp_path, monkeypatch, capsys,
                                      images, tiny_package, tiny_standard_backbone):
-    """`python -m training ... --push-to-hub` (one L2 candidate and few epochs, to keep it short)."""
-    import functools
-
+    """`python -m training ... --push-to-hub` (one CV repeat, to keep it short)."""
     from conftest import TINY_SIZE, tiny_backbone
-    from training import fit
     from training.__main__ import parse_args, train
 
-    monkeypatch.setattr(fit, "L2_GRID", (1e-3,))
-    monkeypatch.setattr(fit, "train_linear", functools.partial(fit.train_linear, epochs=30))
     output = tmp_path / "pushed"
     repo = "fake-user/trained"
     args = parse_args(["--data", str(synthetic_dataset), "--output", str(output), "--input-size", str(TINY_SIZE),
-                       "--name", "pushed-test", "--push-to-hub", repo])
+                       "--name", "pushed-test", "--repeats", "1", "--push-to-hub", repo])
     assert train(args, tiny_backbone(), digest="tiny-backbone-seed-0") == 0
     printed = capsys.readouterr().out
     commit = re.search(rf"pushed to {repo} at commit ([0-9a-f]{{40}})", printed)

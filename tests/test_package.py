@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from lung_classifier import package
+from lung_classifier.rendering import IQ_OTH_RENDERING
 from lung_classifier.package import PackageError
 
 
@@ -102,7 +103,7 @@ def test_config_that_is_not_json(package_copy):
 
 def test_unknown_format_version_says_to_upgrade(package_copy):
     edit_config(package_copy, format_version=package.FORMAT_VERSION + 1)
-    with pytest.raises(PackageError, match=r"format version 2 is not supported.*upgrade"):
+    with pytest.raises(PackageError, match=rf"format version {package.FORMAT_VERSION + 1} is not supported.*upgrade"):
         package.read_config(package_copy)
 
 
@@ -152,7 +153,8 @@ def test_write_config_overrides_format_and_checksums_given_by_the_caller(tmp_pat
     (tmp_path / package.HEAD).write_bytes(b"head")
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "a.txt").write_text("a")
-    minimal = {"labels": ["x"], "input": {"size": 8}, "ood": {"threshold": 1.0}, "backbone": {"weights_sha256": "0"}}
+    minimal = {"labels": ["x"], "input": {"size": 8}, "ood": {"threshold": 1.0}, "backbone": {"weights_sha256": "0"},
+               "gradcam": {"layers": "conv4+conv5"}, "rendering": IQ_OTH_RENDERING}
     written = package.write_config(tmp_path, {**minimal, "format_version": 99,
                                               "files": {"stale": "0"}, "saved_model_files": {"s": "0"}})
     assert written["format_version"] == package.FORMAT_VERSION
@@ -330,7 +332,7 @@ def test_completed_head_only_package_predicts_like_the_full_one(tiny_package, tm
     assert original.directory == tiny_package
     assert rebuilt.source_name == "local package head-only" and str(tmp_path) not in rebuilt.source_name
     image = np.asarray(synthetic_slice("Malignant", 3))
-    got, want = rebuilt.predict(image), original.predict(image)
+    got, want = rebuilt.predict(image)["probabilities"], original.predict(image)["probabilities"]
     assert list(got) == list(want)
     np.testing.assert_allclose(list(got.values()), list(want.values()), atol=1e-6)
 
@@ -356,15 +358,15 @@ def test_a_full_package_is_rebuilt_from_its_head_unless_its_saved_model_is_trust
     mixed = tmp_path / "mixed"
     with_other_head(tiny_package, mixed)
     image = np.asarray(synthetic_slice("Normal", 3))
-    trained = LungClassifier.from_pretrained(tiny_package, trust_saved_model=True).predict(image)
+    trained = LungClassifier.from_pretrained(tiny_package, trust_saved_model=True).predict(image)["probabilities"]
     assert trained["Malignant"] < 0.99  # so the other head's answer below is its own
 
     default = LungClassifier.from_pretrained(mixed)
     assert default.directory.parent == tmp_path / "cache" / "packages"
-    assert default.predict(image)["Malignant"] > 0.999  # the head's answer, not the shipped graph's
+    assert default.predict(image)["probabilities"]["Malignant"] > 0.999  # the head's answer, not the shipped graph's
     trusted = LungClassifier.from_pretrained(mixed, trust_saved_model=True)
     assert trusted.directory == mixed
-    np.testing.assert_allclose(list(trusted.predict(image).values()), list(trained.values()), atol=1e-6)
+    np.testing.assert_allclose(list(trusted.predict(image)["probabilities"].values()), list(trained.values()), atol=1e-6)
 
 
 def file_writing_saved_model(directory: Path, marker: Path) -> None:
@@ -381,7 +383,8 @@ def file_writing_saved_model(directory: Path, marker: Path) -> None:
         def _serve(self, images):
             tf.io.write_file(str(marker), "written by the package's graph")
             count = tf.shape(images)[0]
-            return {"probabilities": tf.fill([count, 3], 1.0 / 3), "ood_score": tf.zeros([count])}
+            return {"probabilities": tf.fill([count, 3], 1.0 / 3), "label": tf.zeros([count], tf.int64),
+                    "ood_score": tf.zeros([count]), "out_of_distribution": tf.zeros([count], tf.bool)}
 
         def _explain(self, images):
             return {**self._serve(images), "heatmap": tf.zeros(tf.shape(images)[:3])}
@@ -443,7 +446,8 @@ def test_other_weights_are_an_error_unless_allowed_and_key_the_cache(tiny_packag
         other = LungClassifier.from_pretrained(tmp_path / "head-only", allow_other_weights=True)
     assert other.directory != same.directory  # the cache key holds the weights used
     assert other.config["rebuilt"]["weights_sha256"] == "tiny-backbone-seed-1"
-    assert not np.allclose(list(other.predict(image).values()), list(same.predict(image).values()), atol=1e-4)
+    assert not np.allclose(list(other.predict(image)["probabilities"].values()),
+                           list(same.predict(image)["probabilities"].values()), atol=1e-4)
     # The cached build made with other weights is no way around the check.
     with pytest.raises(package.WeightsMismatchError):
         LungClassifier.from_pretrained(tmp_path / "head-only")
@@ -496,6 +500,7 @@ def random_resnet_head_package(directory: Path, weights_sha256: str, seed: int =
         kernel=(rng.normal(size=(features, classes)) * 0.01).astype(np.float32),
         bias=np.zeros(classes, np.float32),
         temperature=np.array(1.5, np.float32),
+        decision_offsets=np.array([0.0, 0.0, 1.0], np.float32),
         ood_components=axes.T.astype(np.float32),
         ood_scale=rng.uniform(0.5, 2, components).astype(np.float32),
         ood_residual=np.array(1.0, np.float32),
@@ -515,6 +520,8 @@ def random_resnet_head_package(directory: Path, weights_sha256: str, seed: int =
         "head": {"file": package.HEAD},
         "temperature": 1.5,
         "ood": {"threshold": 3.0},
+        "gradcam": {"layers": "conv4+conv5"},
+        "rendering": IQ_OTH_RENDERING,
     }
     return package.write_config(directory, config)
 
@@ -541,7 +548,7 @@ def test_head_only_package_is_completed_with_real_resnet50(tmp_path, monkeypatch
     assert first.input_size == 224
     assert not (source / package.SAVED_MODEL).exists()
     image = np.asarray(synthetic_slice("Normal", 1))
-    probabilities = first.predict(image)
+    probabilities = first.predict(image)["probabilities"]
     assert list(probabilities) == ["Normal", "Benign", "Malignant"]
     assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
 
@@ -549,7 +556,8 @@ def test_head_only_package_is_completed_with_real_resnet50(tmp_path, monkeypatch
         second = LungClassifier.from_pretrained(source, allow_other_weights=True)
     assert "building" not in capfd.readouterr().err
     assert second.directory == first.directory
-    np.testing.assert_allclose(list(second.predict(image).values()), list(probabilities.values()), atol=1e-6)
+    np.testing.assert_allclose(list(second.predict(image)["probabilities"].values()), list(probabilities.values()),
+                               atol=1e-6)
 
 
 @pytest.mark.slow
@@ -573,7 +581,7 @@ def test_embedded_default_model_loads_and_predicts(tmp_path, monkeypatch, capfd)
         assert classifier.config["rebuilt"]["weights_sha256"] == classifier.config["backbone"]["weights_sha256"]
     assert classifier.labels == ("Normal", "Benign", "Malignant")
     assert classifier.input_size == 224
-    probabilities = classifier.predict(np.asarray(synthetic_slice("Normal", 1)))
+    probabilities = classifier.predict(np.asarray(synthetic_slice("Normal", 1)))["probabilities"]
     assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     assert "embedded default model" in classifier.origin
     assert classifier.source_name == "embedded default model"

@@ -19,13 +19,13 @@ def render(template: str, values: dict[str, Any]) -> str:
     return PLACEHOLDER.sub(lambda match: str(values[match.group(1)]), template)
 
 
-def metadata(config: dict[str, Any], test: dict[str, Any]) -> str:
-    """Hugging Face YAML front matter, including a model-index with the measured results.
+def metadata(config: dict[str, Any], summary: dict[str, dict[str, float]]) -> str:
+    """Hugging Face YAML front matter, with a model-index of the cross-validated means.
 
     JSON is valid YAML, so each value is written with json.dumps: no YAML library needed.
     """
-    results = [("accuracy", "accuracy", test["accuracy"]), ("f1", "macro F1", test["macro_f1"])]
-    results += [("recall", f"{label} recall", test["per_class"][label]["recall"]) for label in config["labels"]]
+    results = [("accuracy", "accuracy", summary["accuracy"]["mean"]), ("f1", "macro F1", summary["macro_f1"]["mean"])]
+    results += [("recall", f"{label} recall", summary[f"recall_{label}"]["mean"]) for label in config["labels"]]
     metrics = [{"type": kind, "name": name, "value": round(value, 4)} for kind, name, value in results]
     entries = {
         "license": "cc-by-4.0",
@@ -38,7 +38,7 @@ def metadata(config: dict[str, Any], test: dict[str, Any]) -> str:
             "name": config["name"],
             "results": [{
                 "task": {"type": "image-classification", "name": "Lung CT slice classification"},
-                "dataset": {"type": "iq-oth-nccd", "name": "IQ-OTH/NCCD (patient-grouped test split)"},
+                "dataset": {"type": "iq-oth-nccd", "name": "IQ-OTH/NCCD (patient-grouped repeated cross-validation, mean over folds)"},
                 "metrics": metrics,
             }],
         }],

@@ -25,9 +25,15 @@ from lung_classifier.preprocessing import RESAMPLE, prepare_batch
 BATCH = 32
 
 
-def cache_key(weights_id: str, input_size: int) -> str:
+VIEWS = ("plain", "flip")
+"""Each slice as it is, and mirrored left-right (an augmented view for training)."""
+
+
+def cache_key(weights_id: str, input_size: int, view: str = "plain") -> str:
     """Everything that changes a feature vector, hashed."""
     identity = {"weights": weights_id, "input_size": input_size, "taps": TAPS, "resample": RESAMPLE, "v": 1}
+    if view != "plain":
+        identity["view"] = view
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -50,23 +56,31 @@ class FeatureCache:
 
 
 def extract(extractor: keras.Model, paths: list[Path], md5s: list[str], input_size: int,
-            cache: FeatureCache) -> np.ndarray:
-    """Pooled backbone features for each image, computing only what the cache lacks."""
+            cache: FeatureCache, view: str = "plain") -> np.ndarray:
+    """Pooled backbone features for each image (in the given view), computing only what the cache lacks."""
     todo = sorted({md5: path for md5, path in zip(md5s, paths) if md5 not in cache.vectors}.items())
     if todo:
         features_of = tf.function(
-            lambda images: pool(extractor(images, training=False)),
+            lambda images: pool(extractor(images)),
             input_signature=[tf.TensorSpec([None, input_size, input_size, 3], tf.float32)],
         )
         start = time.perf_counter()
         for first in range(0, len(todo), BATCH):
             chunk = todo[first:first + BATCH]
-            batch = prepare_batch([load_rgb(path) for _, path in chunk], input_size)
+            batch = prepare_batch([_view(load_rgb(path), view) for _, path in chunk], input_size)
             for (md5, _), vector in zip(chunk, features_of(tf.constant(batch)).numpy()):
                 cache.vectors[md5] = vector
             done = first + len(chunk)
             rate = done / (time.perf_counter() - start)
-            print(f"\r  backbone features: {done}/{len(todo)} images ({rate:.1f}/s)", end="", file=sys.stderr)
+            print(f"\r  backbone features ({view}): {done}/{len(todo)} images ({rate:.1f}/s)", end="", file=sys.stderr)
         print(file=sys.stderr)
         cache.save()
     return np.stack([cache.vectors[md5] for md5 in md5s])
+
+
+def _view(rgb: np.ndarray, view: str) -> np.ndarray:
+    if view == "flip":
+        return np.ascontiguousarray(rgb[:, ::-1])
+    if view != "plain":
+        raise ValueError(f"unknown view {view!r}: one of {', '.join(VIEWS)}")
+    return rgb

@@ -1,0 +1,245 @@
+"""The training run's package: config.json, head, model card, metrics, plots, and the checked SavedModel.
+
+Kept apart from the training story so `python -m training` reads as steps, while what a
+package says about itself (MONAI-bundle style: inputs, outputs, intended use, how the
+training slices were rendered, the decision rule) is assembled in one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lung_classifier import package
+from lung_classifier.rendering import IQ_OTH_RENDERING
+from lung_classifier.model import CAM_CHOICES, SERVED, TAPS, Head, LungModel
+from lung_classifier.preprocessing import RESAMPLE
+from training import calibration, card, cv, data, decision, evaluate, faithfulness, guard, selection
+from training.cv import Pipeline
+
+MODEL_VERSION = "2.0.0"
+CHANGELOG = {
+    "2.0.0": "head chosen and measured by repeated patient-grouped CV and fit on all the data; "
+             "Malignant-first decision rule; calibration on out-of-fold logits; Grad-CAM through the whole network",
+    "1.0.0": "first release: head fit on a 70% grouped split",
+}
+INTENDED_USE = ("Research and teaching only: classifying one axial chest CT slice, windowed like the IQ-OTH/NCCD "
+                "exports, as Normal, Benign or Malignant. Not a medical device.")
+TARGETS = (("macro_f1", "macro-F1", 0.85, ">="), ("recall_Malignant", "Malignant recall", 0.98, ">="),
+           ("recall_Benign", "Benign recall", 0.70, ">="), ("ece", "ECE", 0.05, "<="))
+CALIBRATED_ECE = 0.05
+"""The page may call probabilities "calibrated" only if the CV ECE's upper bound is at most this."""
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """Everything the training run measured and chose, for the config, card and metrics."""
+
+    args: argparse.Namespace
+    dataset: data.Dataset
+    groups: np.ndarray
+    y: np.ndarray
+    labels: list[str]
+    digest: str
+    results: list[selection.Result]
+    chosen: selection.Result
+    pipeline: Pipeline
+    faithfulness: dict[str, Any]
+    shifts: dict[str, dict[str, float]]
+    command: str
+    seconds: int
+
+    @property
+    def malignant(self) -> int:
+        return self.labels.index("Malignant")
+
+
+def write(out: Path, model: LungModel, head: Head, record: TrainingRecord) -> int:
+    """Write the package; 0 on success, 2 for an unusable output directory, 1 if the export disagrees."""
+    if out.exists() and any(out.iterdir()) and not (out / package.CONFIG).is_file():
+        print(f"error: {out} is not empty and holds no package; refusing to overwrite it", file=sys.stderr)
+        return 2
+    shutil.rmtree(out / package.SAVED_MODEL, ignore_errors=True)
+    shutil.rmtree(out / "plots", ignore_errors=True)
+    (out / package.CONFIG).unlink(missing_ok=True)
+    (out / "plots").mkdir(parents=True)
+    head.save(out / package.HEAD)
+    write_plots(out / "plots", record)
+    summary = record.chosen.summary
+    (out / "metrics.json").write_text(json.dumps(metrics(record), indent=2) + "\n")
+    config = package_config(record, head)
+    card.write_card(out, card_values(record, config, summary, head.kernel.shape[0]))
+    if not record.args.head_only:
+        model.export(out / package.SAVED_MODEL)
+    package.write_config(out, config)
+    if not record.args.head_only:
+        return check_export(out, model, record)
+    return 0
+
+
+def check_export(out: Path, model: LungModel, record: TrainingRecord, count: int = 32) -> int:
+    """The exported SavedModel must give the in-memory model's probabilities and labels."""
+    import tensorflow as tf
+
+    from lung_classifier.images import load_rgb
+    from lung_classifier.preprocessing import prepare_batch
+
+    print("   checking the exported SavedModel against the in-memory model")
+    paths = [item.path for item in record.dataset.items[:count]]
+    images = tf.constant(prepare_batch([load_rgb(path) for path in paths], record.args.input_size))
+    exported = tf.saved_model.load(str(out / package.SAVED_MODEL)).signatures["serving_default"](images=images)
+    expected = model.predict(images)
+    gap = float(np.abs(exported["probabilities"].numpy() - expected["probabilities"].numpy()).max())
+    same_labels = bool((exported["label"].numpy() == expected["label"].numpy()).all())
+    print(f"   max |difference| in probabilities over {len(paths)} images: {gap:.2e}; same labels: {same_labels}")
+    if gap > 1e-4 or not same_labels:
+        print("error: the exported model disagrees with the in-memory model", file=sys.stderr)
+        return 1
+    return 0
+
+
+def calibrated(summary: dict[str, dict[str, float]]) -> bool:
+    return summary["ece"]["high"] <= CALIBRATED_ECE
+
+
+def package_config(record: TrainingRecord, head: Head) -> dict[str, Any]:
+    """What the package says about itself: inputs, outputs, rendering, rule, provenance."""
+    labels, pipeline = record.labels, record.pipeline
+    size = record.args.input_size
+    channel_def = {str(index): label for index, label in enumerate(labels)}
+    return {
+        "name": record.args.name,
+        "model_version": MODEL_VERSION,
+        "changelog": CHANGELOG,
+        "intended_use": INTENDED_USE,
+        "labels": labels,
+        "input": {"size": size, "channels": "RGB", "dtype": "float32", "range": [0, 255],
+                  "shape": ["N", size, size, 3],
+                  "modality": "axial chest CT slice, windowed greyscale as the training slices were rendered"},
+        "rendering": IQ_OTH_RENDERING,
+        "preprocessing": {"decoder": "lung_classifier.images.load_rgb", "resize": RESAMPLE,
+                          "normalisation": "inside the model (ResNet50 caffe mode)"},
+        "backbone": {"architecture": "keras.applications.ResNet50", "weights": "imagenet", "include_top": False,
+                     "frozen": True, "taps": list(TAPS), "weights_sha256": record.digest},
+        "head": {"file": package.HEAD, "type": "standardise + multinomial L2 logistic regression",
+                 "settings": record.chosen.settings.as_dict()},
+        "temperature": float(head.temperature),
+        "calibration": {"method": "temperature and per-class bias fitted on out-of-fold logits (unweighted NLL), "
+                                  "folded into the head's bias",
+                        "temperature": pipeline.calibration.temperature,
+                        "bias": dict(zip(labels, pipeline.calibration.bias.tolist())),
+                        "calibrated": calibrated(record.chosen.summary),
+                        "cv_ece": record.chosen.summary["ece"]},
+        "decision_rule": {"rule": "label = argmax over classes of log(probability) + offset[class]",
+                          "offsets": dict(zip(labels, pipeline.offsets.tolist())),
+                          "chosen_for": f"out-of-fold Malignant recall >= {decision.MIN_MALIGNANT_RECALL}, "
+                                        "then the highest macro-F1"},
+        "ood": {"threshold": float(head.ood_threshold), "quantile_of_out_of_fold": decision.OOD_QUANTILE,
+                "components": int(head.ood_components.shape[0]),
+                "rule": "out_of_distribution = ood_score > threshold; no diagnosis is given for a flagged input"},
+        "gradcam": {"layers": record.faithfulness["chosen"], "taps": list(CAM_CHOICES[record.faithfulness["chosen"]])},
+        "outputs": {
+            "probabilities": {"type": "probabilities", "dtype": "float32", "shape": ["N", len(labels)],
+                              "value_range": [0, 1], "channel_def": channel_def},
+            "label": {"type": "class index by the decision rule", "dtype": "int32", "shape": ["N"],
+                      "channel_def": channel_def},
+            "ood_score": {"type": "score", "dtype": "float32", "shape": ["N"], "threshold": float(head.ood_threshold)},
+            "out_of_distribution": {"type": "flag", "dtype": "bool", "shape": ["N"]},
+            "heatmap": {"type": "Grad-CAM", "dtype": "float32", "shape": ["N", "h", "w"], "value_range": [0, 1],
+                        "signature": "explain"},
+        },
+        "signatures": {"serving_default": list(SERVED), "explain": [*SERVED, "heatmap"], "features": ["features"]},
+        "training": {"data": str(record.args.data), "seed": record.args.seed,
+                     "cv": {"folds": record.args.folds, "repeats": record.args.repeats},
+                     "classes": data.group_summary(record.dataset, record.groups.tolist()),
+                     "exact_duplicates": sum(len(s) - 1 for s in record.dataset.duplicate_sets()),
+                     "grouping": "pseudo-patients: exact duplicates + adjacent near-identical slices",
+                     "seconds": record.seconds},
+    }
+
+
+def metrics(record: TrainingRecord) -> dict[str, Any]:
+    chosen = record.chosen
+    return {
+        "cv": chosen.summary,
+        "cv_confusion_matrix": chosen.crossfitted.confusion(record.y, len(record.labels)).tolist(),
+        "cv_folds": chosen.crossfitted.reports,
+        "selection": [{"settings": r.settings.as_dict(), "summary": r.summary, "seconds_per_fit": r.seconds_per_fit}
+                      for r in record.results],
+        "chosen": chosen.settings.as_dict(),
+        "faithfulness": record.faithfulness,
+        "ood_shifts": record.shifts,
+    }
+
+
+def write_plots(directory: Path, record: TrainingRecord) -> None:
+    """Pooled out-of-fold plots: each slice once per repeat, scored by heads that never saw its group."""
+    chosen, labels = record.chosen, record.labels
+    repeats = chosen.oof.logits.shape[0]
+    truth = np.tile(record.y, repeats)
+    after = chosen.crossfitted.probabilities.reshape(-1, len(labels))
+    before = calibration.softmax(chosen.oof.logits.reshape(-1, len(labels)))
+    confusion = chosen.crossfitted.confusion(record.y, len(labels))
+    title = f"out of fold, {repeats} repeats"
+    evaluate.plot_confusion(confusion, labels, directory / "confusion_matrix.png", title)
+    evaluate.plot_roc(after, truth, labels, directory / "roc_curves.png", title)
+    evaluate.plot_reliability(before, after, truth, directory / "reliability.png", title)
+
+
+def targets_table(summary: dict[str, dict[str, float]]) -> str:
+    lines = ["| target | CV mean [95% interval] | met by the CV mean? |", "| --- | --- | --- |"]
+    for name, title, goal, sense in TARGETS:
+        if name not in summary:
+            continue
+        mean = summary[name]["mean"]
+        met = mean >= goal if sense == ">=" else mean <= goal
+        lines.append(f"| {title} {sense} {goal} | {cv.format_interval(summary, name)} | {'yes' if met else '**no**'} |")
+    return "\n".join(lines)
+
+
+def card_values(record: TrainingRecord, config: dict[str, Any], summary: dict[str, dict[str, float]],
+                feature_dim: int) -> dict:
+    labels, pipeline, args = record.labels, record.pipeline, record.args
+    classes = config["training"]["classes"]
+    group_rows = ["| class | images | pseudo-patients |", "| --- | --- | --- |"]
+    group_rows += [f"| {label} | {classes[label]['images']} | {classes[label]['groups']} |" for label in labels]
+    rendering = config["rendering"]
+    return {
+        "metadata": card.metadata(config, summary),
+        "name": args.name, "labels": ", ".join(labels), "intended_use": INTENDED_USE,
+        "backbone_digest": record.digest, "taps": ", ".join(TAPS),
+        "feature_dim": feature_dim,
+        "input_size": args.input_size, "head_settings": record.chosen.settings.describe(),
+        "temperature": f"{pipeline.calibration.temperature:.3f}",
+        "calibration_bias": ", ".join(f"{l} {b:+.3f}" for l, b in zip(labels, pipeline.calibration.bias)),
+        "calibration_wording": ("calibrated" if calibrated(summary) else
+                                f"not called calibrated (the CV ECE's upper bound is above {CALIBRATED_ECE}): "
+                                "the page says \"model confidence\""),
+        "offsets": ", ".join(f"{l} {o:+.2f}" for l, o in zip(labels, pipeline.offsets)),
+        "min_recall": decision.MIN_MALIGNANT_RECALL,
+        "ood_components": config["ood"]["components"], "ood_threshold": f"{config['ood']['threshold']:.3f}",
+        "ood_quantile": decision.OOD_QUANTILE,
+        "training_window": f"width {rendering['window_width_hu'][0]}-{rendering['window_width_hu'][1]} HU, "
+                           f"centre {rendering['window_centre_hu'][0]}-{rendering['window_centre_hu'][1]} HU",
+        "dicom_window": f"centre {rendering['dicom_window']['centre']} / width {rendering['dicom_window']['width']} HU",
+        "n_images": len(record.dataset.items), "n_groups": len(set(record.groups.tolist())),
+        "n_duplicates": config["training"]["exact_duplicates"], "group_table": "\n".join(group_rows),
+        "folds": args.folds, "repeats": args.repeats,
+        "cv_table": cv.format_summary(summary, record.chosen.crossfitted.confusion(record.y, len(labels)), labels,
+                                      args.folds, args.repeats),
+        "targets_table": targets_table(summary),
+        "selection_table": selection.format_table(record.results, record.chosen, labels, record.malignant),
+        "faithfulness_table": faithfulness.format_table(record.faithfulness),
+        "cam_choice": record.faithfulness["chosen"], "guard_table": guard.format_table(record.shifts),
+        "repo_hint": args.push_to_hub or "OWNER/NAME", "command": record.command, "train_seconds": record.seconds,
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
+    }

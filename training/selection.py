@@ -1,0 +1,90 @@
+"""Model selection by repeated grouped cross-validation: every candidate head gets the same folds.
+
+The candidates differ in what the issue tracker and the dataset notes suggest could matter
+(regularisation, class weighting, flip augmentation); each is scored through the whole
+cross-fitted pipeline (calibration, Malignant-first decision rule, OOD threshold), and the
+best mean macro-F1 wins. The comparison table goes into the model card.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from training import cv, fit
+
+CANDIDATES = (*(fit.HeadSettings(c, balanced, False) for balanced, c in
+                itertools.product((True, False), (0.01, 0.1, 1.0))),
+              fit.HeadSettings(0.1, True, True))
+"""Regularisation x class weighting, and flip augmentation (twice the rows, so tried once)."""
+
+
+@dataclass(frozen=True)
+class Result:
+    settings: fit.HeadSettings
+    oof: cv.OutOfFold
+    crossfitted: cv.CrossFitted
+    summary: dict[str, dict[str, float]]
+    seconds_per_fit: float
+
+
+def ood_scores_per_fold(views: dict[str, np.ndarray], folds: list[cv.Fold]) -> list[np.ndarray]:
+    """Each fold's held-out OOD scores, from statistics of its training slices (the same for every candidate)."""
+    scores = []
+    for fold in folds:
+        mean, scale = fit.standardisation(views["plain"][fold.train])
+        statistics = fit.ood_statistics((views["plain"][fold.train] - mean) / scale)
+        scores.append(statistics.scores((views["plain"][fold.test] - mean) / scale))
+    return scores
+
+
+def evaluate_candidate(settings: fit.HeadSettings, views: dict[str, np.ndarray], y: np.ndarray, labels: list[str],
+                       folds: list[cv.Fold], ood_scores: list[np.ndarray], malignant: int,
+                       min_malignant_recall: float) -> Result:
+    """Out-of-fold logits of heads with these settings, then the cross-fitted pipeline's metrics."""
+    scores_of = {id(fold): scores for fold, scores in zip(folds, ood_scores)}
+    started = time.perf_counter()
+
+    def fit_and_score(fold: cv.Fold) -> tuple[np.ndarray, np.ndarray]:
+        rows, targets = fit.training_rows(views, y, fold.train, settings)
+        head = fit.fit_linear(rows, targets, len(labels), settings)
+        return head.logits(views["plain"][fold.test]), scores_of[id(fold)]
+
+    oof = cv.out_of_fold(len(y), len(labels), folds, fit_and_score)
+    seconds = (time.perf_counter() - started) / len(folds)
+    crossfitted = cv.cross_fit(oof, y, labels, malignant, min_malignant_recall)
+    return Result(settings, oof, crossfitted, cv.summarise(crossfitted.reports, labels), seconds)
+
+
+def compare(views: dict[str, np.ndarray], y: np.ndarray, labels: list[str], folds: list[cv.Fold],
+            malignant: int, min_malignant_recall: float,
+            candidates: tuple[fit.HeadSettings, ...] = CANDIDATES) -> list[Result]:
+    ood_scores = ood_scores_per_fold(views, folds)
+    results = []
+    for settings in candidates:
+        result = evaluate_candidate(settings, views, y, labels, folds, ood_scores, malignant, min_malignant_recall)
+        print(f"   {settings.describe()}: macro-F1 {cv.format_interval(result.summary, 'macro_f1')}, "
+              f"Malignant recall {cv.format_interval(result.summary, f'recall_{labels[malignant]}')}")
+        results.append(result)
+    return results
+
+
+def best(results: list[Result]) -> Result:
+    """Highest mean macro-F1 (the decision rule already holds Malignant recall for every candidate)."""
+    return max(results, key=lambda result: result.summary["macro_f1"]["mean"])
+
+
+def format_table(results: list[Result], chosen: Result, labels: list[str], malignant: int) -> str:
+    lines = ["| head settings | macro-F1 | Malignant recall | Benign recall | ECE | fit (s) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    benign = [label for label in labels if label == "Benign"]
+    for result in results:
+        mark = " **(chosen)**" if result is chosen else ""
+        benign_cell = cv.format_interval(result.summary, f"recall_{benign[0]}") if benign else "n/a"
+        lines.append(f"| {result.settings.describe()}{mark} | {cv.format_interval(result.summary, 'macro_f1')} | "
+                     f"{cv.format_interval(result.summary, f'recall_{labels[malignant]}')} | {benign_cell} | "
+                     f"{cv.format_interval(result.summary, 'ece')} | {result.seconds_per_fit:.2f} |")
+    return "\n".join(lines)
