@@ -215,7 +215,8 @@ def has_saved_model(config: dict[str, Any]) -> bool:
 # --- the graph: trusted SavedModel, or rebuilt from the head ------------------------------------
 
 
-def check_weights(expected: str, actual: str, origin: str, allow_other_weights: bool) -> None:
+def check_weights(expected: str, actual: str, origin: str, allow_other_weights: bool,
+                  graph_shipped: bool = False) -> None:
     """Weights other than the head's are an error, or with allow_other_weights a warning."""
     if actual == expected:
         return
@@ -229,6 +230,8 @@ def check_weights(expected: str, actual: str, origin: str, allow_other_weights: 
         f"{message}, so predictions would not match the model card. Use the weights file the package was "
         f"trained with (weights=... or $LUNG_CLASSIFIER_RESNET50_WEIGHTS), or pass allow_other_weights=True "
         "to load it with these weights anyway"
+        + ("; or, if you trust this package, load its own SavedModel with trust_saved_model=True"
+           if graph_shipped else "")
     )
 
 
@@ -241,7 +244,8 @@ def export_saved_model(directory: Path, config: dict[str, Any], source: WeightsS
     size = config["input"]["size"]
     resnet = backbone.load_resnet50(source, input_shape=(size, size, 3))
     digest = backbone.model_digest(resnet)
-    check_weights(config["backbone"]["weights_sha256"], digest, source.origin, allow_other_weights)
+    check_weights(config["backbone"]["weights_sha256"], digest, source.origin, allow_other_weights,
+                  has_saved_model(config))
     model = LungModel(build_extractor(resnet), Head.load(directory / HEAD), size, cam=config["gradcam"]["layers"])
     model.export(directory / SAVED_MODEL)
     return digest
@@ -281,7 +285,8 @@ def complete(directory: Path, config: dict[str, Any], weights: str | None = None
         except (PackageError, KeyError, TypeError) as exc:
             print(f"lung_classifier: rebuilding damaged cached model ({exc})", file=sys.stderr)
         else:
-            check_weights(config["backbone"]["weights_sha256"], used, source.origin, allow_other_weights)
+            check_weights(config["backbone"]["weights_sha256"], used, source.origin, allow_other_weights,
+                          has_saved_model(config))
             return target, cached
     print(
         f"lung_classifier: building the full model from {directory.name} and the ImageNet ResNet50 "

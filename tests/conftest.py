@@ -111,7 +111,8 @@ def tiny_standard_backbone(monkeypatch, tmp_path):
         weights.write_text(str(seed))
 
     use_seed(0)
-    monkeypatch.setattr(backbone, "resolve_weights", lambda path=None: backbone.WeightsSource(weights, "tiny test weights"))
+    monkeypatch.setattr(backbone, "resolve_weights",
+                        lambda path=None: backbone.WeightsSource(weights, "tiny test weights"))
     monkeypatch.setattr(backbone, "load_resnet50", load)
     monkeypatch.setattr(backbone, "model_digest", lambda model: digests[id(model)])
     return use_seed

@@ -343,7 +343,8 @@ def with_other_head(source: Path, destination: Path) -> dict:
 
     shutil.copytree(source, destination)
     head = Head.load(destination / package.HEAD)
-    Head(**{**head.__dict__, "bias": head.bias + np.array([0.0, 0.0, 50.0], np.float32)}).save(destination / package.HEAD)
+    other = Head(**{**head.__dict__, "bias": head.bias + np.array([0.0, 0.0, 50.0], np.float32)})
+    other.save(destination / package.HEAD)
     config = json.loads((destination / package.CONFIG).read_text())
     (destination / package.CONFIG).unlink()
     return package.write_config(destination, config)
@@ -366,7 +367,8 @@ def test_a_full_package_is_rebuilt_from_its_head_unless_its_saved_model_is_trust
     assert default.predict(image)["probabilities"]["Malignant"] > 0.999  # the head's answer, not the shipped graph's
     trusted = LungClassifier.from_pretrained(mixed, trust_saved_model=True)
     assert trusted.directory == mixed
-    np.testing.assert_allclose(list(trusted.predict(image)["probabilities"].values()), list(trained.values()), atol=1e-6)
+    np.testing.assert_allclose(list(trusted.predict(image)["probabilities"].values()), list(trained.values()),
+                               atol=1e-6)
 
 
 def file_writing_saved_model(directory: Path, marker: Path) -> None:
@@ -440,8 +442,11 @@ def test_other_weights_are_an_error_unless_allowed_and_key_the_cache(tiny_packag
 
     tiny_standard_backbone(1)  # other weights than the head's 'tiny-backbone-seed-0'
     with pytest.raises(package.WeightsMismatchError,
-                       match=r"differ from those the head was trained on.*allow_other_weights=True"):
+                       match=r"differ from those the head was trained on.*allow_other_weights=True") as raised:
         LungClassifier.from_pretrained(tmp_path / "head-only")
+    assert "trust_saved_model" not in str(raised.value)  # a head-only package ships no graph to trust
+    with pytest.raises(package.WeightsMismatchError, match=r"allow_other_weights=True.*trust_saved_model=True"):
+        LungClassifier.from_pretrained(tiny_package)  # ships its graph: trusting it is another way out
     with pytest.warns(UserWarning, match="differ from those the head was trained on.*may differ from the model card"):
         other = LungClassifier.from_pretrained(tmp_path / "head-only", allow_other_weights=True)
     assert other.directory != same.directory  # the cache key holds the weights used
