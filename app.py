@@ -229,6 +229,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default=env.get("LUNG_MODEL"),
                         help="package directory or Hub repo id (env LUNG_MODEL; default: embedded model)")
     parser.add_argument("--revision", default=env.get("LUNG_MODEL_REVISION"), help="Hub revision to pin")
+    parser.add_argument("--trust-saved-model", action="store_true", default=env.get("LUNG_TRUST_SAVED_MODEL") == "1",
+                        help="load the package's own SavedModel graph (only for packages you trust)")
     parser.add_argument("--host", default=env.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="address to listen on (env GRADIO_SERVER_NAME; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=int(env.get("GRADIO_SERVER_PORT", env.get("PORT", 7860))),
@@ -254,7 +256,8 @@ def example_files(directory: Path | None, limit: int = 12) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    classifier = LungClassifier.from_pretrained(args.model, revision=args.revision)
+    classifier = LungClassifier.from_pretrained(args.model, revision=args.revision,
+                                                trust_saved_model=args.trust_saved_model)
     print(f"Model: {classifier.origin}", flush=True)
     examples = example_files(args.examples)
     demo = build_demo(classifier, examples, batching=not args.no_batching)

@@ -22,10 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--model", default=None, help="package directory or Hub repo id (default: embedded model)")
     predict.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit sha)")
     predict.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
+    predict.add_argument("--trust-saved-model", action="store_true",
+                         help="load the package's own SavedModel graph (only for packages you trust) instead of "
+                              "rebuilding it from the head and the standard ResNet50")
     args = parser.parse_args(argv)
 
     try:
-        classifier = LungClassifier.from_pretrained(args.model, revision=args.revision)
+        classifier = LungClassifier.from_pretrained(args.model, revision=args.revision,
+                                                    trust_saved_model=args.trust_saved_model)
     except (PackageError, HubError, BackboneWeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -48,29 +48,49 @@ class Analysis:
                 "out_of_distribution": self.out_of_distribution}
 
 
-def resolve_source(source: str | Path | None, revision: str | None = None) -> tuple[Path, str]:
-    """Where a package lives locally, and a description of where it came from."""
+@dataclass(frozen=True)
+class Source:
+    """Where a package lives locally, and where it came from."""
+
+    directory: Path
+    origin: str  # full description, for logs: may hold a filesystem path
+    name: str  # short display name: never a server path
+    root: Path  # where the package's symlinks may lead: the Hub cache links to its blob store
+    ignore: frozenset[str] = frozenset()  # files that may sit unlisted in it (the Hub's own)
+
+
+def resolve_source(source: str | Path | None, *, revision: str | None = None, token: bool | str | None = None,
+                   cache_dir: str | Path | None = None, force_download: bool = False,
+                   local_files_only: bool = False, saved_model: bool = False) -> Source:
+    """Find a package: the embedded default, a local directory, or a Hub repo (fetched here)."""
     if source is None:
-        return DEFAULT_MODEL, f"the embedded default model ({DEFAULT_MODEL})"
+        return Source(DEFAULT_MODEL, f"the embedded default model ({DEFAULT_MODEL})", "embedded default model",
+                      DEFAULT_MODEL)
     path = Path(source).expanduser()
     if path.exists():
-        return path, f"local package {path}"
+        return Source(path, f"local package {path}", f"local package {path.resolve().name}", path)
     repo_id = hub.parse_repo_id(str(source))
     if repo_id is None or str(source).startswith((".", "/", "~")):
         raise package.PackageError(f"{source}: no such local package directory, and not a Hub repo id (owner/name)")
     where = f"{repo_id}@{revision}" if revision else repo_id
-    return hub.download(repo_id, revision), f"Hugging Face Hub repo {where}"
+    snapshot = hub.download(repo_id, revision=revision, token=token, cache_dir=cache_dir,
+                            force_download=force_download, local_files_only=local_files_only,
+                            saved_model=saved_model)
+    # snapshots/<commit>/ inside the repo's cache folder, whose blobs/ its files link to
+    return Source(snapshot, f"Hugging Face Hub repo {where}", f"Hub repo {where}", snapshot.parent.parent,
+                  hub.HUB_FILES)
 
 
 class LungClassifier:
     """A loaded model package; thread-safe for concurrent predictions."""
 
-    def __init__(self, directory: Path, config: dict[str, Any], origin: str):
+    def __init__(self, directory: Path, config: dict[str, Any], origin: str, source_name: str | None = None):
         import tensorflow as tf
 
         self.directory = directory
         self.config = config
         self.origin = origin
+        self.source_name = source_name or origin
         self.labels: tuple[str, ...] = tuple(config["labels"])
         self.input_size: int = config["input"]["size"]
         self.ood_threshold: float = float(config["ood"]["threshold"])
@@ -80,17 +100,30 @@ class LungClassifier:
         self._explain = loaded.signatures["explain"]
 
     @classmethod
-    def from_pretrained(cls, source: str | Path | None = None, revision: str | None = None,
-                        weights: str | None = None) -> "LungClassifier":
+    def from_pretrained(cls, source: str | Path | None = None, *, revision: str | None = None,
+                        weights: str | None = None, token: bool | str | None = None,
+                        cache_dir: str | Path | None = None, force_download: bool = False,
+                        local_files_only: bool = False, trust_saved_model: bool = False,
+                        allow_other_weights: bool = False) -> "LungClassifier":
         """Load a package: None (embedded default), a local directory, or a Hub repo id.
 
-        ``weights`` names a ResNet50 ImageNet weights file for packages that rebuild their
-        frozen base (the embedded default); see lung_classifier.backbone for the fallbacks.
+        Only the package's config and head arrays are trusted: the graph is rebuilt from
+        the head and the standard ImageNet ResNet50 (``weights`` names its file; see
+        lung_classifier.backbone), once per machine. ``trust_saved_model=True`` loads the
+        package's own SavedModel instead: an arbitrary TensorFlow graph, which can read and
+        write files, so only for packages you trust. Weights other than those the head was
+        trained on are an error unless ``allow_other_weights=True`` (then a warning).
+        ``revision``, ``token``, ``cache_dir``, ``force_download`` and ``local_files_only``
+        are huggingface_hub's, for Hub repos.
         """
-        directory, origin = resolve_source(source, revision)
-        config = package.read_config(directory)
-        full, config = package.complete(directory, config, weights)
-        return cls(full, config, origin)
+        found = resolve_source(source, revision=revision, token=token, cache_dir=cache_dir,
+                               force_download=force_download, local_files_only=local_files_only,
+                               saved_model=trust_saved_model)
+        config = package.read_config(found.directory, saved_model=trust_saved_model, root=found.root,
+                                     ignore=found.ignore)
+        full, config = package.complete(found.directory, config, weights, trust_saved_model=trust_saved_model,
+                                        allow_other_weights=allow_other_weights)
+        return cls(full, config, found.origin, found.name)
 
     def predict(self, image: ImageInput) -> dict[str, Any]:
         """``{"label", "probabilities", "ood_score", "out_of_distribution"}`` for one slice, as plain data."""

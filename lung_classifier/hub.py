@@ -1,16 +1,23 @@
-"""Hugging Face Hub transport: fetch a package snapshot, publish a package directory.
+"""Hugging Face Hub transport: fetch the files a load needs, publish a package directory.
 
 huggingface_hub does the work (revisions, the standard cache, HF_HUB_OFFLINE, tokens
-from the usual places); this module only turns its failures into messages that say
-what was tried.
+from the usual places); this module asks it for config.json first, then for exactly the
+files that config lists and the load needs (never the SavedModel unless it is trusted),
+and turns its failures into messages that say what was tried.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
+from . import package
+
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_FILES = frozenset({".gitattributes"})
+"""Files the Hub adds to every repo; present in a snapshot, never part of a package."""
 
 
 class HubError(RuntimeError):
@@ -23,29 +30,68 @@ def parse_repo_id(source: str) -> str | None:
     return repo_id if REPO_ID.match(repo_id) else None
 
 
-def download(repo_id: str, revision: str | None = None) -> Path:
-    """Snapshot of a model repo in the standard cache (offline: from the cache only)."""
+def download(repo_id: str, *, revision: str | None = None, token: bool | str | None = None,
+             cache_dir: str | Path | None = None, force_download: bool = False, local_files_only: bool = False,
+             saved_model: bool = False) -> Path:
+    """A snapshot folder of the repo in the Hub cache holding config.json and the files it lists:
+    all but the SavedModel's, and those too with ``saved_model=True``.
+
+    The options are huggingface_hub's own (``snapshot_download``), forwarded as they are.
+    """
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    where = f"{repo_id}@{revision}" if revision else repo_id
+    options = dict(repo_id=repo_id, repo_type="model", token=token, cache_dir=cache_dir,
+                   force_download=force_download, local_files_only=local_files_only)
+    with _errors(repo_id, revision, where):
+        first = Path(snapshot_download(revision=revision, allow_patterns=[package.CONFIG], **options))
+        if not (first / package.CONFIG).is_file():
+            raise package.PackageError(f"Hub repo {where} is not a model package ({package.CONFIG} is missing)")
+        config = package.parse_config(first / package.CONFIG)
+        # The first call resolved the revision: fetch the rest from that same commit.
+        wanted = package.listed_files(config, saved_model=saved_model)
+        try:
+            return Path(snapshot_download(revision=first.name, allow_patterns=wanted, **options))
+        except LocalEntryNotFoundError:
+            raise _Incomplete([name for name in wanted if not (first / name).is_file()]) from None
+
+
+class _Incomplete(Exception):
+    """The cached snapshot has config.json but not all the files it lists that this load needs."""
+
+
+_LACKS = ("the Hub is unreachable, HF_HUB_OFFLINE is set or local_files_only=True, and the cached copy lacks "
+          "files this load needs (the SavedModel is fetched only by trust_saved_model=True loads); connect once "
+          "to complete it")
+
+
+@contextlib.contextmanager
+def _errors(repo_id: str, revision: str | None, where: str) -> Iterator[None]:
     from huggingface_hub.errors import (
         HfHubHTTPError,
+        IncompleteSnapshotError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 
-    where = f"{repo_id}@{revision}" if revision else repo_id
     try:
-        return Path(snapshot_download(repo_id=repo_id, revision=revision, repo_type="model"))
+        yield
     except RepositoryNotFoundError:
         raise HubError(
-            f"Hub repo {repo_id!r} not found (or private: log in with `hf auth login` or set HF_TOKEN)"
+            f"Hub repo {repo_id!r} not found (or private: log in with `hf auth login`, set HF_TOKEN or pass token=)"
         ) from None
     except RevisionNotFoundError:
         raise HubError(f"Hub repo {repo_id!r} has no revision {revision!r}") from None
+    except IncompleteSnapshotError as exc:
+        raise HubError(f"cannot fetch {where}: {_LACKS} ({exc})") from None
+    except _Incomplete as exc:
+        raise HubError(f"cannot fetch {where}: {_LACKS} ({', '.join(exc.args[0])})") from None
     except LocalEntryNotFoundError:
         raise HubError(
-            f"cannot fetch {where}: the Hub is unreachable or HF_HUB_OFFLINE is set, and the local "
-            "cache has no copy of it; connect once, or pass a local package directory"
+            f"cannot fetch {where}: the Hub is unreachable, HF_HUB_OFFLINE is set or local_files_only=True, and "
+            "the local cache has no copy of it; connect once, or pass a local package directory"
         ) from None
     except (HfHubHTTPError, OSError) as exc:
         raise HubError(f"downloading {where} from the Hub failed: {exc}") from None

@@ -73,8 +73,8 @@ def start_app(model: Path, cache_root: Path, workdir: Path, *extra: str) -> AppS
         log_path = workdir / f"app-{port}.log"
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
-                [sys.executable, str(REPO / "app.py"), "--model", str(model), "--port", str(port),
-                 "--host", "127.0.0.1", *extra],
+                [sys.executable, str(REPO / "app.py"), "--model", str(model), "--trust-saved-model",
+                 "--port", str(port), "--host", "127.0.0.1", *extra],
                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         server = AppServer(process, f"http://127.0.0.1:{port}", log_path, upload_root)
         deadline = time.monotonic() + START_TIMEOUT

@@ -87,3 +87,32 @@ def tiny_package(tmp_path_factory, synthetic_dataset, cache_root) -> Path:
                        "--input-size", str(TINY_SIZE), "--name", "tiny-test", "--repeats", "2"])
     assert train(args, tiny_backbone(), digest="tiny-backbone-seed-0") == 0
     return output
+
+
+@pytest.fixture
+def tiny_standard_backbone(monkeypatch, tmp_path):
+    """Make the tiny backbone stand in for the standard ResNet50 when a package is rebuilt from its head.
+
+    The 'weights file' holds the seed; the stand-in's digest is 'tiny-backbone-seed-<seed>', the digest
+    the tiny package records. Call the returned function to switch to another seed's weights.
+    """
+    from lung_classifier import backbone
+
+    weights = tmp_path / "tiny-standard-backbone.weights"
+    digests: dict[int, str] = {}
+
+    def load(source, input_shape=None):
+        seed = int(source.path.read_text())
+        model = tiny_backbone(seed)
+        digests[id(model)] = f"tiny-backbone-seed-{seed}"
+        return model
+
+    def use_seed(seed: int) -> None:
+        weights.write_text(str(seed))
+
+    use_seed(0)
+    monkeypatch.setattr(backbone, "resolve_weights",
+                        lambda path=None: backbone.WeightsSource(weights, "tiny test weights"))
+    monkeypatch.setattr(backbone, "load_resnet50", load)
+    monkeypatch.setattr(backbone, "model_digest", lambda model: digests[id(model)])
+    return use_seed

@@ -256,6 +256,7 @@ class FakeHub:
     Attributes:
         url: base URL (``HF_ENDPOINT`` value), set by :meth:`start`.
         requests: list of ``(method, path)`` received, for assertions (e.g. nothing hit ``xet-`` endpoints).
+        authorizations: the ``Authorization`` header of each of those requests (``None`` when absent), same order.
         errors: tracebacks of unexpected server-side exceptions (answered with HTTP 500).
     """
 
@@ -273,6 +274,7 @@ class FakeHub:
         self.username = username
         self.url: str = ""
         self.requests: list[tuple[str, str]] = []
+        self.authorizations: list[str | None] = []
         self.errors: list[str] = []
         self._repos: dict[tuple[str, str], _Repo] = {}
         self._lock = threading.RLock()
@@ -658,6 +660,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.query = urllib.parse.parse_qs(raw_query, keep_blank_values=True)
         with self.hub._lock:
             self.hub.requests.append((self.command, self.path))
+            self.hub.authorizations.append(self.headers.get("Authorization"))
         try:
             self.body = self._read_body() if self.command in ("POST", "PUT", "DELETE", "PATCH") else b""
             self._route(raw_path)

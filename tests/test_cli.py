@@ -41,7 +41,7 @@ def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 def test_predict_json_one_object_per_image(tiny_package, env, slices):
     images = [str(slices[label]) for label in LABELS]
-    result = run(env, "-m", "lung_classifier", "predict", *images, "--model", str(tiny_package), "--json")
+    result = run(env, "-m", "lung_classifier", "predict", *images, "--model", str(tiny_package), "--trust-saved-model", "--json")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 3, result.stdout
@@ -57,7 +57,7 @@ def test_predict_json_one_object_per_image(tiny_package, env, slices):
     # The same numbers as the library in this process.
     from lung_classifier import LungClassifier
 
-    classifier = LungClassifier.from_pretrained(tiny_package)
+    classifier = LungClassifier.from_pretrained(tiny_package, trust_saved_model=True)
     first = json.loads(lines[0])
     np.testing.assert_allclose(list(first["probabilities"].values()),
                                list(classifier.predict(images[0])["probabilities"].values()), atol=1e-6)
@@ -79,7 +79,7 @@ def test_a_photo_gets_the_notice_not_a_class(tiny_package, env):
 
 def test_predict_reports_a_bad_image_and_goes_on(tiny_package, env, slices):
     images = [str(slices["Normal"]), str(slices["bad"]), str(slices["Malignant"])]
-    result = run(env, "-m", "lung_classifier", "predict", *images, "--model", str(tiny_package), "--json")
+    result = run(env, "-m", "lung_classifier", "predict", *images, "--model", str(tiny_package), "--trust-saved-model", "--json")
     assert result.returncode == 1
     printed = [json.loads(line)["image"] for line in result.stdout.splitlines()]
     assert printed == [images[0], images[2]]
@@ -91,7 +91,7 @@ def test_predict_reports_a_bad_image_and_goes_on(tiny_package, env, slices):
 
 def test_predict_human_readable_line(tiny_package, env, slices):
     image = str(slices["Benign"])
-    result = run(env, "-m", "lung_classifier", "predict", image, "--model", str(tiny_package))
+    result = run(env, "-m", "lung_classifier", "predict", image, "--model", str(tiny_package), "--trust-saved-model")
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(rf"{re.escape(image)}: Benign  \(Normal [01]\.\d{{3}}  Benign [01]\.\d{{3}}  "
                         r"Malignant [01]\.\d{3}\)", result.stdout.strip()), result.stdout
@@ -130,7 +130,7 @@ def test_predict_usage_errors(env):
 
 def test_evaluate_prints_the_report(tiny_package, synthetic_dataset, env, tmp_path):
     output = tmp_path / "metrics.json"
-    result = run(env, "-m", "training.evaluate", "--model", str(tiny_package), "--data", str(synthetic_dataset),
+    result = run(env, "-m", "training.evaluate", "--model", str(tiny_package), "--trust-saved-model", "--data", str(synthetic_dataset),
                  "--json", str(output))
     assert result.returncode == 0, result.stderr
     text = result.stdout
@@ -156,6 +156,6 @@ def test_evaluate_refuses_classes_the_model_does_not_know(tiny_package, env, tmp
         (tmp_path / "data" / label).mkdir(parents=True)
         for index in range(3):
             synthetic_slice("Normal", index + 1).save(tmp_path / "data" / label / f"{index}.png")
-    result = run(env, "-m", "training.evaluate", "--model", str(tiny_package), "--data", str(tmp_path / "data"))
+    result = run(env, "-m", "training.evaluate", "--model", str(tiny_package), "--trust-saved-model", "--data", str(tmp_path / "data"))
     assert result.returncode == 2
     assert "classes the model does not know: Pneumonia" in result.stderr

@@ -1,10 +1,12 @@
-"""Hub transport against the loopback fake Hub: push, fetch by id and revision, offline, failures."""
+"""Hub transport against the loopback fake Hub: push, fetch what a load needs, revisions, offline,
+huggingface_hub's options, failures, and packages that must not load."""
 
 from __future__ import annotations
 
 import json
 import re
 import shutil
+import urllib.parse
 
 import numpy as np
 import pytest
@@ -19,7 +21,8 @@ SHA = re.compile(r"^[0-9a-f]{40}$")
 
 @pytest.fixture(scope="module")
 def local(tiny_package) -> LungClassifier:
-    return LungClassifier.from_pretrained(tiny_package)
+    """The package as trained, its own SavedModel trusted (the test wrote it)."""
+    return LungClassifier.from_pretrained(tiny_package, trust_saved_model=True)
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +30,25 @@ def images():
     return [np.asarray(synthetic_slice(label, 12)) for label in ("Normal", "Benign", "Malignant")]
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """Rebuilt packages go to this test's own cache."""
+    monkeypatch.setenv("LUNG_CLASSIFIER_CACHE", str(tmp_path / "lung-cache"))
+    return tmp_path / "lung-cache"
+
+
 def predictions(classifier: LungClassifier, images) -> np.ndarray:
-    return np.array([list(p.values()) for p in classifier.predict_batch(images)])
+    return np.array([list(p["probabilities"].values()) for p in classifier.predict_batch(images)])
+
+
+def downloaded(hub_env, since: int = 0) -> list[str]:
+    """Files fetched (GET of /resolve/) from the fake Hub, after the first `since` requests."""
+    files = []
+    for method, path in hub_env.fake_hub.requests[since:]:
+        _, found, rest = urllib.parse.unquote(path.partition("?")[0]).partition("/resolve/")
+        if method == "GET" and found:
+            files.append(rest.split("/", 1)[1])
+    return files
 
 
 def test_parse_repo_id():
@@ -38,7 +58,7 @@ def test_parse_repo_id():
         assert hub.parse_repo_id(bad) is None, bad
 
 
-def test_push_then_load_by_repo_id(hub_env, local, images):
+def test_push_then_load_by_repo_id_rebuilds_from_the_head(hub_env, local, images, own_cache, tiny_standard_backbone):
     commit = local.push_to_hub(REPO)
     assert SHA.match(commit)
     assert hub_env.fake_hub.resolve(REPO) == commit
@@ -48,16 +68,28 @@ def test_push_then_load_by_repo_id(hub_env, local, images):
 
     expected = predictions(local, images)
     for source in (REPO, f"hf://{REPO}"):
+        start = len(hub_env.fake_hub.requests)
         remote = LungClassifier.from_pretrained(source)
         assert f"Hugging Face Hub repo {REPO}" in remote.origin
+        assert remote.source_name == f"Hub repo {REPO}"
         assert remote.labels == local.labels
-        assert remote.config == local.config
-        np.testing.assert_array_equal(predictions(remote, images), expected)
-        # Loaded from the standard Hub cache, not from the local package.
-        assert str(hub_env.cache_dir) in str(remote.directory)
+        np.testing.assert_allclose(predictions(remote, images), expected, atol=1e-6)
+        # Rebuilt in our cache from the files the load needs; the SavedModel was never downloaded.
+        assert remote.directory.parent == own_cache / "packages"
+        assert not [name for name in downloaded(hub_env, start) if name.startswith("saved_model/")]
+    assert sorted(downloaded(hub_env)) == sorted(["config.json", *local.config["files"]])  # once each
 
 
-def test_pinned_revision_fetches_the_first_commit(hub_env, local, tmp_path):
+def test_a_trusted_saved_model_is_downloaded_and_loaded_as_it_is(hub_env, local, images):
+    local.push_to_hub(REPO)
+    remote = LungClassifier.from_pretrained(REPO, trust_saved_model=True)
+    assert remote.config == local.config
+    np.testing.assert_array_equal(predictions(remote, images), predictions(local, images))
+    assert str(hub_env.cache_dir) in str(remote.directory)  # loaded in place from the standard Hub cache
+    assert set(local.config["saved_model_files"]) <= set(downloaded(hub_env))
+
+
+def test_pinned_revision_fetches_the_first_commit(hub_env, local, tmp_path, tiny_standard_backbone):
     first = local.push_to_hub(REPO)
 
     edited = tmp_path / "edited"
@@ -75,10 +107,11 @@ def test_pinned_revision_fetches_the_first_commit(hub_env, local, tmp_path):
     assert "second upload" not in (pinned.directory / "README.md").read_text()
     assert pinned.config["files"]["README.md"] == local.config["files"]["README.md"]
     assert pinned.origin.endswith(f"{REPO}@{first}")
+    assert pinned.source_name == f"Hub repo {REPO}@{first}"
     assert pinned.directory != latest.directory
 
 
-def test_offline_refetch_uses_the_cache(hub_env, local, images):
+def test_offline_refetch_uses_the_cache(hub_env, local, images, tiny_standard_backbone):
     first = local.push_to_hub(REPO)
     online = LungClassifier.from_pretrained(REPO)
     expected = predictions(online, images)
@@ -89,6 +122,46 @@ def test_offline_refetch_uses_the_cache(hub_env, local, images):
     assert offline.directory == online.directory
     np.testing.assert_array_equal(predictions(offline, images), expected)
     assert LungClassifier.from_pretrained(REPO, revision=first).directory == online.directory
+    # The SavedModel was never fetched, so trusting it offline has nothing to load.
+    with pytest.raises(HubError, match=r"cached copy lacks files this load needs.*saved_model/"):
+        LungClassifier.from_pretrained(REPO, trust_saved_model=True)
+
+
+def test_local_files_only_and_cache_dir_are_forwarded(hub_env, local, tmp_path, tiny_standard_backbone):
+    local.push_to_hub(REPO)
+    elsewhere = tmp_path / "elsewhere"
+    with pytest.raises(HubError, match="local_files_only=True"):
+        LungClassifier.from_pretrained(REPO, local_files_only=True, cache_dir=elsewhere)
+    assert not downloaded(hub_env)
+
+    online = LungClassifier.from_pretrained(REPO, cache_dir=elsewhere)
+    assert (elsewhere / "models--fake-user--lung-tiny").is_dir()
+    assert not (hub_env.cache_dir / "models--fake-user--lung-tiny").exists()
+    count = len(hub_env.fake_hub.requests)
+    again = LungClassifier.from_pretrained(REPO, cache_dir=elsewhere, local_files_only=True)  # still online
+    assert len(hub_env.fake_hub.requests) == count  # nothing asked of the server
+    assert again.directory == online.directory
+
+
+def test_force_download_fetches_again(hub_env, local, tiny_standard_backbone):
+    local.push_to_hub(REPO)
+    LungClassifier.from_pretrained(REPO)
+    start = len(hub_env.fake_hub.requests)
+    LungClassifier.from_pretrained(REPO)
+    assert downloaded(hub_env, start) == []
+    LungClassifier.from_pretrained(REPO, force_download=True)
+    assert sorted(downloaded(hub_env, start)) == sorted(["config.json", *local.config["files"]])
+
+
+def test_token_is_forwarded_for_a_private_repo(hub_env, local, monkeypatch, tiny_standard_backbone):
+    local.push_to_hub(REPO, private=True)
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(HubError, match="not found \\(or private: .*token="):
+        LungClassifier.from_pretrained(REPO)
+    start = len(hub_env.fake_hub.requests)
+    remote = LungClassifier.from_pretrained(REPO, token="hf_given_token")
+    assert remote.labels == local.labels
+    assert set(hub_env.fake_hub.authorizations[start:]) == {"Bearer hf_given_token"}
 
 
 def test_missing_repo_is_a_hub_error_naming_it(hub_env):
@@ -110,6 +183,12 @@ def test_offline_with_an_empty_cache_says_so(hub_env, local):
     assert REPO in str(raised.value)
 
 
+def test_a_repo_without_config_is_not_a_package(hub_env):
+    hub_env.fake_hub.commit(REPO, {"model.safetensors": b"\0weights"})
+    with pytest.raises(PackageError, match="is not a model package"):
+        LungClassifier.from_pretrained(REPO)
+
+
 def test_file_tampered_on_the_server_fails_its_checksum(hub_env, local):
     local.push_to_hub(REPO)
     # Same length, one byte changed: the Hub client only checks the size, the package checks sha256.
@@ -118,12 +197,57 @@ def test_file_tampered_on_the_server_fails_its_checksum(hub_env, local):
         LungClassifier.from_pretrained(REPO)
 
 
-def test_tampered_saved_model_on_the_server_is_named(hub_env, local):
+def test_tampered_saved_model_on_the_server_is_named_when_trusted_and_never_fetched_otherwise(
+        hub_env, local, tiny_standard_backbone):
     local.push_to_hub(REPO)
     name = "saved_model/saved_model.pb"
     hub_env.fake_hub.tamper(REPO, name, lambda data: data[:-1] + bytes([data[-1] ^ 0x01]))
+    assert LungClassifier.from_pretrained(REPO).labels == local.labels
     with pytest.raises(PackageError, match=re.escape(name)):
+        LungClassifier.from_pretrained(REPO, trust_saved_model=True)
+
+
+def edited_config(local: LungClassifier, **changes) -> bytes:
+    config = dict(local.config)
+    for key, value in changes.items():
+        config[key] = value(config[key]) if callable(value) else value
+    return json.dumps(config).encode()
+
+
+@pytest.mark.parametrize("name", ["../../outside.txt", "/etc/hostname", "plots/../../../x"])
+def test_a_listed_name_that_leaves_the_package_stops_the_download(hub_env, local, name):
+    local.push_to_hub(REPO)
+    hub_env.fake_hub.commit(REPO, {"config.json": edited_config(local, files=lambda f: {**f, name: "0" * 64})})
+    start = len(hub_env.fake_hub.requests)
+    with pytest.raises(PackageError, match="is not an allowed package file name"):
         LungClassifier.from_pretrained(REPO)
+    assert downloaded(hub_env, start) == ["config.json"]
+
+
+def test_unlisted_files_in_a_repo_are_never_downloaded_and_refused_in_the_snapshot(
+        hub_env, local, tiny_standard_backbone):
+    local.push_to_hub(REPO)
+    hub_env.fake_hub.commit(REPO, {"extra.py": "import os\n", "saved_model/assets/extra.txt": "x"})
+    remote = LungClassifier.from_pretrained(REPO, trust_saved_model=True)
+    assert not {"extra.py", "saved_model/assets/extra.txt"} & set(downloaded(hub_env))
+    assert not (remote.directory / "extra.py").exists()
+
+    # A snapshot that holds them anyway (another tool fetched the whole repo) is refused, naming them;
+    # the Hub's own .gitattributes is not part of any package and is let be.
+    from huggingface_hub import snapshot_download
+
+    snapshot_download(REPO)
+    assert (remote.directory / ".gitattributes").is_file()
+    with pytest.raises(PackageError, match=r"not listed in config\.json: extra\.py, saved_model/assets/extra\.txt"):
+        LungClassifier.from_pretrained(REPO, trust_saved_model=True)
+
+
+def test_a_package_name_that_climbs_out_stays_in_the_cache(hub_env, local, own_cache, tiny_standard_backbone):
+    local.push_to_hub(REPO)
+    hub_env.fake_hub.commit(REPO, {"config.json": edited_config(local, name="../../x")})
+    remote = LungClassifier.from_pretrained(REPO)
+    assert remote.directory.parent == own_cache / "packages" and remote.directory.name.startswith("x-")
+    assert [p.name for p in own_cache.iterdir()] == ["packages"]
 
 
 def test_upload_without_a_token_is_a_hub_error(hub_env, local, monkeypatch):
@@ -133,27 +257,23 @@ def test_upload_without_a_token_is_a_hub_error(hub_env, local, monkeypatch):
 
 
 def test_training_pushes_its_package(hub_env, synthetic_dataset, cache_root, tmp_path, monkeypatch, capsys,
-                                     images, tiny_package):
-    """`python -m training ... --push-to-hub` (one L2 candidate and few epochs, to keep it short)."""
-    import functools
-
+                                     images, tiny_package, tiny_standard_backbone):
+    """`python -m training ... --push-to-hub` (one CV repeat, to keep it short)."""
     from conftest import TINY_SIZE, tiny_backbone
-    from training import fit
     from training.__main__ import parse_args, train
 
-    monkeypatch.setattr(fit, "L2_GRID", (1e-3,))
-    monkeypatch.setattr(fit, "train_linear", functools.partial(fit.train_linear, epochs=30))
     output = tmp_path / "pushed"
     repo = "fake-user/trained"
     args = parse_args(["--data", str(synthetic_dataset), "--output", str(output), "--input-size", str(TINY_SIZE),
-                       "--name", "pushed-test", "--push-to-hub", repo])
+                       "--name", "pushed-test", "--repeats", "1", "--push-to-hub", repo])
     assert train(args, tiny_backbone(), digest="tiny-backbone-seed-0") == 0
     printed = capsys.readouterr().out
     commit = re.search(rf"pushed to {repo} at commit ([0-9a-f]{{40}})", printed)
     assert commit, printed[-2000:]
 
     remote = LungClassifier.from_pretrained(repo, revision=commit.group(1))
-    np.testing.assert_array_equal(predictions(remote, images),
-                                  predictions(LungClassifier.from_pretrained(output), images))
+    np.testing.assert_allclose(predictions(remote, images),
+                               predictions(LungClassifier.from_pretrained(output, trust_saved_model=True), images),
+                               atol=1e-6)
     # The card on the Hub tells readers the repo's own id.
     assert f'from_pretrained("{repo}")' in (remote.directory / "README.md").read_text()

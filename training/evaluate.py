@@ -153,9 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="package directory or Hub repo id (default: embedded model)")
     parser.add_argument("--data", required=True, type=Path, help="class-per-folder image directory")
     parser.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
+    parser.add_argument("--trust-saved-model", action="store_true",
+                        help="load the package's own SavedModel graph (only for packages you trust)")
     args = parser.parse_args(argv)
 
-    classifier = LungClassifier.from_pretrained(args.model)
+    classifier = LungClassifier.from_pretrained(args.model, trust_saved_model=args.trust_saved_model)
     dataset = scan_folder(args.data)
     labels = list(classifier.labels)
     unknown = sorted({item.label for item in dataset.items} - set(labels))
