@@ -67,12 +67,13 @@ def test_a_photo_gets_the_notice_not_a_class(tiny_package, env):
     import matplotlib
 
     photo = f"{matplotlib.get_data_path()}/sample_data/grace_hopper.jpg"
-    result = run(env, "-m", "lung_classifier", "predict", photo, "--model", str(tiny_package), "--json")
+    result = run(env, "-m", "lung_classifier", "predict", photo, "--model", str(tiny_package), "--trust-saved-model",
+                 "--json")
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
     assert record["out_of_distribution"] is True
     assert record["label"] is None and record["notice"] == "Unlike the training data: no diagnosis"
-    line = run(env, "-m", "lung_classifier", "predict", photo, "--model", str(tiny_package)).stdout
+    line = run(env, "-m", "lung_classifier", "predict", photo, "--model", str(tiny_package), "--trust-saved-model").stdout
     assert line.startswith(f"{photo}: Unlike the training data: no diagnosis  (Normal ")
     assert not any(f": {label}  (" in line for label in LABELS)
 
