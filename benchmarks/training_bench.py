@@ -39,6 +39,11 @@ def _timed(command: list[str], env: dict[str, str], log_path: Path) -> tuple[flo
     return wall, done.stdout
 
 
+def cv_means(package: Path) -> dict[str, float]:
+    """The package's cross-validated mean of each metric (what its card reports)."""
+    return {name: entry["mean"] for name, entry in json.loads((package / "metrics.json").read_text())["cv"].items()}
+
+
 def run(warm_repeats: int, seed_epochs: int, log, data: Path = DATA) -> TrainingResults:
     from lung_classifier import backbone
 
@@ -53,15 +58,15 @@ def run(warm_repeats: int, seed_epochs: int, log, data: Path = DATA) -> Training
 
         log("training: ours, cold feature cache")
         cold_s, _ = _timed(ours + ["--output", str(work / "cold")], env, work / "cold.log")
-        metrics = json.loads((work / "cold" / "metrics.json").read_text())["test"]
-        log(f"  {cold_s:.0f} s, test accuracy {metrics['accuracy']:.3f}")
+        metrics = cv_means(work / "cold")
+        log(f"  {cold_s:.0f} s, CV accuracy {metrics['accuracy']:.3f}")
         warm = []
         for index in range(warm_repeats):
             log(f"training: ours, warm feature cache ({index + 1}/{warm_repeats})")
             seconds, _ = _timed(ours + ["--output", str(work / f"warm{index}")], env, work / f"warm{index}.log")
             warm.append(seconds)
             log(f"  {seconds:.0f} s")
-        warm_metrics = json.loads((work / "warm0" / "metrics.json").read_text())["test"]
+        warm_metrics = cv_means(work / "warm0")
 
         log(f"training: seed-style, {seed_epochs} epochs through the frozen ResNet50")
         seed_s, out = _timed([sys.executable, "-m", "benchmarks.seed_training", "--data", str(data),
@@ -74,9 +79,9 @@ def run(warm_repeats: int, seed_epochs: int, log, data: Path = DATA) -> Training
     epoch = Stats.of(seed["epoch_seconds"])
     overhead = seed_s - sum(seed["epoch_seconds"])
     accuracy_ok = metrics["accuracy"] >= seed["test_accuracy"]
-    accuracy_note = (f"grouped test accuracy ours {metrics['accuracy']:.3f} (macro-F1 {metrics['macro_f1']:.3f}) vs "
-                     f"seed-style {seed['test_accuracy']:.3f} (macro-F1 {seed['test_macro_f1']:.3f}) "
-                     f"on the same {seed['n']['test']} test images")
+    accuracy_note = (f"ours: grouped CV mean accuracy {metrics['accuracy']:.3f} (macro-F1 {metrics['macro_f1']:.3f}, "
+                     f"with the Malignant-first rule) vs seed-style grouped test accuracy {seed['test_accuracy']:.3f} "
+                     f"(macro-F1 {seed['test_macro_f1']:.3f}, {seed['n']['test']} test images)")
     rows = []
     for label, stats, accuracy in (("cold feature cache", Stats.of([cold_s]), metrics["accuracy"]),
                                    ("warm feature cache", Stats.of(warm), warm_metrics["accuracy"])):

@@ -52,6 +52,7 @@ class TrainingRecord:
     digest: str
     results: list[selection.Result]
     chosen: selection.Result
+    without_rule: dict[str, dict[str, float]]  # the chosen head's CV with offsets chosen for macro-F1 alone
     pipeline: Pipeline
     faithfulness: dict[str, Any]
     shifts: dict[str, dict[str, float]]
@@ -176,6 +177,7 @@ def metrics(record: TrainingRecord) -> dict[str, Any]:
         "selection": [{"settings": r.settings.as_dict(), "summary": r.summary, "seconds_per_fit": r.seconds_per_fit}
                       for r in record.results],
         "chosen": chosen.settings.as_dict(),
+        "cv_without_recall_rule": record.without_rule,
         "faithfulness": record.faithfulness,
         "ood_shifts": record.shifts,
     }
@@ -237,6 +239,9 @@ def card_values(record: TrainingRecord, config: dict[str, Any], summary: dict[st
         "cv_table": cv.format_summary(summary, record.chosen.crossfitted.confusion(record.y, len(labels)), labels,
                                       args.folds, args.repeats),
         "targets_table": targets_table(summary),
+        "rule_cost": ", ".join(f"{title} {cv.format_interval(record.without_rule, name)}" for name, title in
+                               (("macro_f1", "macro-F1"), ("recall_Malignant", "Malignant recall"),
+                                ("recall_Normal", "Normal recall"), ("recall_Benign", "Benign recall"))),
         "selection_table": selection.format_table(record.results, record.chosen, labels, record.malignant),
         "faithfulness_table": faithfulness.format_table(record.faithfulness),
         "cam_choice": record.faithfulness["chosen"], "guard_table": guard.format_table(record.shifts),
