@@ -53,8 +53,10 @@ PIL_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF")
 LUNG_WINDOW = (-600.0, 1500.0)
 """DICOM display window (centre, width) in HU: the standard lung window."""
 
-MAX_DICOM_HEADER_READ = 1 * 2**20
+MAX_DICOM_HEADER_READ = 512 * 2**10
 """Bytes the DICOM header pass may read (skipped elements are seeked over, not read)."""
+_DICOM_HEADER_BYTES = 32 * 2**20
+"""Budget reserved while pydicom parses a header: at most MAX_DICOM_HEADER_READ of nested items."""
 _ACCEPTED_FORMATS_TEXT = "JPEG, PNG, BMP, TIFF, WebP or single-frame GIF"
 _RESAMPLE = Image.Resampling.LANCZOS
 
@@ -286,12 +288,15 @@ class _HeaderReader:
     """A file object that refuses to read more than `limit` bytes (seeks are free)."""
 
     def __init__(self, stream: BinaryIO, limit: int, name: str):
-        self._stream, self._left, self._name = stream, limit, name
+        self._stream, self._left = stream, limit
+        self.exceeded = ImageError(f"{name}: its DICOM header reads more than {limit // 2**10} KiB before the "
+                                   "pixel data (damaged or crafted file): export the slice again or as PNG")
+        self.hit = False
 
     def read(self, size: int = -1) -> bytes:
         if size < 0 or size > self._left:
-            raise ImageError(f"{self._name}: its DICOM header is larger than {MAX_DICOM_HEADER_READ // 2**20} MiB "
-                             "before the pixel data (damaged or crafted file)")
+            self.hit = True  # pydicom re-raises what its reads raise as OSError: the caller checks `hit`
+            raise self.exceeded
         data = self._stream.read(size)
         self._left -= len(data)
         return data
@@ -305,10 +310,6 @@ class _HeaderReader:
 
 def _dicom_to_rgb(stream: BinaryIO, size: int, name: str, window: tuple[float, float]) -> np.ndarray:
     """Check the header, then decode one bounded frame; rescale to HU and apply the window."""
-    from pydicom.filereader import read_dataset, read_preamble
-    from pydicom.tag import Tag
-    from pydicom.uid import UID
-
     header_stream = _HeaderReader(stream, MAX_DICOM_HEADER_READ, name)
     pixel_element: dict[str, int] = {}
 
@@ -319,24 +320,14 @@ def _dicom_to_rgb(stream: BinaryIO, size: int, name: str, window: tuple[float, f
         return False
 
     try:
-        read_preamble(header_stream, False)
-        meta = read_dataset(header_stream, is_implicit_VR=False, is_little_endian=True,
-                            stop_when=lambda tag, vr, length: tag >> 16 != 2)
-        syntax = str(meta.get("TransferSyntaxUID", "") or "").strip("\0 ")
-        if syntax == _DEFLATED:
-            raise ImageError(f"{name} uses the Deflated transfer syntax, which is not accepted (it must be inflated "
-                             "whole before it can be checked): save it uncompressed, e.g. `gdcmconv --raw`")
-        if syntax not in _UNCOMPRESSED and syntax != _RLE:
-            described = f"{UID(syntax).name} ({syntax})" if syntax else "no transfer syntax"
-            raise ImageError(f"{name}: DICOM encoding {described} is not accepted (accepted: uncompressed little "
-                             "endian or RLE Lossless): save it uncompressed, e.g. `gdcmconv --raw`, or as PNG")
-        header = read_dataset(header_stream, _UNCOMPRESSED.get(syntax, False), True,
-                              stop_when=at_pixel_data,
-                              specific_tags=[Tag(keyword) for keyword in _GEOMETRY_TAGS])
+        with _BUDGET.reserve(_DICOM_HEADER_BYTES, name):
+            syntax, header = _read_dicom_header(header_stream, at_pixel_data, name)
         geometry = _Geometry.read(header, name)
     except ImageError:
         raise
     except Exception as exc:  # noqa: BLE001 - pydicom reports malformed headers with many exception types
+        if header_stream.hit:
+            raise header_stream.exceeded from None
         raise ImageError(f"{name} is not a readable DICOM file ({exc.__class__.__name__}): "
                          "export it again or as PNG") from None
     if pixel_element.get("tag") != _PIXEL_DATA:
@@ -349,6 +340,31 @@ def _dicom_to_rgb(stream: BinaryIO, size: int, name: str, window: tuple[float, f
         if target != (geometry.columns, geometry.rows):
             grey = np.asarray(Image.fromarray(grey).resize(target, _RESAMPLE, reducing_gap=3.0))
         return _array_to_rgb(grey)
+
+
+def _read_dicom_header(header_stream: _HeaderReader, at_pixel_data, name: str):
+    """The transfer syntax (refused unless accepted) and the geometry tags; stops at the pixel data."""
+    from pydicom.filereader import read_dataset, read_preamble
+    from pydicom.tag import Tag
+    from pydicom.uid import UID
+
+    read_preamble(header_stream, False)
+    meta = read_dataset(header_stream, is_implicit_VR=False, is_little_endian=True,
+                        stop_when=lambda tag, vr, length: tag >> 16 != 2)
+    syntax = str(meta.get("TransferSyntaxUID", "") or "").strip("\0 ")
+    if syntax == _DEFLATED:
+        raise ImageError(f"{name} uses the Deflated transfer syntax, which is not accepted (it must be inflated "
+                         "whole before it can be checked): save it uncompressed, e.g. `gdcmconv --raw`")
+    if not syntax:
+        raise ImageError(f"{name} is a DICOM file without a transfer syntax in its file meta "
+                         "(damaged or not conformant): export it again or as PNG")
+    if syntax not in _UNCOMPRESSED and syntax != _RLE:
+        raise ImageError(f"{name}: DICOM encoding {UID(syntax).name} ({syntax}) is not accepted (accepted: "
+                         "uncompressed little endian or RLE Lossless): save it uncompressed, e.g. `gdcmconv --raw`, "
+                         "or as PNG")
+    header = read_dataset(header_stream, _UNCOMPRESSED.get(syntax, False), True, stop_when=at_pixel_data,
+                          specific_tags=[Tag(keyword) for keyword in _GEOMETRY_TAGS])
+    return syntax, header
 
 
 class _Geometry:
@@ -390,10 +406,11 @@ class _Geometry:
         if frames != 1:
             raise ImageError(f"{name} holds {frames} frames: upload a single CT slice (one frame)")
         if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
-            raise ImageError(f"{name} is a {photometric} DICOM image with {samples} samples per pixel: "
+            raise ImageError(f"{name} is a DICOM image of type {photometric} with {samples} sample(s) per pixel: "
                              "upload a greyscale CT slice (MONOCHROME2)")
         if min(rows, columns) < MIN_SIDE:
-            raise ImageError(f"image of {columns}x{rows} pixels is too small (need at least {MIN_SIDE} on each side)")
+            raise ImageError(f"{name}: image of {columns}x{rows} pixels is too small "
+                             f"(need at least {MIN_SIDE} on each side)")
         _check_declared(columns, rows, name)
         bits_allocated = integer("BitsAllocated")
         if bits_allocated not in (8, 16):
