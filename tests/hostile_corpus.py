@@ -205,7 +205,7 @@ def dicom_file(pixels: np.ndarray | None, syntax: str = EXPLICIT_LE, **tags) -> 
 def ct_pixels(size: int = 96, seed: int = 0) -> np.ndarray:
     """Stored values (HU + 1024) of a CT-like slice through the lung window."""
     hounsfield = slice_image(size, seed).astype(np.float64) / 255.0 * 1500.0 - 1350.0
-    return np.round(hounsfield + 1024.0).astype(np.uint16)
+    return np.clip(np.round(hounsfield + 1024.0), 0, 4095).astype(np.uint16)  # air is -1024 HU
 
 
 def encapsulated(fragments: list[bytes]) -> bytes:
@@ -491,3 +491,125 @@ def write_corpus(directory: Path) -> list[HostileFile]:
         path.write_bytes(make())
         corpus.append(HostileFile(path, expect, why))
     return corpus
+
+
+# --- sending the corpus to a running app -------------------------------------------------------------
+
+HEAVY = ("bomb-deflate-8000x8000.dcm", "bomb-rle-8000x8000.dcm", "rle-6000x6000-zeros.dcm", "black-10mp.png",
+         "black-36mp.png", "bomb-9000x9000-zeros.png", "nested-sequence-bomb.dcm", "large-3000x2000.jpg")
+"""The files that cost the most memory or time to refuse or decode: every client sends all of them at once."""
+ENDPOINTS = ("/predict", "/analyze", "/batch")
+BATCH_FILES = 8
+"""Files per /batch request."""
+REFUSAL = "Cannot classify this file:"
+"""How the app's /predict and /analyze begin a refusal (an ImageError's message follows)."""
+
+
+def check_answer(endpoint: str, names: list[str], answer) -> list[str]:
+    """Problems with one successful answer (empty when it is a proper result)."""
+    if endpoint == "/predict":
+        ok = isinstance(answer, dict) and answer.get("label") and answer.get("confidences")
+        return [] if ok else [f"{endpoints_name(endpoint, names)}: unexpected answer {answer!r:.200}"]
+    if endpoint == "/analyze":
+        ok = isinstance(answer, (list, tuple)) and len(answer) == 4 and isinstance(answer[3], dict) \
+            and "probabilities" in answer[3]
+        return [] if ok else [f"{endpoints_name(endpoint, names)}: unexpected answer {answer!r:.200}"]
+    rows = answer.get("data") if isinstance(answer, dict) else None
+    if not isinstance(rows, list) or len(rows) != len(names):
+        return [f"{endpoints_name(endpoint, names)}: expected {len(names)} rows, got {answer!r:.300}"]
+    problems = []
+    for name, row in zip(names, rows):
+        if row[1] == "error":
+            if not (isinstance(row[-1], str) and len(row[-1]) > 10):
+                problems.append(f"/batch {name}: error row without a reason: {row!r:.200}")
+        elif not isinstance(row[2], (int, float)):
+            problems.append(f"/batch {name}: row is neither a prediction nor an error: {row!r:.200}")
+    return problems
+
+
+def endpoints_name(endpoint: str, names: list[str]) -> str:
+    return f"{endpoint} {names[0] if len(names) == 1 else f'{len(names)} files'}"
+
+
+def check_refusal(endpoint: str, names: list[str], message: str) -> list[str]:
+    """Problems with a refusal: it must be the app's clear message (a whole /batch may be refused with a reason)."""
+    if endpoint == "/batch":
+        clear = len(message) > 15 and "Traceback" not in message
+    else:
+        clear = message.startswith(REFUSAL) and len(message) > len(REFUSAL) + 5 and "Traceback" not in message
+    return [] if clear else [f"{endpoints_name(endpoint, names)}: unclear refusal {message!r:.300}"]
+
+
+def send_corpus(url: str, corpus: list[Path], clients: int = 16, share: int = 1,
+                endpoints: tuple[str, ...] = ENDPOINTS) -> dict:
+    """`clients` gradio_client users at once: each sends every HEAVY file, then its part of the corpus
+    (every `share`-th file of it), to each endpoint. Returns counts and every problem found."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    heavy = [path for path in corpus if path.name in HEAVY]
+    rest = [path for path in corpus if path.name not in HEAVY][::share]
+    barrier = threading.Barrier(clients)
+    lock = threading.Lock()
+    summary = {"requests": 0, "results": 0, "refusals": 0, "problems": []}
+
+    def request(client: Client, endpoint: str, paths: list[Path]) -> None:
+        names = [path.name for path in paths]
+        files = [handle_file(str(path)) for path in paths]
+        try:
+            answer = client.predict(files if endpoint == "/batch" else files[0], api_name=endpoint)
+            problems, outcome = check_answer(endpoint, names, answer), "results"
+        except AppError as exc:
+            problems, outcome = check_refusal(endpoint, names, str(exc)), "refusals"
+        except Exception as exc:  # a dropped connection, a timeout: the server failed this request
+            problems, outcome = [f"{endpoints_name(endpoint, names)}: {type(exc).__name__}: {exc}"[:400]], "problems"
+        with lock:
+            summary["requests"] += 1
+            if outcome != "problems":
+                summary[outcome] += 1
+            summary["problems"] += problems
+
+    def one_client(index: int) -> None:
+        client = Client(url, verbose=False, download_files=False)
+        mine = rest[index::clients]
+        barrier.wait(timeout=120)
+        for endpoint in endpoints:
+            if endpoint == "/batch":
+                for paths in (heavy, *(mine[i:i + BATCH_FILES] for i in range(0, len(mine), BATCH_FILES))):
+                    if paths:
+                        request(client, endpoint, paths)
+            else:
+                for path in heavy + mine:
+                    request(client, endpoint, [path])
+        client.close()
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(clients) as pool:
+        for future in [pool.submit(one_client, index) for index in range(clients)]:
+            future.result()
+    summary["seconds"] = round(time.monotonic() - started, 1)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python tests/hostile_corpus.py --url URL --dir DIR [--clients N] [--share K]: write, send, print JSON."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--dir", type=Path, required=True, help="where to write the corpus")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--share", type=int, default=1, help="send every K-th non-heavy file (1: all)")
+    args = parser.parse_args(argv)
+    corpus = [item.path for item in write_corpus(args.dir)]
+    print(json.dumps(send_corpus(args.url, corpus, args.clients, args.share)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
