@@ -46,8 +46,9 @@ MAX_SIDE = 1024
 """Long side of every decoded image: the model sees 224 px, the page shows the slice (CT is 512)."""
 MAX_PIXELS = 40_000_000
 """Declared pixel count refused before decoding (a CT slice is ~0.26 MP, a radiograph ~10 MP)."""
-DECODE_BUDGET_BYTES = 512 * 2**20
-"""Upper bound of the memory all concurrent decodes of this process may hold together."""
+DECODE_BUDGET_BYTES = 256 * 2**20
+"""Upper bound of the memory all concurrent decodes of this process may hold together (a 40 MP
+grey, RGB(A) or palette PNG or a 40 MP uncompressed 16-bit DICOM fits; a 40 MP CMYK TIFF does not)."""
 PIL_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF")
 """The only decoders PIL may try (PIL format ids); see the module docstring."""
 LUNG_WINDOW = (-600.0, 1500.0)
@@ -55,10 +56,12 @@ LUNG_WINDOW = (-600.0, 1500.0)
 
 MAX_DICOM_HEADER_READ = 512 * 2**10
 """Bytes the DICOM header pass may read (skipped elements are seeked over, not read)."""
-_DICOM_HEADER_BYTES = 32 * 2**20
+_DICOM_HEADER_BYTES = 16 * 2**20
 """Budget reserved while pydicom parses a header: at most MAX_DICOM_HEADER_READ of nested items."""
 _ACCEPTED_FORMATS_TEXT = "JPEG, PNG, BMP, TIFF, WebP or single-frame GIF"
 _RESAMPLE = Image.Resampling.LANCZOS
+_SLACK = 16 * 2**20
+"""Added to every decode's estimate: decoder buffers, the downscaled copy, Python objects."""
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
@@ -169,7 +172,13 @@ def _pil_stream_to_rgb(stream: BinaryIO, name: str) -> np.ndarray:
 def _pil_bytes(pil: Image.Image) -> int:
     """Upper bound of a decode's memory: PIL's storage at the decoded size, a mode conversion, slack."""
     native = {"1": 1, "L": 1, "P": 1}.get(pil.mode, 2 if pil.mode.startswith("I;16") else 4)
-    return pil.width * pil.height * (native + 4) + 16 * 2**20
+    converted = 0 if pil.mode in _DIRECT_MODES or pil.mode.startswith("I;16") else 4
+    libtiff = 4 if pil.format == "TIFF" else 0  # libtiff may decode through a full-size RGBA buffer
+    return pil.width * pil.height * (native + converted + libtiff) + _SLACK
+
+
+_DIRECT_MODES = ("L", "LA", "RGB", "RGBA", "I", "F")
+"""Modes resized and turned into arrays as they are; others are converted at full size first."""
 
 
 _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
@@ -186,7 +195,7 @@ def _pil_to_rgb(pil: Image.Image, name: str) -> np.ndarray:
         pil = pil.convert("L")
     elif pil.mode in ("P", "PA"):
         pil = pil.convert("RGBA")
-    elif pil.mode not in ("L", "LA", "RGB", "RGBA", "I", "F") and not pil.mode.startswith("I;16"):
+    elif pil.mode not in _DIRECT_MODES and not pil.mode.startswith("I;16"):
         pil = pil.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
     target = _target_size(pil.width, pil.height, name)
     if target != pil.size:
@@ -332,7 +341,7 @@ def _dicom_to_rgb(stream: BinaryIO, size: int, name: str, window: tuple[float, f
                          "export it again or as PNG") from None
     if pixel_element.get("tag") != _PIXEL_DATA:
         raise ImageError(f"{name} is a DICOM file without pixel data (not an image)")
-    with _BUDGET.reserve(geometry.pixels * (5 * geometry.bytes_per_pixel + 1) + 16 * 2**20, name):
+    with _BUDGET.reserve(_dicom_bytes(geometry, syntax, size - stream.tell()), name):
         stored = _read_pixels(stream, size, syntax, pixel_element["length"], geometry, name)
         grey = _window(stored, geometry, window)
         del stored
@@ -350,7 +359,7 @@ def _read_dicom_header(header_stream: _HeaderReader, at_pixel_data, name: str):
 
     read_preamble(header_stream, False)
     meta = read_dataset(header_stream, is_implicit_VR=False, is_little_endian=True,
-                        stop_when=lambda tag, vr, length: tag >> 16 != 2)
+                        stop_when=lambda tag, vr, length: tag >> 16 != 2, specific_tags=[Tag(0x00020010)])
     syntax = str(meta.get("TransferSyntaxUID", "") or "").strip("\0 ")
     if syntax == _DEFLATED:
         raise ImageError(f"{name} uses the Deflated transfer syntax, which is not accepted (it must be inflated "
@@ -365,6 +374,14 @@ def _read_dicom_header(header_stream: _HeaderReader, at_pixel_data, name: str):
     header = read_dataset(header_stream, _UNCOMPRESSED.get(syntax, False), True, stop_when=at_pixel_data,
                           specific_tags=[Tag(keyword) for keyword in _GEOMETRY_TAGS])
     return syntax, header
+
+
+def _dicom_bytes(geometry: "_Geometry", syntax: str, remaining: int) -> int:
+    """Upper bound of decoding the pixels: the stored bytes (and RLE input), a masked copy, the grey image."""
+    stored = geometry.pixels * geometry.bytes_per_pixel
+    if syntax == _RLE:  # the encapsulated frame (at most what the file holds), one decoded segment
+        return min(remaining, _rle_limit(geometry)) + stored + 2 * geometry.pixels + _SLACK
+    return 2 * stored + geometry.pixels + _SLACK
 
 
 class _Geometry:
@@ -485,14 +502,14 @@ def _read_pixels(stream: BinaryIO, size: int, syntax: str, length: int, geometry
     return stored
 
 
-def _rle_frame(stream: BinaryIO, available: int, geometry: _Geometry, name: str) -> bytes:
+def _rle_frame(stream: BinaryIO, available: int, geometry: _Geometry, name: str) -> bytearray:
     """Decode one RLE Lossless frame (DICOM PS3.5 G) to little-endian bytes, bounded by the geometry."""
     segment_size = geometry.pixels
-    limit = 2 * segment_size * geometry.bytes_per_pixel + 64 * 2**10  # a real encoder never doubles the data
+    limit = _rle_limit(geometry)
     if available > limit + 2**20:
         raise ImageError(f"{name}: its RLE pixel data is far larger than a {geometry.columns}x{geometry.rows} "
                          "image can need (damaged or crafted file)")
-    fragments, offset_table_seen = [], False
+    frame, offset_table_seen = bytearray(), False
     while True:
         item = stream.read(8)
         if len(item) < 8:
@@ -502,14 +519,17 @@ def _rle_frame(stream: BinaryIO, available: int, geometry: _Geometry, name: str)
             break
         if (group, element) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF:
             raise ImageError(f"{name}: its RLE pixel data is not a valid encapsulated item sequence")
+        if len(frame) + length > limit:
+            raise ImageError(f"{name}: its RLE pixel data is larger than a {geometry.columns}x{geometry.rows} "
+                             "image can need (damaged or crafted file)")
         data = stream.read(length)
         if len(data) < length:
             raise ImageError(f"{name}: its RLE pixel data is truncated")
         if offset_table_seen:
-            fragments.append(data)
+            frame += data
         offset_table_seen = True
-    frame = b"".join(fragments)
-    if len(frame) < 64 or len(frame) > limit:
+        del data
+    if len(frame) < 64:
         raise ImageError(f"{name}: its RLE frame of {len(frame):,} bytes does not fit a "
                          f"{geometry.columns}x{geometry.rows} image (damaged or crafted file)")
     count, *offsets = struct.unpack("<16I", frame[:64])
@@ -523,10 +543,15 @@ def _rle_frame(stream: BinaryIO, available: int, geometry: _Geometry, name: str)
         segment = _unpack_bits(frame[offsets[index]:offsets[index + 1]], segment_size, name)
         # Segments hold the most significant byte first; stored little endian, it goes last.
         native[count - 1 - index::count] = segment
-    return bytes(native)
+    return native
 
 
-def _unpack_bits(source: bytes, size: int, name: str) -> bytes:
+def _rle_limit(geometry: "_Geometry") -> int:
+    """The most encapsulated bytes an RLE frame may take: a real encoder never doubles the data."""
+    return 2 * geometry.pixels * geometry.bytes_per_pixel + 64 * 2**10
+
+
+def _unpack_bits(source: bytes, size: int, name: str) -> bytearray:
     """PackBits decoding that stops at `size` bytes: a crafted run cannot grow past the frame."""
     out = bytearray()
     position, end = 0, len(source)
@@ -541,7 +566,8 @@ def _unpack_bits(source: bytes, size: int, name: str) -> bytes:
             position += 1
     if len(out) < size:
         raise ImageError(f"{name}: its RLE pixel data is truncated ({len(out):,} of {size:,} bytes per segment)")
-    return bytes(out[:size])
+    del out[size:]
+    return out
 
 
 def _window(stored: np.ndarray, geometry: _Geometry, window: tuple[float, float]) -> np.ndarray:

@@ -596,7 +596,8 @@ def send_corpus(url: str, corpus: list[Path], clients: int = 16, share: int = 1,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python tests/hostile_corpus.py --url URL --dir DIR [--clients N] [--share K]: write, send, print JSON."""
+    """python tests/hostile_corpus.py --url URL --dir DIR [--clients N] [--share K] [--endpoints ...]: write the
+    corpus, send it, print a JSON summary."""
     import argparse
     import json
 
@@ -605,9 +606,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, required=True, help="where to write the corpus")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--share", type=int, default=1, help="send every K-th non-heavy file (1: all)")
+    parser.add_argument("--endpoints", nargs="+", default=list(ENDPOINTS), choices=ENDPOINTS)
     args = parser.parse_args(argv)
     corpus = [item.path for item in write_corpus(args.dir)]
-    print(json.dumps(send_corpus(args.url, corpus, args.clients, args.share)), flush=True)
+    print(json.dumps(send_corpus(args.url, corpus, args.clients, args.share, tuple(args.endpoints))), flush=True)
     return 0
 
 

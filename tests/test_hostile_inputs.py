@@ -107,6 +107,7 @@ def library(tiny_package):
     return LungClassifier.from_pretrained(tiny_package)
 
 
+@pytest.mark.slow  # about 600 requests: a minute on an idle 2-core machine
 def test_every_file_through_predict_analyze_and_batch_gets_a_result_or_a_clear_error(
         corpus, tiny_package, cache_root, library, tmp_path):
     server = start_app(tiny_package, cache_root, tmp_path / "app")
