@@ -26,10 +26,13 @@ The demo takes uploads from anyone, so memory is bounded by design, not by luck:
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import io
 import math
 import os
 import struct
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,6 +80,7 @@ class _DecodeBudget:
         self.total = total
         self._used = 0
         self._free = threading.Condition()
+        self._large = threading.local()
 
     @contextmanager
     def reserve(self, nbytes: int, name: str) -> Iterator[None]:
@@ -86,6 +90,8 @@ class _DecodeBudget:
         with self._free:
             self._free.wait_for(lambda: self._used + nbytes <= self.total)
             self._used += nbytes
+        if nbytes >= _TRIM_ABOVE:
+            self._large.decoded = True
         try:
             yield
         finally:
@@ -93,7 +99,21 @@ class _DecodeBudget:
                 self._used -= nbytes
                 self._free.notify_all()
 
+    def release_freed_memory(self) -> None:
+        """After a large decode in this thread, hand the freed heap back to the OS.
 
+        glibc keeps freed blocks in per-thread arenas: without this, every request thread
+        would keep the peak of its largest decode resident, and 16 of them add up.
+        """
+        if getattr(self._large, "decoded", False):
+            self._large.decoded = False
+            if _MALLOC_TRIM is not None:
+                _MALLOC_TRIM(0)
+
+
+_TRIM_ABOVE = 48 * 2**20
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c")) if sys.platform.startswith("linux") else None
+_MALLOC_TRIM = getattr(_LIBC, "malloc_trim", None)  # glibc only; elsewhere freed memory is left to the allocator
 _BUDGET = _DecodeBudget(DECODE_BUDGET_BYTES)
 
 
@@ -106,6 +126,16 @@ def load_rgb(image: ImageInput, *, dicom_window: tuple[float, float] = LUNG_WIND
     centre, width = (float(value) for value in dicom_window)
     if not (math.isfinite(centre) and math.isfinite(width) and width > 0):
         raise ValueError(f"dicom_window must be (centre, width) in HU with width > 0, not {dicom_window}")
+    try:
+        rgb = _decode(image, (centre, width))
+    finally:
+        _BUDGET.release_freed_memory()
+    _check_size(rgb)
+    return rgb
+
+
+def _decode(image: ImageInput, window: tuple[float, float]) -> np.ndarray:
+    """Every input kind -> RGB uint8, at most MAX_SIDE on the long side."""
     if isinstance(image, np.ndarray):
         if image.ndim >= 2:
             _check_declared(image.shape[1], image.shape[0], "array")
@@ -115,7 +145,7 @@ def load_rgb(image: ImageInput, *, dicom_window: tuple[float, float] = LUNG_WIND
     elif isinstance(image, (bytes, bytearray)):
         if not image:
             raise ImageError("the uploaded data is empty (0 bytes)")
-        rgb = _stream_to_rgb(io.BytesIO(image), len(image), "the uploaded data", (centre, width))
+        rgb = _stream_to_rgb(io.BytesIO(image), len(image), "the uploaded data", window)
     elif isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
@@ -124,13 +154,12 @@ def load_rgb(image: ImageInput, *, dicom_window: tuple[float, float] = LUNG_WIND
             size = os.fstat(stream.fileno()).st_size
             if not size:
                 raise ImageError(f"{path.name} is empty (0 bytes)")
-            rgb = _stream_to_rgb(stream, size, path.name, (centre, width))
+            rgb = _stream_to_rgb(stream, size, path.name, window)
     else:
         raise ImageError(
             f"unsupported input type {type(image).__name__}: "
             "give a file path, bytes, a PIL image or a numpy array"
         )
-    _check_size(rgb)
     return rgb
 
 
