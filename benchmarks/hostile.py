@@ -21,7 +21,7 @@ from .server import Server
 LIMIT_BYTES = int(2.5 * 2**30)
 CLIENTS = 16
 QUICK_SHARE = 8
-"""--quick sends every heavy file from every client but only every 8th of the other files."""
+"""--quick (CI) sends to /predict only: every heavy file from every client, every 8th of the other files."""
 
 
 def peak_rss(pid: int) -> int:
@@ -34,16 +34,18 @@ def peak_rss(pid: int) -> int:
 
 def run(image: Path, quick: bool, log) -> Row:
     share = QUICK_SHARE if quick else 1
+    endpoints = ["/predict"] if quick else ["/predict", "/analyze", "/batch"]
     work = Path(tempfile.mkdtemp(prefix="lung-bench-hostile-"))
     server = Server(True, work)
     log(f"hostile corpus: starting app.py on port {server.port}")
     try:
         server.start(image)
         before = peak_rss(server.pid)
-        log(f"  {CLIENTS} clients sending the corpus (every {share}. file besides the heavy ones)")
+        log(f"  {CLIENTS} clients sending the corpus to {' '.join(endpoints)} (1/{share} of the light files)")
         sender = subprocess.run(
             [sys.executable, str(REPO / "tests" / "hostile_corpus.py"), "--url", server.url,
-             "--dir", str(work / "corpus"), "--clients", str(CLIENTS), "--share", str(share)],
+             "--dir", str(work / "corpus"), "--clients", str(CLIENTS), "--share", str(share),
+             "--endpoints", *endpoints],
             cwd=REPO, capture_output=True, text=True, timeout=3600)
         if sender.returncode != 0:
             raise RuntimeError(f"the corpus sender failed:\n{sender.stderr[-3000:]}")
@@ -67,7 +69,8 @@ def run(image: Path, quick: bool, log) -> Row:
         met = (f"**no**: {len(problems)} unclear answers or failed requests"
                f"{'' if answered else ', no answer afterwards'}; " + met)
     notes = (f"{summary['requests']} requests ({summary['results']} results, {summary['refusals']} clear refusals) "
-             f"in {summary['seconds']} s; {'quick: every heavy file, 1/' + str(share) + ' of the rest' if quick else 'all files'}"
+             f"in {summary['seconds']} s to {', '.join(endpoints)}"
+             f"{f' (quick: every heavy file, 1/{share} of the rest)' if quick else ' (every file)'}"
              f"; a normal /predict answered afterwards: {'yes' if answered else 'no'}"
              + (f"; first problem: {problems[0][:200]}" if problems else ""))
     return Row(f"5h. Peak server RSS under the hostile corpus, {CLIENTS} clients", f"{peak / 2**30:.2f} GiB",
