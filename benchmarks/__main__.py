@@ -2,8 +2,9 @@
 
 Rows: 1 compute bound, 2 one-image predict (vs seed-style and vs the bound), 3 batch of 32,
 4 Grad-CAM, 5 the real app.py under 1/4/16 concurrent clients with batching on and off
-(and its memory), 6 cold start, 7 training (cold and warm feature cache) vs seed-style
-training, 8 bfloat16 (optional). --quick (CI, < 2 minutes) runs fewer repeats and
+(and its memory), 5h its peak memory under the hostile corpus from 16 clients, 6 cold start,
+7 training (cold and warm feature cache) vs seed-style training, 8 bfloat16 (optional).
+--quick (CI, < 2 minutes) runs fewer repeats and
 requests (1 and 16 clients only), and skips training and the bfloat16 row.
 """
 
@@ -29,6 +30,7 @@ ROW_NAMES = (
     "4. Grad-CAM explanation",
     "5. Server /predict",
     "5m. Server memory",
+    "5h. Peak server RSS under the hostile corpus",
     "6. Cold start",
     "7a. Training, cold feature cache",
     "7b. Training, warm feature cache",
@@ -81,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.skip_server:
         rows += [skipped("5. Server /predict", "--skip-server"), skipped("5m. Server memory", "--skip-server"),
+                 skipped("5h. Peak server RSS under the hostile corpus", "--skip-server"),
                  skipped("6. Cold start", "--skip-server")]
     else:
         from . import server
@@ -90,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
             counts = {1: max(4, args.requests // 4), max(server.CLIENT_COUNTS): args.requests}
         served = server.run(paths, counts, cold_starts=2 if args.quick else 3,
                             batch_rate=infer.batch_rate, one_rate=infer.one_rate, log=log)
-        rows += served.rows
+        from . import hostile
+
+        rows += [row for row in served.rows if not row.name.startswith("6.")]
+        rows.append(hostile.run(paths[0], args.quick, log))
+        rows += [row for row in served.rows if row.name.startswith("6.")]
         details += ["", "## Server under load", "", *served.details]
 
     if args.quick or args.skip_training:

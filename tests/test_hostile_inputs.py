@@ -1,0 +1,152 @@
+"""The hostile corpus (tests/hostile_corpus.py, 200+ files generated here) through the library and the app.
+
+Every file gets a result or a clear ImageError, never another exception, a hang or a dead
+server; the running app keeps its peak memory under 2.5 GiB while 16 clients send it all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+
+from app_server import start_app
+from conftest import REPO, synthetic_slice
+from hostile_corpus import HEAVY, HostileFile, send_corpus, write_corpus
+from lung_classifier.images import MAX_SIDE, MIN_SIDE, ImageError, load_rgb
+
+PEAK_RSS_LIMIT = 2.5 * 2**30
+KINDS = ["truncated-", "bitflip-", "bomb-", "deflate", "rle", "animated", "cmyk", "palette", "16bit", "exif-",
+         "empty", "notes.txt", "page.html", "drawing.svg", "report.pdf", "slices.zip", "no-pixels.dcm",
+         "tag-RescaleSlope-1_2", "tag-RescaleSlope-1e30"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> list[HostileFile]:
+    return write_corpus(tmp_path_factory.mktemp("hostile"))
+
+
+def outcome_problem(item: HostileFile, decode) -> str | None:
+    """Decode one file; what is wrong with the outcome, or None."""
+    try:
+        rgb = decode(item.path)
+    except ImageError as exc:
+        message = str(exc)
+        if len(message) < 15 or "Traceback" in message:
+            return f"{item.name}: unclear ImageError {message!r}"
+        return f"{item.name}: refused ({message}) but should decode ({item.why})" if item.expect == "ok" else None
+    except Exception as exc:  # noqa: BLE001 - any other exception is the failure this test looks for
+        return f"{item.name}: {type(exc).__name__}: {exc} ({item.why})"
+    if item.expect == "error":
+        return f"{item.name}: decoded but should be refused ({item.why})"
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        return f"{item.name}: decoded to {rgb.dtype} {rgb.shape}"
+    if not (MIN_SIDE <= min(rgb.shape[:2]) and max(rgb.shape[:2]) <= MAX_SIDE):
+        return f"{item.name}: decoded to {rgb.shape[1]}x{rgb.shape[0]}, outside {MIN_SIDE}..{MAX_SIDE}"
+    return None
+
+
+def test_corpus_has_200_files_of_every_kind(corpus):
+    assert len(corpus) >= 200
+    names = [item.name for item in corpus]
+    for kind in KINDS:
+        assert any(kind in name for name in names), kind
+    assert set(HEAVY) <= set(names)
+    assert {item.expect for item in corpus} == {"ok", "error", "any"}
+
+
+def test_load_rgb_gives_a_result_or_a_clear_image_error_for_every_file(corpus):
+    problems = [problem for item in corpus for problem in (
+        outcome_problem(item, load_rgb),
+        outcome_problem(item, lambda path: load_rgb(path.read_bytes())),
+    ) if problem]
+    assert not problems, "\n".join(problems)
+
+
+def test_analyze_batch_gives_a_result_or_a_clear_image_error_for_every_file(corpus, tiny_package):
+    from lung_classifier import LungClassifier
+
+    classifier = LungClassifier.from_pretrained(tiny_package)
+
+    def analyze(path: Path) -> np.ndarray:
+        (result,) = classifier.analyze_batch([path], explain=True)
+        assert result.label in classifier.labels and result.heatmap is not None
+        return load_rgb(path)
+
+    problems = [problem for item in corpus if (problem := outcome_problem(item, analyze))]
+    assert not problems, "\n".join(problems)
+    # Good files still share one batch with each other.
+    good = [item.path for item in corpus if item.expect == "ok"][:16]
+    assert len(classifier.analyze_batch(good)) == len(good)
+
+
+# --- through the running app ---------------------------------------------------------------------------
+
+
+def normal_request_is_answered_correctly(url: str, tmp_path: Path, library) -> None:
+    path = tmp_path / "normal-slice.png"
+    synthetic_slice("Malignant", 4).save(path)
+    value = Client(url, verbose=False, download_files=False).predict(handle_file(str(path)), api_name="/predict")
+    expected = library.predict(path)
+    assert value["label"] == max(expected, key=expected.get)
+    got = {item["label"]: item["confidence"] for item in value["confidences"]}
+    for label, probability in expected.items():
+        assert got[label] == pytest.approx(probability, abs=1e-5), label
+
+
+@pytest.fixture(scope="module")
+def library(tiny_package):
+    from lung_classifier import LungClassifier
+
+    return LungClassifier.from_pretrained(tiny_package)
+
+
+@pytest.mark.slow  # about 600 requests: a minute on an idle 2-core machine
+def test_every_file_through_predict_analyze_and_batch_gets_a_result_or_a_clear_error(
+        corpus, tiny_package, cache_root, library, tmp_path):
+    server = start_app(tiny_package, cache_root, tmp_path / "app")
+    try:
+        summary = send_corpus(server.url, [item.path for item in corpus], clients=4)
+        assert server.process.poll() is None, f"the server died:\n{server.log()[-3000:]}"
+        assert not summary["problems"], "\n".join(summary["problems"]) + f"\n\nserver log:\n{server.log()[-3000:]}"
+        assert summary["requests"] >= 2 * len(corpus)  # every file to /predict and /analyze, and batches
+        assert summary["results"] > 0 and summary["refusals"] > 0
+        normal_request_is_answered_correctly(server.url, tmp_path, library)
+    finally:
+        server.stop()
+
+
+def peak_rss(pid: int) -> int:
+    """VmHWM: the process's peak resident memory so far, from /proc/PID/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for pid {pid}")
+
+
+@pytest.mark.slow
+def test_peak_server_memory_under_16_hostile_clients_stays_under_2_5_gib(
+        tiny_package, cache_root, library, tmp_path):
+    """The real decode path under the corpus, heavy files sent by all 16 clients at once (a separate process)."""
+    server = start_app(tiny_package, cache_root, tmp_path / "app")
+    try:
+        sender = subprocess.run(
+            [sys.executable, str(REPO / "tests" / "hostile_corpus.py"), "--url", server.url,
+             "--dir", str(tmp_path / "corpus"), "--clients", "16"],
+            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=1800)
+        assert sender.returncode == 0, sender.stderr[-3000:]
+        summary = json.loads(sender.stdout.strip().splitlines()[-1])
+        peak = peak_rss(server.process.pid)
+        assert server.process.poll() is None, f"the server died:\n{server.log()[-3000:]}"
+        assert not summary["problems"], "\n".join(summary["problems"][:50])
+        assert summary["requests"] >= 16 * 2 * len(HEAVY)
+        assert peak < PEAK_RSS_LIMIT, f"peak RSS {peak / 2**30:.2f} GiB (limit {PEAK_RSS_LIMIT / 2**30:.1f} GiB)"
+        normal_request_is_answered_correctly(server.url, tmp_path, library)
+    finally:
+        server.stop()
