@@ -11,10 +11,8 @@ import queue
 import threading
 from concurrent.futures import Future
 
-import numpy as np
-
 from .classifier import Analysis, LungClassifier
-from .images import ImageInput, load_rgb
+from .images import ImageInput, Slice
 
 
 class BatchingPredictor:
@@ -27,13 +25,13 @@ class BatchingPredictor:
     def __init__(self, classifier: LungClassifier, max_batch: int = 16):
         self.classifier = classifier
         self.max_batch = max_batch
-        self._requests: queue.Queue[tuple[np.ndarray, Future]] = queue.Queue()
+        self._requests: queue.Queue[tuple[Slice, Future]] = queue.Queue()
         threading.Thread(target=self._serve, name="batching-predictor", daemon=True).start()
 
     def analyze(self, image: ImageInput) -> Analysis:
         """Decode here (errors stay with this caller), then wait for the shared model call."""
         future: Future = Future()
-        self._requests.put((load_rgb(image), future))
+        self._requests.put((self.classifier.read(image), future))
         return future.result()
 
     def _serve(self) -> None:
@@ -45,7 +43,7 @@ class BatchingPredictor:
                 except queue.Empty:
                     break
             try:
-                results = self.classifier.analyze_batch([rgb for rgb, _ in batch])
+                results = self.classifier.analyze_batch([piece for piece, _ in batch])
             except Exception as exc:  # a model failure must reach every waiting caller, not kill the thread
                 for _, future in batch:
                     future.set_exception(exc)

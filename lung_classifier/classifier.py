@@ -13,8 +13,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from . import hub, package
-from .images import ImageInput, load_rgb
+from . import hub, package, rendering
+from .images import ImageInput, Slice, read_slice
 from .preprocessing import prepare_batch
 
 DEFAULT_MODEL = Path(__file__).parent / "default_model"
@@ -35,6 +35,7 @@ class Analysis:
     probabilities: dict[str, float]
     ood_score: float
     out_of_distribution: bool
+    ood_reason: str | None = None  # why it is out of distribution, for a person
     heatmap: np.ndarray | None = None  # float32 in [0, 1], the input's height x width
 
     @property
@@ -45,7 +46,24 @@ class Analysis:
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data (no heatmap)."""
         return {"label": self.label, "probabilities": self.probabilities, "ood_score": self.ood_score,
-                "out_of_distribution": self.out_of_distribution}
+                "out_of_distribution": self.out_of_distribution, "ood_reason": self.ood_reason}
+
+
+NON_AXIAL = "a reformatted (coronal, sagittal or oblique) DICOM slice: the model knows only axial slices"
+UNVALIDATED_DICOM = ("a DICOM file: this model was validated only on the IQ-OTH/NCCD slices (JPEG exports of one "
+                     "hospital's scanner), and its guard cannot tell other scanners' or windows' slices from "
+                     "malignant ones (see the model card)")
+
+
+def ood_reason(piece: Slice, feature_flag: bool, score: float, threshold: float, dicom_validated: bool) -> str | None:
+    """The first reason to withhold a diagnosis, or None."""
+    if piece.dicom and piece.axial is False:
+        return NON_AXIAL
+    if feature_flag:
+        return f"its features are unlike the training slices (score {score:.2f} above the threshold {threshold:.2f})"
+    if piece.dicom and not dicom_validated:
+        return UNVALIDATED_DICOM
+    return None
 
 
 @dataclass(frozen=True)
@@ -94,6 +112,8 @@ class LungClassifier:
         self.labels: tuple[str, ...] = tuple(config["labels"])
         self.input_size: int = config["input"]["size"]
         self.ood_threshold: float = float(config["ood"]["threshold"])
+        self.dicom_window = rendering.dicom_window(config)
+        self.dicom_validated = bool(config["rendering"].get("dicom_validated", False))
         loaded = tf.saved_model.load(str(directory / package.SAVED_MODEL))
         self._loaded = loaded  # keeps the variables the signatures use alive
         self._predict = loaded.signatures["serving_default"]
@@ -125,36 +145,44 @@ class LungClassifier:
                                         allow_other_weights=allow_other_weights)
         return cls(full, config, found.origin, found.name)
 
-    def predict(self, image: ImageInput) -> dict[str, Any]:
-        """``{"label", "probabilities", "ood_score", "out_of_distribution"}`` for one slice, as plain data."""
+    def read(self, image: ImageInput) -> Slice:
+        """Decode an input as this package expects (DICOM at its window); analyze() takes the result too."""
+        return read_slice(image, dicom_window=self.dicom_window)
+
+    def predict(self, image: ImageInput | Slice) -> dict[str, Any]:
+        """``{"label", "probabilities", "ood_score", "out_of_distribution", "ood_reason"}`` for one slice."""
         return self.analyze(image).as_dict()
 
-    def predict_batch(self, images: Sequence[ImageInput]) -> list[dict[str, Any]]:
+    def predict_batch(self, images: Sequence[ImageInput | Slice]) -> list[dict[str, Any]]:
         """Like predict, for many images run as one batch."""
         return [result.as_dict() for result in self.analyze_batch(images)]
 
-    def analyze(self, image: ImageInput, explain: bool = False) -> Analysis:
+    def analyze(self, image: ImageInput | Slice, explain: bool = False) -> Analysis:
         """Prediction, OOD score and flag, and with explain=True the Grad-CAM heatmap."""
         return self.analyze_batch([image], explain=explain)[0]
 
-    def analyze_batch(self, images: Sequence[ImageInput], explain: bool = False) -> list[Analysis]:
+    def analyze_batch(self, images: Sequence[ImageInput | Slice], explain: bool = False) -> list[Analysis]:
+        """One model call for many slices; a flagged slice carries the reason in ``ood_reason``."""
         import tensorflow as tf
 
-        rgbs = [load_rgb(image) for image in images]
-        if not rgbs:
+        pieces = [image if isinstance(image, Slice) else self.read(image) for image in images]
+        if not pieces:
             return []
-        batch = tf.constant(prepare_batch(rgbs, self.input_size))
-        outputs = {name: tensor.numpy() for name, tensor in (self._explain if explain else self._predict)(images=batch).items()}
+        batch = tf.constant(prepare_batch([piece.rgb for piece in pieces], self.input_size))
+        signature = self._explain if explain else self._predict
+        outputs = {name: tensor.numpy() for name, tensor in signature(images=batch).items()}
         results = []
-        for index, rgb in enumerate(rgbs):
-            probabilities = {label: float(p) for label, p in zip(self.labels, outputs["probabilities"][index])}
-            heatmap = _upsample(outputs["heatmap"][index], rgb.shape[:2]) if explain else None
+        for index, piece in enumerate(pieces):
+            score = float(outputs["ood_score"][index])
+            reason = ood_reason(piece, bool(outputs["out_of_distribution"][index]), score, self.ood_threshold,
+                                self.dicom_validated)
             results.append(Analysis(
                 label=self.labels[int(outputs["label"][index])],
-                probabilities=probabilities,
-                ood_score=float(outputs["ood_score"][index]),
-                out_of_distribution=bool(outputs["out_of_distribution"][index]),
-                heatmap=heatmap,
+                probabilities={label: float(p) for label, p in zip(self.labels, outputs["probabilities"][index])},
+                ood_score=score,
+                out_of_distribution=reason is not None,
+                ood_reason=reason,
+                heatmap=_upsample(outputs["heatmap"][index], piece.rgb.shape[:2]) if explain else None,
             ))
         return results
 

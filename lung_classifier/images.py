@@ -16,7 +16,7 @@ The demo takes uploads from anyone, so memory is bounded by design, not by luck:
   Little Endian (it inflates the whole dataset before any tag can be checked), the
   JPEG family (JPEG, JPEG-LS, JPEG 2000, HTJ2K: the embedded stream declares its own
   size), big endian and video syntaxes. Of a DICOM file only the pixel geometry, the
-  rescale slope/intercept and the pixel data are read; no other tag.
+  slice orientation, the rescale slope/intercept and the pixel data are read; no other tag.
 - **A memory budget.** Each decode reserves an upper bound of the memory it will use
   from a process-wide budget (``DECODE_BUDGET_BYTES``) and waits while other decodes
   hold it, so concurrent requests cannot add up past it.
@@ -35,6 +35,7 @@ import struct
 import sys
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator, Union
 
@@ -117,36 +118,50 @@ _MALLOC_TRIM = getattr(_LIBC, "malloc_trim", None)  # glibc only; elsewhere free
 _BUDGET = _DecodeBudget(DECODE_BUDGET_BYTES)
 
 
+@dataclass(frozen=True)
+class Slice:
+    """A decoded slice, and for DICOM input what its header says about where it came from."""
+
+    rgb: np.ndarray  # H x W x 3 uint8
+    dicom: bool = False
+    axial: bool | None = None  # DICOM only: from ImageOrientationPatient; None when the tag is absent
+
+
 def load_rgb(image: ImageInput, *, dicom_window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:
     """Decode a path, bytes, PIL image or array into an H x W x 3 uint8 RGB array.
 
     The long side is at most MAX_SIDE (larger images are downscaled); DICOM files are
     rescaled to HU and shown through `dicom_window` (centre, width in HU).
     """
+    return read_slice(image, dicom_window=dicom_window).rgb
+
+
+def read_slice(image: ImageInput, *, dicom_window: tuple[float, float] = LUNG_WINDOW) -> Slice:
+    """Like :func:`load_rgb`, keeping whether the input was DICOM and whether it is an axial slice."""
     centre, width = (float(value) for value in dicom_window)
     if not (math.isfinite(centre) and math.isfinite(width) and width > 0):
         raise ValueError(f"dicom_window must be (centre, width) in HU with width > 0, not {dicom_window}")
     try:
-        rgb = _decode(image, (centre, width))
+        decoded = _decode(image, (centre, width))
     finally:
         _BUDGET.release_freed_memory()
-    _check_size(rgb)
-    return rgb
+    _check_size(decoded.rgb)
+    return decoded
 
 
-def _decode(image: ImageInput, window: tuple[float, float]) -> np.ndarray:
+def _decode(image: ImageInput, window: tuple[float, float]) -> Slice:
     """Every input kind -> RGB uint8, at most MAX_SIDE on the long side."""
     if isinstance(image, np.ndarray):
         if image.ndim >= 2:
             _check_declared(image.shape[1], image.shape[0], "array")
-        rgb = _shrink_rgb(_array_to_rgb(image))
-    elif isinstance(image, Image.Image):
-        rgb = _pil_to_rgb(image, "image")
-    elif isinstance(image, (bytes, bytearray)):
+        return Slice(_shrink_rgb(_array_to_rgb(image)))
+    if isinstance(image, Image.Image):
+        return Slice(_pil_to_rgb(image, "image"))
+    if isinstance(image, (bytes, bytearray)):
         if not image:
             raise ImageError("the uploaded data is empty (0 bytes)")
-        rgb = _stream_to_rgb(io.BytesIO(image), len(image), "the uploaded data", window)
-    elif isinstance(image, (str, os.PathLike)):
+        return _stream_to_slice(io.BytesIO(image), len(image), "the uploaded data", window)
+    if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
             raise ImageError(f"{path}: no such file")
@@ -154,21 +169,18 @@ def _decode(image: ImageInput, window: tuple[float, float]) -> np.ndarray:
             size = os.fstat(stream.fileno()).st_size
             if not size:
                 raise ImageError(f"{path.name} is empty (0 bytes)")
-            rgb = _stream_to_rgb(stream, size, path.name, window)
-    else:
-        raise ImageError(
-            f"unsupported input type {type(image).__name__}: "
-            "give a file path, bytes, a PIL image or a numpy array"
-        )
-    return rgb
+            return _stream_to_slice(stream, size, path.name, window)
+    raise ImageError(
+        f"unsupported input type {type(image).__name__}: give a file path, bytes, a PIL image or a numpy array"
+    )
 
 
-def _stream_to_rgb(stream: BinaryIO, size: int, name: str, window: tuple[float, float]) -> np.ndarray:
+def _stream_to_slice(stream: BinaryIO, size: int, name: str, window: tuple[float, float]) -> Slice:
     head = stream.read(132)
     stream.seek(0)
     if len(head) == 132 and size > 132 and head[128:132] == b"DICM":
-        return _dicom_to_rgb(stream, size, name, window)
-    return _pil_stream_to_rgb(stream, name)
+        return _dicom_to_slice(stream, size, name, window)
+    return Slice(_pil_stream_to_rgb(stream, name))
 
 
 # --- PIL images -------------------------------------------------------------------------------------
@@ -318,8 +330,29 @@ _PIXEL_DATA = 0x7FE00010
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 """Explicit VRs whose element header carries a 4-byte length after 2 reserved bytes."""
 _GEOMETRY_TAGS = ["SamplesPerPixel", "PhotometricInterpretation", "NumberOfFrames", "Rows", "Columns",
-                  "BitsAllocated", "BitsStored", "PixelRepresentation", "RescaleIntercept", "RescaleSlope"]
-"""The only tags read (besides the file meta and the pixel data): geometry, encoding and rescale."""
+                  "BitsAllocated", "BitsStored", "PixelRepresentation", "RescaleIntercept", "RescaleSlope",
+                  "ImageOrientationPatient"]
+"""The only tags read (besides the file meta and the pixel data): geometry, orientation, encoding and rescale."""
+AXIAL_COSINE = 0.9
+"""A slice is axial when its normal's z component is at least this (within ~25 degrees of the body axis)."""
+
+
+def _is_axial(header, name: str) -> bool | None:
+    """Whether the slice plane is axial, from the row and column direction cosines; None if not recorded."""
+    value = header.get("ImageOrientationPatient")
+    if value is None or value == "":
+        return None
+    try:
+        cosines = np.array([float(v) for v in value], np.float64)
+    except (TypeError, ValueError):
+        raise ImageError(f"{name}: DICOM ImageOrientationPatient is not six numbers: export the slice again") from None
+    if cosines.shape != (6,) or not np.isfinite(cosines).all():
+        raise ImageError(f"{name}: DICOM ImageOrientationPatient is not six numbers: export the slice again")
+    normal = np.cross(cosines[:3], cosines[3:])
+    length = float(np.linalg.norm(normal))
+    if length < 1e-6:
+        raise ImageError(f"{name}: DICOM ImageOrientationPatient has parallel row and column directions")
+    return bool(abs(normal[2]) / length >= AXIAL_COSINE)
 
 
 class _HeaderReader:
@@ -346,7 +379,7 @@ class _HeaderReader:
         return self._stream.tell()
 
 
-def _dicom_to_rgb(stream: BinaryIO, size: int, name: str, window: tuple[float, float]) -> np.ndarray:
+def _dicom_to_slice(stream: BinaryIO, size: int, name: str, window: tuple[float, float]) -> Slice:
     """Check the header, then decode one bounded frame; rescale to HU and apply the window."""
     header_stream = _HeaderReader(stream, MAX_DICOM_HEADER_READ, name)
     pixel_element: dict[str, int] = {}
@@ -377,7 +410,7 @@ def _dicom_to_rgb(stream: BinaryIO, size: int, name: str, window: tuple[float, f
         target = _target_size(geometry.columns, geometry.rows, name)
         if target != (geometry.columns, geometry.rows):
             grey = np.asarray(Image.fromarray(grey).resize(target, _RESAMPLE, reducing_gap=3.0))
-        return _array_to_rgb(grey)
+        return Slice(_array_to_rgb(grey), dicom=True, axial=_is_axial(header, name))
 
 
 def _read_dicom_header(header_stream: _HeaderReader, at_pixel_data, name: str):

@@ -19,7 +19,11 @@ IQ_OTH_RENDERING: dict[str, Any] = {
     "window_width_hu": [350, 1200],
     "window_centre_hu": [50, 600],
     "dicom_window": {"centre": DICOM_WINDOW[0], "width": DICOM_WINDOW[1]},
+    "dicom_validated": False,
 }
+"""dicom_validated: whether answers on DICOM input may be given unflagged. Not for this model:
+no DICOM was available to validate on, and the guard measurement in training shows that a
+changed window keeps slices in distribution while turning most of them Malignant."""
 
 
 def dicom_window(config: dict[str, Any]) -> tuple[float, float]:

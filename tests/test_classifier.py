@@ -46,7 +46,7 @@ def test_from_pretrained_local_directory(tiny_package, classifier):
 
 def test_predict_is_a_distribution_over_the_labels_in_order(classifier, slice_file):
     result = classifier.predict(slice_file)
-    assert set(result) == {"label", "probabilities", "ood_score", "out_of_distribution"}
+    assert set(result) == {"label", "probabilities", "ood_score", "out_of_distribution", "ood_reason"}
     assert result["label"] in LABELS and isinstance(result["out_of_distribution"], bool)
     probabilities = result["probabilities"]
     assert list(probabilities) == list(LABELS)
@@ -243,3 +243,38 @@ def test_image_bytes_from_a_jpeg_upload(classifier):
     synthetic_slice("Benign", 12).save(buffer, format="JPEG", quality=95)
     result = classifier.analyze(buffer.getvalue())
     assert result.label == "Benign"
+
+
+def dicom_slice(tmp_path, orientation: list[float] | None) -> str:
+    """pydicom's test CT, with its orientation set (None: the tag removed)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    if orientation is None:
+        del dataset.ImageOrientationPatient
+    else:
+        dataset.ImageOrientationPatient = orientation
+    path = tmp_path / f"slice-{len(list(tmp_path.iterdir()))}.dcm"
+    dataset.save_as(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("orientation, reason", [
+    ([1, 0, 0, 0, 1, 0], "a DICOM file: this model was validated only"),  # axial
+    (None, "a DICOM file: this model was validated only"),  # orientation not recorded
+    ([1, 0, 0, 0, 0, -1], "reformatted"),  # coronal
+    ([0, 1, 0, 0, 0, -1], "reformatted"),  # sagittal
+])
+def test_dicom_input_is_never_diagnosed_and_reformats_say_why(classifier, tmp_path, orientation, reason):
+    path = dicom_slice(tmp_path, orientation)
+    result = classifier.analyze(path)
+    assert result.out_of_distribution and result.verdict == "Unlike the training data: no diagnosis"
+    assert reason in result.ood_reason
+    assert classifier.predict(path)["out_of_distribution"] is True
+    # Rendered at the package's window, which the config records.
+    from lung_classifier.images import load_rgb
+
+    window = classifier.config["rendering"]["dicom_window"]
+    np.testing.assert_array_equal(classifier.read(path).rgb,
+                                  load_rgb(path, dicom_window=(window["centre"], window["width"])))
