@@ -2,6 +2,7 @@
 
 Playwright's own browser download does not work here, so the tests use /usr/bin/chromium
 (`apt-get install chromium`); without it they skip, except in CI (CI=true), where they fail.
+No test waits for a fixed time: each waits for what it needs to see.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 from PIL import Image
 
 from app_server import UPLOAD_GRACE_S, AppServer, start_app
-from conftest import REPO, synthetic_slice
+from conftest import REPO, require, synthetic_slice
 
 pytestmark = pytest.mark.browser
 
@@ -28,21 +29,12 @@ README_SCREENSHOT = REPO / "docs" / "screenshot.png"
 TIMEOUT_MS = 30_000
 
 
-MISSING = f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium) for the browser tests"
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-if not CHROMIUM.exists() and not IN_CI:  # skip before the session fixtures build anything
-    pytest.skip(MISSING, allow_module_level=True)
-
-
-def need_chromium() -> None:
-    if not CHROMIUM.exists():
-        pytest.fail(MISSING + " (CI installs it: see .ci/run)")
+# Before the session fixtures build anything; CI installs chromium (see .ci/run).
+require(CHROMIUM.exists(), f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
 
 
 @pytest.fixture(scope="module")
 def server(tiny_package, cache_root, tmp_path_factory) -> AppServer:
-    need_chromium()
     server = start_app(tiny_package, cache_root, tmp_path_factory.mktemp("app"))
     yield server
     server.stop()
@@ -50,7 +42,6 @@ def server(tiny_package, cache_root, tmp_path_factory) -> AppServer:
 
 @pytest.fixture(scope="module")
 def browser():
-    need_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
