@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from app_server import UPLOAD_GRACE_S, AppServer, start_app
+from app_server import AppServer, start_app
 from conftest import REPO, require, synthetic_slice
 
 pytestmark = pytest.mark.browser
@@ -27,6 +27,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 ARTIFACTS = REPO / "test-artifacts"
 README_SCREENSHOT = REPO / "docs" / "screenshot.png"
 TIMEOUT_MS = 30_000
+GRACE_S = 10.0
+"""Uploads outlive their last request by this long here: from the preview to "Classify"."""
 
 
 # Before the session fixtures build anything; CI installs chromium (see .ci/run).
@@ -35,7 +37,7 @@ require(CHROMIUM.exists(), f"{CHROMIUM} not found: install Debian's chromium (ap
 
 @pytest.fixture(scope="module")
 def server(tiny_package, cache_root, tmp_path_factory) -> AppServer:
-    server = start_app(tiny_package, cache_root, tmp_path_factory.mktemp("app"))
+    server = start_app(tiny_package, cache_root, tmp_path_factory.mktemp("app"), grace_s=GRACE_S)
     yield server
     server.stop()
 
@@ -88,7 +90,24 @@ def error_toast(page):
     return page.locator("[data-testid='toast-body'].error [data-testid='toast-text']")
 
 
-def test_page_classifies_a_slice_shows_the_heatmap_and_explains_errors(page, tiny_package, tmp_path):
+def picture(page, elem_id: str):
+    """The <img> of a gr.Image, once loaded; returns (locator, natural width, natural height)."""
+    image = page.locator(f"#{elem_id} img")
+    image.wait_for()
+    page.wait_for_function("image => image.complete && image.naturalWidth > 0", arg=image.element_handle())
+    width, height = image.evaluate("image => [image.naturalWidth, image.naturalHeight]")
+    return image, width, height
+
+
+def wait_until_deleted(server: AppServer, name: str) -> None:
+    """Wait (for the server's grace period, however late its timer runs) until no upload of `name` is left."""
+    deadline = time.monotonic() + GRACE_S + 120
+    while list(server.upload_root.rglob(name)):
+        assert time.monotonic() < deadline, f"the upload {name} was never deleted"
+        time.sleep(0.2)
+
+
+def test_page_shows_the_upload_at_once_classifies_it_and_explains_errors(page, server, tiny_package, tmp_path):
     from playwright.sync_api import expect
 
     from lung_classifier import LungClassifier
@@ -102,12 +121,13 @@ def test_page_classifies_a_slice_shows_the_heatmap_and_explains_errors(page, tin
     shown = "Unlike the training data: no diagnosis" if expected.out_of_distribution else expected.label
 
     upload(page, slice_path)
+    _, width, height = picture(page, "preview")  # before "Classify": the decoded slice, at its size
+    with Image.open(slice_path) as image:
+        assert (width, height) == image.size
+    expect(page.get_by_test_id("label-output-value")).to_have_count(0)
     page.get_by_role("button", name="Classify", exact=True).click()
     expect(page.get_by_test_id("label-output-value")).to_have_text(shown)
-    heatmap = page.locator("img[src*='/gradio_api/file='][src$='.png']")
-    expect(heatmap).to_be_visible()
-    page.wait_for_function("image => image.complete && image.naturalWidth > 0", arg=heatmap.element_handle())
-    width, height = heatmap.evaluate("image => [image.naturalWidth, image.naturalHeight]")
+    _, width, height = picture(page, "heatmap")
     with Image.open(slice_path) as image:
         assert (width, height) == (2 * image.width + 8, image.height)
     expect(page.locator("#note")).to_contain_text("Out-of-distribution score")
@@ -120,18 +140,18 @@ def test_page_classifies_a_slice_shows_the_heatmap_and_explains_errors(page, tin
         shutil.copyfile(screenshot, README_SCREENSHOT)
 
     # Classify again once the upload has been deleted (grace period after its request): the page says so.
-    time.sleep(UPLOAD_GRACE_S + 1.5)
+    wait_until_deleted(server, slice_path.name)
     page.get_by_role("button", name="Classify", exact=True).click()
-    expect(error_toast(page)).to_contain_text("upload the file again")
+    expect(error_toast(page)).to_contain_text("Upload the file again")
     page.locator("[data-testid='toast-close']").first.click()
     expect(error_toast(page)).to_have_count(0)
 
     notes = tmp_path / "notes.txt"
     notes.write_text("Patient notes, not an image.\n" * 20)
-    upload(page, notes)
-    page.get_by_role("button", name="Classify", exact=True).click()
+    upload(page, notes)  # refused at once, by the preview
     expect(error_toast(page)).to_contain_text(re.compile(r"Cannot classify this file: notes\.txt is not an image"))
-    expect(error_toast(page)).to_be_visible()
+    expect(error_toast(page)).to_contain_text(re.compile("upload", re.I))
+    expect(page.locator("#preview img")).to_have_count(0)
     # The viewport (the toast is fixed to it), with the toast's slide-in animation finished.
     page.screenshot(path=str(ARTIFACTS / "browser-error.png"), animations="disabled")
 
@@ -140,3 +160,27 @@ def test_page_classifies_a_slice_shows_the_heatmap_and_explains_errors(page, tin
     plot = page.get_by_role("img", name="ROC curves")  # the card's plots/ images, inlined by the app
     plot.scroll_into_view_if_needed()
     page.wait_for_function("image => image.complete && image.naturalWidth > 0", arg=plot.element_handle())
+
+
+def test_an_example_is_shown_at_once_and_classified_with_its_attribution(page, server, tiny_package):
+    from playwright.sync_api import expect
+
+    from lung_classifier import LungClassifier
+
+    expect(page.get_by_text("CC BY 4.0")).to_be_visible()
+    expect(page.get_by_text("doi:10.17632/bhmdr45bh2")).to_be_visible()
+    example = REPO / "examples" / "malignant-case-148.jpg"
+    expected = LungClassifier.from_pretrained(tiny_package).analyze(example)
+    shown = "Unlike the training data: no diagnosis" if expected.out_of_distribution else expected.label
+
+    for attempt in range(2):  # the example still works after its first requests (it is never deleted)
+        page.get_by_text("malignant case 148", exact=True).click()
+        _, width, height = picture(page, "preview")
+        with Image.open(example) as image:
+            assert (width, height) == image.size
+        page.get_by_role("button", name="Classify", exact=True).click()
+        expect(page.get_by_test_id("label-output-value")).to_have_text(shown)
+        expect(error_toast(page)).to_have_count(0)
+        if attempt == 0:
+            file_block(page).get_by_role("button", name="Clear", exact=True).click()
+            expect(page.locator("#preview img")).to_have_count(0)
