@@ -36,8 +36,6 @@ MAX_BATCH_FILES = 32
 """Most files in one /batch request."""
 MAX_BATCH_PIXELS = 16_000_000
 """Most decoded pixels in one /batch request, all files together (16 slices of 1000 x 1000)."""
-UPLOAD_GRACE_S = float(os.environ.get("LUNG_UPLOAD_GRACE_S", 30))
-"""Seconds an upload outlives its last request (env LUNG_UPLOAD_GRACE_S)."""
 NO_FILE = "No file received: upload a CT slice image or DICOM file."
 
 
@@ -57,7 +55,7 @@ def build_demo(classifier: LungClassifier, examples: list[str] | None = None, ba
     threshold = classifier.ood_threshold
     predictor = BatchingPredictor(classifier, max_batch=MAX_BATCH if batching else 1)
     demo = gr.Blocks(title="Lung CT slice classifier", delete_cache=(60, 120))
-    janitor = UploadJanitor(demo, UPLOAD_GRACE_S)
+    janitor = UploadJanitor(demo)
 
     def predict(path: str | None) -> dict[str, float]:
         """Label and confidences of one CT slice (image or DICOM file); batched with concurrent requests."""
@@ -86,7 +84,7 @@ def build_demo(classifier: LungClassifier, examples: list[str] | None = None, ba
         """The slice as the model will see it, as soon as it is chosen; earlier results cleared."""
         if not path:
             return None, None, None, "", None
-        with janitor.using([path]):
+        with janitor.using([path], take=False):  # the upload stays for "Classify"
             try:
                 rgb = load_rgb(path)
             except ImageError as exc:

@@ -54,12 +54,10 @@ def _answers(url: str) -> bool:
         return False
 
 
-def start_app(model: Path, cache_root: Path, workdir: Path, *extra: str, grace_s: float | None = None) -> AppServer:
+def start_app(model: Path, cache_root: Path, workdir: Path, *extra: str) -> AppServer:
     """Run app.py on a free port and wait until it answers and has printed its URL.
 
-    `grace_s` sets LUNG_UPLOAD_GRACE_S (seconds an upload outlives its last request; 0
-    deletes it as its request ends, so a test can check that at once). Fails with the
-    app's log if it does not start.
+    Fails with the app's log if it does not start.
     """
     upload_root = workdir / "gradio-temp"
     upload_root.mkdir(parents=True, exist_ok=True)
@@ -67,10 +65,8 @@ def start_app(model: Path, cache_root: Path, workdir: Path, *extra: str, grace_s
            "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
            "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
     for variable in ("GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "PORT", "LUNG_SHARE", "GRADIO_MCP_SERVER",
-                     "LUNG_UPLOAD_GRACE_S", "LUNG_EXAMPLES"):
+                     "LUNG_EXAMPLES"):
         env.pop(variable, None)
-    if grace_s is not None:
-        env["LUNG_UPLOAD_GRACE_S"] = str(grace_s)
     for attempt in range(3):  # a free port can be taken by someone else before the app binds it
         port = free_port()
         log_path = workdir / f"app-{port}.log"

@@ -408,14 +408,6 @@ def test_batch_classifies_up_to_its_pixel_limit_and_says_so_for_the_rest(client,
 # --- uploads: deleted as their request ends, nothing else ever ------------------------------------
 
 
-@pytest.fixture(scope="module")
-def strict_server(tiny_package, cache_root, tmp_path_factory) -> AppServer:
-    """A server without a grace period: each upload is deleted before its answer is sent."""
-    server = start_app(tiny_package, cache_root, tmp_path_factory.mktemp("app-strict"), grace_s=0)
-    yield server
-    server.stop()
-
-
 def files_holding(root: Path, data: bytes) -> list[Path]:
     """Every file under `root` with exactly these bytes (empty files are Gradio's placeholders)."""
     return [path for path in root.rglob("*") if path.is_file() and path.stat().st_size == len(data) > 0
@@ -439,27 +431,33 @@ def call_naming_a_server_path(server: AppServer, endpoint: str, path: str) -> tu
     return events[-1], data[-1]
 
 
-def test_each_upload_is_deleted_when_its_request_ends(strict_server, downloads, files):
-    client = new_client(strict_server, downloads)
-    root = strict_server.upload_root
-    for endpoint in ("/predict", "/analyze"):
-        client.predict(send(files["Benign"]), api_name=endpoint)
-        assert files_holding(root, files["Benign"].read_bytes()) == [], endpoint
+def test_each_upload_is_deleted_when_its_request_ends(client, server, tmp_path):
+    # Bytes no other test sends: an upload of the same bytes elsewhere would rightly keep the file.
+    paths = {name: tmp_path / f"own-{name}.png" for name in ("predict", "analyze", "batch-1")}
+    for index, path in enumerate(paths.values()):
+        synthetic_slice("Benign", 900 + index).save(path)
+    paths["bad"] = tmp_path / "own-notes.txt"
+    paths["bad"].write_text("Not an image, sent by the deletion test.\n" * 7)
+    paths["batch-2"] = tmp_path / "own-truncated.jpg"
+    paths["batch-2"].write_bytes(truncated_jpeg()[:-100])
+    root = server.upload_root
+    for endpoint in ("predict", "analyze"):
+        client.predict(send(paths[endpoint]), api_name=f"/{endpoint}")
+        assert files_holding(root, paths[endpoint].read_bytes()) == [], endpoint
     with pytest.raises(AppError):
-        client.predict(send(files["notes.txt"]), api_name="/predict")
-    client.predict([send(files["Normal"]), send(files["truncated.jpg"])], api_name="/batch")
-    for name in ("notes.txt", "Normal", "truncated.jpg"):
-        assert files_holding(root, files[name].read_bytes()) == [], name
+        client.predict(send(paths["bad"]), api_name="/predict")
+    client.predict([send(paths["batch-1"]), send(paths["batch-2"])], api_name="/batch")
+    for name in ("bad", "batch-1", "batch-2"):
+        assert files_holding(root, paths[name].read_bytes()) == [], name
 
 
-def test_examples_and_outputs_named_by_a_client_are_classified_never_deleted(strict_server, downloads, library):
-    client = new_client(strict_server, downloads)
+def test_examples_and_outputs_named_by_a_client_are_classified_never_deleted(server, client, library):
     example = REPO / "examples" / "malignant-case-148.jpg"
-    [cached] = files_holding(strict_server.upload_root, example.read_bytes())  # copied when the page was built
+    [cached] = files_holding(server.upload_root, example.read_bytes())  # copied when the page was built
     assert cached.name == example.name
     expected = library.predict(example)
 
-    event, data = call_naming_a_server_path(strict_server, "predict", str(cached))
+    event, data = call_naming_a_server_path(server, "predict", str(cached))
     assert event == "complete", data
     assert_same_prediction(json.loads(data)[0], expected)
     # The same bytes under the same name, uploaded: Gradio stores them at the example's path.
@@ -467,17 +465,42 @@ def test_examples_and_outputs_named_by_a_client_are_classified_never_deleted(str
     assert cached.is_file(), "the example was deleted"
 
     client.predict(send(example), api_name="/analyze")
-    outputs = list(strict_server.upload_root.rglob("slice-and-heatmap.png"))
+    outputs = list(server.upload_root.rglob("slice-and-heatmap.png"))
     assert outputs, "the /analyze picture is in Gradio's cache"
-    event, data = call_naming_a_server_path(strict_server, "predict", str(outputs[0]))
+    event, data = call_naming_a_server_path(server, "predict", str(outputs[0]))
     assert event == "complete", data
     assert outputs[0].is_file(), "an output was deleted"
     assert cached.is_file(), "the example was deleted"
 
 
-def test_a_request_for_an_upload_already_deleted_says_to_upload_again(strict_server):
-    gone = strict_server.upload_root / ("0" * 64) / "slice.png"
-    event, data = call_naming_a_server_path(strict_server, "predict", str(gone))
+def test_a_request_for_an_upload_already_deleted_says_to_upload_again(server):
+    gone = server.upload_root / ("0" * 64) / "slice.png"
+    event, data = call_naming_a_server_path(server, "predict", str(gone))
     assert event == "error"
     assert "Upload the file again" in data
-    assert str(strict_server.upload_root) not in data
+    assert str(server.upload_root) not in data
+
+
+def upload_only(server: AppServer, path: Path) -> str:
+    """Upload a file as a client does before its request; returns the server's path for it."""
+    import httpx
+
+    with open(path, "rb") as file:
+        response = httpx.post(f"{server.url}/gradio_api/upload", files={"files": (path.name, file)}, timeout=30)
+    response.raise_for_status()
+    return response.json()[0]
+
+
+def test_an_identical_upload_waiting_for_its_request_outlives_the_first_request(server, library, tmp_path):
+    path = tmp_path / "shared-slice.png"
+    synthetic_slice("Malignant", 950).save(path)
+    first, second = upload_only(server, path), upload_only(server, path)
+    assert first == second  # one content-hashed file for both clients
+
+    event, data = call_naming_a_server_path(server, "predict", first)
+    assert event == "complete", data
+    assert Path(second).is_file(), "deleted while the second client's request had not started"
+    event, data = call_naming_a_server_path(server, "predict", second)
+    assert event == "complete", data
+    assert_same_prediction(json.loads(data)[0], library.predict(path))
+    assert not Path(second).exists(), "the last request of the two did not delete it"

@@ -7,10 +7,8 @@ No test waits for a fixed time: each waits for what it needs to see.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -27,8 +25,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 ARTIFACTS = REPO / "test-artifacts"
 README_SCREENSHOT = REPO / "docs" / "screenshot.png"
 TIMEOUT_MS = 30_000
-GRACE_S = 10.0
-"""Uploads outlive their last request by this long here: from the preview to "Classify"."""
 
 
 # Before the session fixtures build anything; CI installs chromium (see .ci/run).
@@ -37,7 +33,7 @@ require(CHROMIUM.exists(), f"{CHROMIUM} not found: install Debian's chromium (ap
 
 @pytest.fixture(scope="module")
 def server(tiny_package, cache_root, tmp_path_factory) -> AppServer:
-    server = start_app(tiny_package, cache_root, tmp_path_factory.mktemp("app"), grace_s=GRACE_S)
+    server = start_app(tiny_package, cache_root, tmp_path_factory.mktemp("app"))
     yield server
     server.stop()
 
@@ -99,14 +95,6 @@ def picture(page, elem_id: str):
     return image, width, height
 
 
-def wait_until_deleted(server: AppServer, name: str) -> None:
-    """Wait (for the server's grace period, however late its timer runs) until no upload of `name` is left."""
-    deadline = time.monotonic() + GRACE_S + 120
-    while list(server.upload_root.rglob(name)):
-        assert time.monotonic() < deadline, f"the upload {name} was never deleted"
-        time.sleep(0.2)
-
-
 def test_page_shows_the_upload_at_once_classifies_it_and_explains_errors(page, server, tiny_package, tmp_path):
     from playwright.sync_api import expect
 
@@ -139,8 +127,8 @@ def test_page_shows_the_upload_at_once_classifies_it_and_explains_errors(page, s
         README_SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(screenshot, README_SCREENSHOT)
 
-    # Classify again once the upload has been deleted (grace period after its request): the page says so.
-    wait_until_deleted(server, slice_path.name)
+    # The upload was deleted as its classification ended: classifying again, the page says what to do.
+    assert not list(server.upload_root.rglob(slice_path.name))
     page.get_by_role("button", name="Classify", exact=True).click()
     expect(error_toast(page)).to_contain_text("Upload the file again")
     page.locator("[data-testid='toast-close']").first.click()
