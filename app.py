@@ -131,14 +131,14 @@ def build_demo(classifier: LungClassifier, examples: list[str] | None = None, ba
             with gr.Row():
                 with gr.Column():
                     upload = gr.File(label="CT slice: JPEG, PNG, … or DICOM (.dcm)", type="filepath")
-                    preview = gr.Image(label="The slice as the model sees it", type="filepath", interactive=False,
-                                       elem_id="preview")
                     run = gr.Button("Classify", variant="primary")
                     if examples:
                         gr.Examples(examples=[[path] for path in keep_examples(examples, upload)], inputs=upload,
-                                    label="Examples",
+                                    label="No slice at hand? Try an example",
                                     example_labels=[Path(path).stem.replace("-", " ") for path in examples])
                         gr.Markdown(texts.ATTRIBUTION)
+                    preview = gr.Image(label="The slice as the model sees it", type="filepath", interactive=False,
+                                       elem_id="preview", height=380)
                 with gr.Column():
                     label = gr.Label(num_top_classes=3, label="Prediction (calibrated)")
                     message = gr.Markdown(elem_id="note")
