@@ -1,4 +1,4 @@
-"""Gradio demo and API for the lung CT slice classifier.
+"""Gradio demo and API for the lung CT slice classifier: load, handlers, layout, launch.
 
     python app.py [--model SOURCE] [--host H] [--port P] [--share] [--mcp] [--examples DIR]
 
@@ -6,212 +6,158 @@ Endpoints (all take the uploaded file's exact bytes, so the page and the API cla
 exactly what `LungClassifier` classifies): /predict (batched: label + confidences),
 /analyze (one slice: label, Grad-CAM overlay, out-of-distribution note, details) and
 /batch (several slices: one table row each). DICOM files are accepted everywhere.
-This module knows no TensorFlow: it only calls LungClassifier.
+This module knows no TensorFlow: it only calls LungClassifier; upload lifecycle,
+pictures and texts live in the `demo` package.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import os
-import re
 import sys
-import tempfile
-import threading
-from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import gradio as gr
-import numpy as np
-from matplotlib import colormaps
 
-from lung_classifier import Analysis, ImageError, LungClassifier
+from demo import rendering, texts
+from demo.uploads import UploadJanitor, keep_examples, unique_png
+from lung_classifier import ImageError, LungClassifier
 from lung_classifier.batching import BatchingPredictor
 from lung_classifier.images import load_rgb
 
+EXAMPLES = Path(__file__).resolve().parent / "examples"
 MAX_FILE_SIZE = "50mb"
 MAX_BATCH = 16
-DISCLAIMER = (
-    "**Research demo, not a medical device.** Not cleared or validated for clinical use: "
-    "do not use it to diagnose, treat or triage anyone."
-)
+"""Most images in one model call (server-side batching of /predict, chunks of /batch)."""
+MAX_BATCH_FILES = 32
+"""Most files in one /batch request."""
+MAX_BATCH_PIXELS = 16_000_000
+"""Most decoded pixels in one /batch request, all files together (16 slices of 1000 x 1000)."""
+NO_FILE = "No file received: upload a CT slice image or DICOM file."
 
 
-UPLOAD_GRACE_S = float(os.environ.get("LUNG_UPLOAD_GRACE_S", 30))
-"""Seconds an upload outlives its last request (env LUNG_UPLOAD_GRACE_S)."""
-UPLOAD_GONE = ("this upload was already deleted from the server (uploads are not kept after their requests): "
-               "upload the file again")
+WHAT_TO_SEND = "upload one axial CT slice as an image file (JPEG, PNG, …) or a DICOM file"
 
 
-def gradio_upload_root() -> Path:
-    """Where Gradio stores uploads; only files under it are ever deleted."""
-    return Path(os.environ.get("GRADIO_TEMP_DIR", Path(tempfile.gettempdir()) / "gradio")).resolve()
+def refusal(exc: ImageError) -> str:
+    """The decoder's reason, and what to send instead when the reason does not say."""
+    return str(exc) if "upload" in str(exc).lower() else f"{exc}: {WHAT_TO_SEND}"
 
 
-class UploadJanitor:
-    """Deletes each uploaded file once no request uses it, after a short grace period.
-
-    Gradio stores an upload under its content hash, so the same file sent by two clients
-    at once is one path: deleting it the moment the first request ends would fail the
-    second. The grace period also covers the page's queue and a repeated click.
-    """
-
-    def __init__(self, grace_s: float = UPLOAD_GRACE_S):
-        self.grace_s = grace_s
-        self._users: Counter[Path] = Counter()
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def using(self, paths: list[str | None]) -> Iterator[None]:
-        uploads = [Path(p).resolve() for p in paths if p and Path(p).resolve().is_relative_to(gradio_upload_root())]
-        if any(not path.exists() for path in uploads):
-            raise gr.Error(f"Cannot classify this file: {UPLOAD_GONE}.", print_exception=False)
-        with self._lock:
-            self._users.update(uploads)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._users.subtract(uploads)
-            for path in uploads:
-                timer = threading.Timer(self.grace_s, self._delete_if_unused, args=(path,))
-                timer.daemon = True
-                timer.start()
-
-    def _delete_if_unused(self, path: Path) -> None:
-        with self._lock:
-            if self._users[path] <= 0:
-                del self._users[path]
-                path.unlink(missing_ok=True)
-
-
-def inline_images(markdown: str, directory: Path) -> str:
-    """The card's relative PNG links (plots/...) as data URIs: the page cannot fetch package files."""
-    root = directory.resolve()
-
-    def embed(match: re.Match) -> str:
-        path = (root / match.group(2)).resolve()
-        if not path.is_file() or not path.is_relative_to(root):
-            return match.group(0)
-        return f"![{match.group(1)}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
-
-    return re.sub(r"!\[([^\]]*)\]\(([^)\s:]+\.png)\)", embed, markdown)
-
-
-def overlay(rgb: np.ndarray, heatmap: np.ndarray) -> np.ndarray:
-    """The slice beside the slice with its Grad-CAM heatmap blended in (jet colours)."""
-    colours = colormaps["jet"](heatmap)[:, :, :3] * 255.0
-    blended = (0.6 * rgb + 0.4 * colours).astype(np.uint8)
-    gap = np.full((rgb.shape[0], 8, 3), 255, np.uint8)
-    return np.concatenate([rgb, gap, blended], axis=1)
-
-
-OOD_LABEL = "Unlike the training data: no diagnosis"
-
-
-def label_value(result: Analysis) -> dict[str, float] | str:
-    """What gr.Label shows: confidences, or a plain warning instead of a confident diagnosis."""
-    return OOD_LABEL if result.out_of_distribution else result.probabilities
-
-
-def note(result: Analysis, threshold: float) -> str:
-    if result.out_of_distribution:
-        return (f"### ⚠️ This image does not look like the CT slices the model was trained on\n"
-                f"Out-of-distribution score {result.ood_score:.2f} is above the threshold {threshold:.2f}, "
-                "so no diagnosis is shown: the model's probabilities are **not meaningful** for it. Upload an axial chest CT slice "
-                "(lung window) like those of the IQ-OTH/NCCD dataset.")
-    return (f"Most likely **{result.label}** ({result.probabilities[result.label]:.0%}). "
-            f"Out-of-distribution score {result.ood_score:.2f} (threshold {threshold:.2f}): the image "
-            "resembles the training data. The heatmap shows which regions drove the prediction.")
-
-
-def details(result: Analysis) -> dict[str, Any]:
-    return {"label": result.label, "probabilities": result.probabilities, "ood_score": result.ood_score,
-            "out_of_distribution": result.out_of_distribution}
+def cannot_classify(exc: ImageError) -> gr.Error:
+    return gr.Error(f"Cannot classify this file: {refusal(exc)}", print_exception=False)
 
 
 def build_demo(classifier: LungClassifier, examples: list[str] | None = None, batching: bool = True) -> gr.Blocks:
     threshold = classifier.ood_threshold
     predictor = BatchingPredictor(classifier, max_batch=MAX_BATCH if batching else 1)
-    janitor = UploadJanitor()
+    demo = gr.Blocks(title="Lung CT slice classifier", delete_cache=(60, 120))
+    janitor = UploadJanitor(demo)
 
     def predict(path: str | None) -> dict[str, float]:
         """Label and confidences of one CT slice (image or DICOM file); batched with concurrent requests."""
         if not path:
-            raise gr.Error("No file received: upload a CT slice image or DICOM file.")
+            raise gr.Error(NO_FILE)
         with janitor.using([path]):
             try:
                 return predictor.analyze(path).probabilities
             except ImageError as exc:
-                raise gr.Error(f"Cannot classify this file: {exc}", print_exception=False) from None
+                raise cannot_classify(exc) from None
 
-    def analyze(path: str | None) -> tuple[Any, np.ndarray, str, dict[str, Any]]:
+    def analyze(path: str | None) -> tuple[Any, str, str, dict[str, Any]]:
         """Label, Grad-CAM overlay, out-of-distribution note and details for one CT slice."""
         if not path:
-            raise gr.Error("No file received: upload a CT slice image or DICOM file.")
+            raise gr.Error(NO_FILE)
         with janitor.using([path]):
             try:
                 rgb = load_rgb(path)
                 result = classifier.analyze(rgb, explain=True)
             except ImageError as exc:
-                raise gr.Error(f"Cannot classify this file: {exc}", print_exception=False) from None
-        return label_value(result), overlay(rgb, result.heatmap), note(result, threshold), details(result)
+                raise cannot_classify(exc) from None
+            picture = unique_png(rendering.overlay(rgb, result.heatmap), "slice-and-heatmap.png")
+        return texts.label_value(result), picture, texts.note(result, threshold), texts.details(result)
+
+    def show(path: str | None) -> tuple[str | None, None, None, str, None]:
+        """The slice as the model will see it, as soon as it is chosen; earlier results cleared."""
+        if not path:
+            return None, None, None, "", None
+        with janitor.using([path], take=False):  # the upload stays for "Classify"
+            try:
+                rgb = load_rgb(path)
+            except ImageError as exc:
+                raise cannot_classify(exc) from None
+        return unique_png(rendering.preview(rgb), "slice.png"), None, None, "", None
 
     def batch(paths: list[str] | None) -> list[list[Any]]:
         """One row per uploaded slice: file, prediction, probabilities, and a note (errors included)."""
         if not paths:
             raise gr.Error("No files received: upload one or more CT slices.")
-        rows: list[list[Any]] = []
         with janitor.using(paths):
-            decoded: list[tuple[int, np.ndarray]] = []
-            for path in paths:
-                rows.append([Path(path).name, "error", None, None, None, ""])
-                try:
-                    decoded.append((len(rows) - 1, load_rgb(path)))
-                except ImageError as exc:
-                    rows[-1][-1] = str(exc)
-            for first in range(0, len(decoded), MAX_BATCH):
-                chunk = decoded[first:first + MAX_BATCH]
-                for (row, _), result in zip(chunk, classifier.analyze_batch([rgb for _, rgb in chunk])):
+            if len(paths) > MAX_BATCH_FILES:
+                raise gr.Error(f"Too many files: {len(paths)} sent, at most {MAX_BATCH_FILES} per batch. "
+                               "Send them in several batches.", print_exception=False)
+            rows = [[Path(path).name, "error", None, None, None, ""] for path in paths]
+            pixels = 0
+            for first in range(0, len(paths), MAX_BATCH):  # at most MAX_BATCH decoded images at a time
+                decoded = []
+                for row in range(first, min(first + MAX_BATCH, len(paths))):
+                    try:
+                        rgb = load_rgb(paths[row]) if pixels < MAX_BATCH_PIXELS else None
+                    except ImageError as exc:
+                        rows[row][-1] = refusal(exc)
+                        continue
+                    if rgb is None or pixels + rgb.shape[0] * rgb.shape[1] > MAX_BATCH_PIXELS:
+                        rows[row][-1] = (f"not classified: one batch takes at most {MAX_BATCH_PIXELS:,} decoded "
+                                         "pixels in all; send this file in another batch")
+                        continue
+                    pixels += rgb.shape[0] * rgb.shape[1]
+                    decoded.append((row, rgb))
+                results = classifier.analyze_batch([rgb for _, rgb in decoded]) if decoded else []
+                for (row, _), result in zip(decoded, results):
                     flag = "unlike the training data: do not trust" if result.out_of_distribution else ""
-                    rows[row] = [rows[row][0], result.label,
-                                 *(round(result.probabilities[label], 4) for label in classifier.labels), flag]
+                    rows[row][1:] = [result.label,
+                                     *(round(result.probabilities[label], 4) for label in classifier.labels), flag]
         return rows
 
-    card = (classifier.directory / "README.md").read_text()
-    card = inline_images(re.sub(r"^---\n.*?\n---\n", "", card, flags=re.S), classifier.directory)
-    with gr.Blocks(title="Lung CT slice classifier", delete_cache=(60, 120)) as demo:
+    with demo:
         gr.Markdown("# Lung CT slice classifier\nNormal / Benign / Malignant, on a frozen ImageNet ResNet50 "
-                    f"trained on the IQ-OTH/NCCD dataset. Model: {classifier.origin}.\n\n{DISCLAIMER} "
+                    "trained on the IQ-OTH/NCCD dataset. Model: "
+                    f"{texts.model_name(classifier.config, classifier.origin)}.\n\n{texts.DISCLAIMER} "
                     "The model's measured quality and limits are in the **Model card** tab.")
         with gr.Tab("One slice"):
             with gr.Row():
                 with gr.Column():
-                    upload = gr.File(label="CT slice: JPEG, PNG, … or DICOM (.dcm)",
-                                     type="filepath")
+                    upload = gr.File(label="CT slice: JPEG, PNG, … or DICOM (.dcm)", type="filepath")
                     run = gr.Button("Classify", variant="primary")
                     if examples:
-                        gr.Examples(examples=[[path] for path in examples], inputs=upload, label="Examples")
+                        gr.Examples(examples=[[path] for path in keep_examples(examples, upload)], inputs=upload,
+                                    label="No slice at hand? Try an example",
+                                    example_labels=[Path(path).stem.replace("-", " ") for path in examples])
+                        gr.Markdown(texts.ATTRIBUTION)
+                    preview = gr.Image(label="The slice as the model sees it", type="filepath", interactive=False,
+                                       elem_id="preview", height=380)
                 with gr.Column():
                     label = gr.Label(num_top_classes=3, label="Prediction (calibrated)")
                     message = gr.Markdown(elem_id="note")
-                    heatmap = gr.Image(label="Slice and Grad-CAM heatmap", type="numpy", interactive=False,
-                                       format="png")
+                    heatmap = gr.Image(label="Slice and Grad-CAM heatmap", type="filepath", interactive=False,
+                                       elem_id="heatmap")
                     with gr.Accordion("Details (JSON)", open=False):
                         info = gr.JSON(label="analysis")
+            upload.change(show, upload, [preview, label, heatmap, message, info], api_visibility="private",
+                          concurrency_limit=2)
             run.click(analyze, upload, [label, heatmap, message, info], api_name="analyze", concurrency_limit=2)
         with gr.Tab("Several slices"):
-            uploads = gr.File(label="CT slices", file_count="multiple", type="filepath")
+            uploads = gr.File(label=f"CT slices (at most {MAX_BATCH_FILES})", file_count="multiple",
+                              type="filepath")
             run_many = gr.Button("Classify all", variant="primary")
             table = gr.Dataframe(headers=["file", "prediction", *classifier.labels, "note"], label="Results",
                                  interactive=False)
             run_many.click(batch, uploads, table, api_name="batch", concurrency_limit=2)
         with gr.Tab("Model card"):
-            gr.Markdown(card)
+            gr.Markdown(texts.model_card(classifier.directory))
         with gr.Row(visible=False):
             api_file = gr.File(type="filepath")
             api_label = gr.Label()
@@ -239,19 +185,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="ask Gradio for a public share link (env LUNG_SHARE=1)")
     parser.add_argument("--mcp", action="store_true", default=env.get("GRADIO_MCP_SERVER", "").lower() == "true",
                         help="also serve the endpoints as MCP tools (env GRADIO_MCP_SERVER=true)")
-    parser.add_argument("--examples", type=Path, default=env.get("LUNG_EXAMPLES"),
-                        help="directory of example slices to offer on the page (env LUNG_EXAMPLES)")
+    parser.add_argument("--examples", type=Path, default=env.get("LUNG_EXAMPLES", EXAMPLES),
+                        help="directory of example slices to offer on the page (env LUNG_EXAMPLES; "
+                             "default: the IQ-OTH/NCCD slices in examples/)")
     parser.add_argument("--no-batching", action="store_true", help="run each /predict request as its own model call")
     return parser.parse_args(argv)
 
 
-def example_files(directory: Path | None, limit: int = 12) -> list[str]:
-    if directory is None:
-        return []
+def example_files(directory: Path, limit: int = 6) -> list[str]:
+    """The example slices, copied into Gradio's cache when the page is built (no folder is served)."""
     if not directory.is_dir():
-        sys.exit(f"error: --examples {directory}: no such directory")
+        sys.exit(f"error: --examples {directory}: no such directory; name a folder of CT slice images")
     suffixes = {".jpg", ".jpeg", ".png", ".dcm", ".bmp", ".tif", ".tiff"}
-    return [str(p.resolve()) for p in sorted(directory.rglob("*")) if p.suffix.lower() in suffixes][:limit]
+    return [str(p.resolve()) for p in sorted(directory.iterdir()) if p.suffix.lower() in suffixes][:limit]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -259,11 +205,9 @@ def main(argv: list[str] | None = None) -> None:
     classifier = LungClassifier.from_pretrained(args.model, revision=args.revision,
                                                 trust_saved_model=args.trust_saved_model)
     print(f"Model: {classifier.origin}", flush=True)
-    examples = example_files(args.examples)
-    demo = build_demo(classifier, examples, batching=not args.no_batching)
+    demo = build_demo(classifier, example_files(args.examples), batching=not args.no_batching)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, mcp_server=args.mcp,
-                max_file_size=MAX_FILE_SIZE, allowed_paths=[str(args.examples.resolve())] if examples else None,
-                show_error=True)
+                max_file_size=MAX_FILE_SIZE, show_error=True)
 
 
 if __name__ == "__main__":

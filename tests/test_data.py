@@ -23,6 +23,7 @@ from training.data import (
     scan_folder,
     similarity_stats,
 )
+from conftest import require
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "iqothnccd"
 
@@ -299,8 +300,8 @@ def test_grouped_split_rejects_bad_fractions(many_patients: Path) -> None:
 # --- the real dataset ------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"the IQ-OTH/NCCD copy is not at {REAL_DATA}")
 def test_real_dataset() -> None:
+    require(REAL_DATA.is_dir(), f"the IQ-OTH/NCCD copy is not at {REAL_DATA}")
     dataset = scan_folder(REAL_DATA, progress=False)
     counts = {label: sum(item.label == label for item in dataset.items) for label in LABELS}
     assert counts == {"Normal": 327, "Benign": 95, "Malignant": 447}

@@ -13,6 +13,7 @@ import pytest
 from lung_classifier import package
 from lung_classifier.rendering import IQ_OTH_RENDERING
 from lung_classifier.package import PackageError
+from conftest import require
 
 
 @pytest.fixture
@@ -480,7 +481,7 @@ def test_failed_build_leaves_no_cache_entry(tiny_package, tmp_path, monkeypatch,
 
 
 def real_weights(monkeypatch) -> str:
-    """The real ImageNet ResNet50 notop weights, or a skip saying why."""
+    """The real ImageNet ResNet50 notop weights (a skip or, in CI, a failure saying why)."""
     from lung_classifier import backbone
 
     user_cache = Path("~/.cache/lung_classifier").expanduser() / backbone.CACHE_FILE_NAME
@@ -489,7 +490,7 @@ def real_weights(monkeypatch) -> str:
     try:
         return str(backbone.resolve_weights().path)
     except backbone.BackboneWeightsError as exc:
-        pytest.skip(f"real ResNet50 weights cannot be resolved: {exc}")
+        require(False, f"real ResNet50 weights cannot be resolved: {exc}")
 
 
 def random_resnet_head_package(directory: Path, weights_sha256: str, seed: int = 0) -> dict:
@@ -571,8 +572,7 @@ def test_embedded_default_model_loads_and_predicts(tmp_path, monkeypatch, capfd)
     from lung_classifier import LungClassifier
     from lung_classifier.classifier import DEFAULT_MODEL
 
-    if not DEFAULT_MODEL.is_dir():
-        pytest.skip(f"no embedded default model at {DEFAULT_MODEL} yet")
+    require(DEFAULT_MODEL.is_dir(), f"no embedded default model at {DEFAULT_MODEL} yet")
     from lung_classifier import backbone
 
     monkeypatch.setenv("LUNG_CLASSIFIER_CACHE", str(tmp_path / "cache"))
