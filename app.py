@@ -21,12 +21,13 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import gradio as gr
+from gradio.components.label import LabelData
 
 from demo import rendering, texts
+from demo.label import DecisionLabel
 from demo.uploads import UploadJanitor, keep_examples, unique_png
 from lung_classifier import ImageError, LungClassifier
 from lung_classifier.batching import BatchingPredictor
-from lung_classifier.images import load_rgb
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 MAX_FILE_SIZE = "50mb"
@@ -52,18 +53,17 @@ def cannot_classify(exc: ImageError) -> gr.Error:
 
 
 def build_demo(classifier: LungClassifier, examples: list[str] | None = None, batching: bool = True) -> gr.Blocks:
-    threshold = classifier.ood_threshold
     predictor = BatchingPredictor(classifier, max_batch=MAX_BATCH if batching else 1)
     demo = gr.Blocks(title="Lung CT slice classifier", delete_cache=(60, 120))
     janitor = UploadJanitor(demo)
 
-    def predict(path: str | None) -> dict[str, float]:
-        """Label and confidences of one CT slice (image or DICOM file); batched with concurrent requests."""
+    def predict(path: str | None) -> LabelData:
+        """Decided label (or the out-of-distribution notice) and confidences of one CT slice; batched."""
         if not path:
             raise gr.Error(NO_FILE)
         with janitor.using([path]):
             try:
-                return predictor.analyze(path).probabilities
+                return texts.label_value(predictor.analyze(path))
             except ImageError as exc:
                 raise cannot_classify(exc) from None
 
@@ -73,12 +73,12 @@ def build_demo(classifier: LungClassifier, examples: list[str] | None = None, ba
             raise gr.Error(NO_FILE)
         with janitor.using([path]):
             try:
-                rgb = load_rgb(path)
-                result = classifier.analyze(rgb, explain=True)
+                piece = classifier.read(path)
+                result = classifier.analyze(piece, explain=True)
             except ImageError as exc:
                 raise cannot_classify(exc) from None
-            picture = unique_png(rendering.overlay(rgb, result.heatmap), "slice-and-heatmap.png")
-        return texts.label_value(result), picture, texts.note(result, threshold), texts.details(result)
+            picture = unique_png(rendering.overlay(piece.rgb, result.heatmap), "slice-and-heatmap.png")
+        return texts.label_value(result), picture, texts.note(result), result.as_dict()
 
     def show(path: str | None) -> tuple[str | None, None, None, str, None]:
         """The slice as the model will see it, as soon as it is chosen; earlier results cleared."""
@@ -86,7 +86,7 @@ def build_demo(classifier: LungClassifier, examples: list[str] | None = None, ba
             return None, None, None, "", None
         with janitor.using([path], take=False):  # the upload stays for "Classify"
             try:
-                rgb = load_rgb(path)
+                rgb = classifier.read(path).rgb
             except ImageError as exc:
                 raise cannot_classify(exc) from None
         return unique_png(rendering.preview(rgb), "slice.png"), None, None, "", None
@@ -105,21 +105,22 @@ def build_demo(classifier: LungClassifier, examples: list[str] | None = None, ba
                 decoded = []
                 for row in range(first, min(first + MAX_BATCH, len(paths))):
                     try:
-                        rgb = load_rgb(paths[row]) if pixels < MAX_BATCH_PIXELS else None
+                        piece = classifier.read(paths[row]) if pixels < MAX_BATCH_PIXELS else None
                     except ImageError as exc:
                         rows[row][-1] = refusal(exc)
                         continue
-                    if rgb is None or pixels + rgb.shape[0] * rgb.shape[1] > MAX_BATCH_PIXELS:
+                    size = 0 if piece is None else piece.rgb.shape[0] * piece.rgb.shape[1]
+                    if piece is None or pixels + size > MAX_BATCH_PIXELS:
                         rows[row][-1] = (f"not classified: one batch takes at most {MAX_BATCH_PIXELS:,} decoded "
                                          "pixels in all; send this file in another batch")
                         continue
-                    pixels += rgb.shape[0] * rgb.shape[1]
-                    decoded.append((row, rgb))
-                results = classifier.analyze_batch([rgb for _, rgb in decoded]) if decoded else []
+                    pixels += size
+                    decoded.append((row, piece))
+                results = classifier.analyze_batch([piece for _, piece in decoded]) if decoded else []
                 for (row, _), result in zip(decoded, results):
-                    flag = "unlike the training data: do not trust" if result.out_of_distribution else ""
-                    rows[row][1:] = [result.label,
-                                     *(round(result.probabilities[label], 4) for label in classifier.labels), flag]
+                    rows[row][1:] = [result.verdict,
+                                     *(round(result.probabilities[label], 4) for label in classifier.labels),
+                                     result.ood_reason or ""]
         return rows
 
     with demo:
@@ -140,7 +141,7 @@ def build_demo(classifier: LungClassifier, examples: list[str] | None = None, ba
                     preview = gr.Image(label="The slice as the model sees it", type="filepath", interactive=False,
                                        elem_id="preview", height=380)
                 with gr.Column():
-                    label = gr.Label(num_top_classes=3, label="Prediction (calibrated)")
+                    label = DecisionLabel(num_top_classes=3, label=texts.confidence_title(classifier.config))
                     message = gr.Markdown(elem_id="note")
                     heatmap = gr.Image(label="Slice and Grad-CAM heatmap", type="filepath", interactive=False,
                                        elem_id="heatmap")
@@ -160,7 +161,7 @@ def build_demo(classifier: LungClassifier, examples: list[str] | None = None, ba
             gr.Markdown(texts.model_card(classifier.directory))
         with gr.Row(visible=False):
             api_file = gr.File(type="filepath")
-            api_label = gr.Label()
+            api_label = DecisionLabel()
             api_trigger = gr.Button()
         # Up to MAX_BATCH requests wait together in the BatchingPredictor, which runs them as one
         # model call; Gradio's own batch=True would fail every request in a batch for one bad file.

@@ -7,7 +7,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from gradio.components.label import LabelConfidence, LabelData
+
 from lung_classifier import Analysis
+from lung_classifier.classifier import OOD_NOTICE
 
 DISCLAIMER = (
     "**Research demo, not a medical device.** Not cleared or validated for clinical use: "
@@ -19,30 +22,36 @@ ATTRIBUTION = (
     "[doi:10.17632/bhmdr45bh2](https://doi.org/10.17632/bhmdr45bh2), "
     "[CC BY 4.0](https://creativecommons.org/licenses/by/4.0/)."
 )
-OOD_LABEL = "Unlike the training data: no diagnosis"
+WHAT_THE_MODEL_EXPECTS = (
+    "an axial chest CT slice exported as an image the way the IQ-OTH/NCCD slices were: greyscale, in a "
+    "soft-tissue-to-bone window (width 350-1200 HU, centre 50-600 HU), so the lungs look near black")
 
 
-def label_value(result: Analysis) -> dict[str, float] | str:
-    """What gr.Label shows: confidences, or a plain warning instead of a confident diagnosis."""
-    return OOD_LABEL if result.out_of_distribution else result.probabilities
+def label_value(result: Analysis) -> LabelData:
+    """What gr.Label shows: the decided label (not always the top confidence) or the notice, and the confidences."""
+    confidences = [LabelConfidence(label=label, confidence=p)
+                   for label, p in sorted(result.probabilities.items(), key=lambda item: -item[1])]
+    return LabelData(label=result.verdict, confidences=confidences)
 
 
-def note(result: Analysis, threshold: float) -> str:
-    """One paragraph on the result, with what to do when the image is unlike the training data."""
+def confidence_title(config: dict[str, Any]) -> str:
+    """"calibrated" only where the package's CV says its calibration error is small enough."""
+    calibrated = config.get("calibration", {}).get("calibrated", False)
+    return "Prediction (calibrated probabilities)" if calibrated else "Prediction (model confidence)"
+
+
+def note(result: Analysis) -> str:
+    """One paragraph on the result, with what to do when no diagnosis can be given."""
     if result.out_of_distribution:
-        return (f"### ⚠️ This image does not look like the CT slices the model was trained on\n"
-                f"Out-of-distribution score {result.ood_score:.2f} is above the threshold {threshold:.2f}, "
-                "so no diagnosis is shown: the model's probabilities are **not meaningful** for it. Upload an "
-                "axial chest CT slice (lung window) like those of the IQ-OTH/NCCD dataset.")
-    return (f"Most likely **{result.label}** ({result.probabilities[result.label]:.0%}). "
-            f"Out-of-distribution score {result.ood_score:.2f} (threshold {threshold:.2f}): the image "
-            "resembles the training data. The heatmap shows which regions drove the prediction.")
-
-
-def details(result: Analysis) -> dict[str, Any]:
-    """The JSON an API client reads: every number, no picture."""
-    return {"label": result.label, "probabilities": result.probabilities, "ood_score": result.ood_score,
-            "out_of_distribution": result.out_of_distribution}
+        return (f"### ⚠️ {OOD_NOTICE}\nThis input is {result.ood_reason}, so the model's probabilities are "
+                f"**not meaningful** for it. The model expects {WHAT_THE_MODEL_EXPECTS}.")
+    top = max(result.probabilities, key=result.probabilities.get)
+    rule = ("" if top == result.label else
+            f" The most probable class is {top} ({result.probabilities[top]:.0%}); the label is {result.label} "
+            "because the model's rule puts finding malignant slices first.")
+    return (f"Label **{result.label}** (model confidence {result.probabilities[result.label]:.0%}).{rule} "
+            f"Out-of-distribution score {result.ood_score:.2f}: the image resembles the training data. "
+            "The heatmap shows which regions drove the label.")
 
 
 def model_name(config: dict[str, Any], origin: str) -> str:

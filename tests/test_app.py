@@ -63,12 +63,16 @@ def confidences(value: dict) -> dict[str, float]:
     return {item["label"]: item["confidence"] for item in value["confidences"]}
 
 
-def assert_same_prediction(value: dict, expected: dict[str, float]) -> None:
-    assert value["label"] == max(expected, key=expected.get)
-    got = confidences(value)
-    assert set(got) == set(expected)
-    for label in expected:
-        assert got[label] == pytest.approx(expected[label], abs=1e-5), label
+NOTICE = "Unlike the training data: no diagnosis"
+
+
+def assert_same_prediction(value: dict, expected: dict) -> None:
+    """A gr.Label value says what the library's predict() says: its decided label (or the notice), its probabilities."""
+    assert value["label"] == (NOTICE if expected["out_of_distribution"] else expected["label"])
+    got, probabilities = confidences(value), expected["probabilities"]
+    assert set(got) == set(probabilities)
+    for label in probabilities:
+        assert got[label] == pytest.approx(probabilities[label], abs=1e-5), label
 
 
 # --- input files ------------------------------------------------------------------------------
@@ -178,7 +182,7 @@ def test_model_card_tab_carries_its_plots_inline(server):
         config = response.read().decode()
     assert "Lung CT slice classifier: tiny-test" in config
     assert "](plots/" not in config
-    assert config.count("](data:image/png;base64,") == 4
+    assert config.count("](data:image/png;base64,") == 3
 
 
 # --- results equal the library's --------------------------------------------------------------
@@ -199,13 +203,11 @@ def test_analyze_returns_label_overlay_note_and_details(client, library, files):
     assert details["ood_score"] == pytest.approx(expected.ood_score, rel=1e-4, abs=1e-4)
     assert details["out_of_distribution"] is expected.out_of_distribution
     assert details["probabilities"] == pytest.approx(expected.probabilities, abs=1e-5)
+    assert_same_prediction(label, expected.as_dict())
     if expected.out_of_distribution:
-        assert label["label"].startswith("Unlike the training data") and not label.get("confidences")
-        assert "does not look like" in note
+        assert NOTICE in note and expected.ood_reason in note
     else:
-        assert_same_prediction(label, expected.probabilities)
-        assert f"**{expected.label}**" in note
-    assert "Out-of-distribution score" in note
+        assert f"**{expected.label}**" in note and "Out-of-distribution score" in note
 
     assert Path(overlay).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(overlay) as image, Image.open(path) as original:
@@ -225,8 +227,8 @@ def test_batch_gives_one_row_per_file_and_an_error_row_for_a_non_image(client, l
             assert "not an image" in row[-1]
             continue
         expected = library.predict(path)
-        assert row[1] == max(expected, key=expected.get)
-        assert row[2:5] == pytest.approx([expected[label] for label in LABELS], abs=1e-4)
+        assert row[1] == (NOTICE if expected["out_of_distribution"] else expected["label"])
+        assert row[2:5] == pytest.approx([expected["probabilities"][label] for label in LABELS], abs=1e-4)
 
 
 # --- refusals ---------------------------------------------------------------------------------
@@ -328,7 +330,7 @@ def test_concurrent_requests_with_the_same_file_all_succeed(server, downloads, l
         answers = list(pool.map(one_client, range(8)))
     for predicted, (_, _, _, details) in answers:
         assert_same_prediction(predicted, expected)
-        assert details["label"] == max(expected, key=expected.get)
+        assert details["label"] == expected["label"]
 
 
 # --- what the page and the API show ------------------------------------------------------------
@@ -504,3 +506,29 @@ def test_an_identical_upload_waiting_for_its_request_outlives_the_first_request(
     assert event == "complete", data
     assert_same_prediction(json.loads(data)[0], library.predict(path))
     assert not Path(second).exists(), "the last request of the two did not delete it"
+
+
+def test_a_photo_gets_the_notice_on_every_endpoint(client, library):
+    import matplotlib
+
+    photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    assert library.predict(photo)["out_of_distribution"]
+    value = client.predict(send(photo), api_name="/predict")
+    assert value["label"] == NOTICE and value["label"] not in LABELS
+    label, _, note, details = client.predict(send(photo), api_name="/analyze")
+    assert label["label"] == NOTICE and details["out_of_distribution"] is True and details["ood_reason"]
+    [row] = client.predict([send(photo)], api_name="/batch")["data"]
+    assert row[1] == NOTICE and row[-1] == details["ood_reason"]
+
+
+def test_the_label_is_the_decision_rule_even_where_another_class_is_more_probable(client, tmp_path):
+    """The page and the API show the package's label, not the top confidence (tiny package: offsets set here)."""
+    from demo import texts
+    from lung_classifier import Analysis
+
+    result = Analysis(label="Malignant", probabilities={"Normal": 0.6, "Benign": 0.1, "Malignant": 0.3},
+                      ood_score=1.0, out_of_distribution=False)
+    value = texts.label_value(result)
+    assert value.label == "Malignant"
+    assert [c.label for c in value.confidences] == ["Normal", "Malignant", "Benign"]
+    assert "The most probable class is Normal (60%)" in texts.note(result)
