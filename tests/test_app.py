@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import struct
 import threading
 import time
 import urllib.request
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,6 +18,7 @@ from PIL import Image
 
 from app_server import AppServer, local_url_line, start_app
 from conftest import REPO, synthetic_slice
+from hostile_corpus import encode, png_claiming_size
 
 
 LABELS = ["Normal", "Benign", "Malignant"]
@@ -76,21 +74,6 @@ def assert_same_prediction(value: dict, expected: dict) -> None:
 
 
 # --- input files ------------------------------------------------------------------------------
-
-
-def encode(pil: Image.Image, format: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    pil.save(buffer, format=format, **options)
-    return buffer.getvalue()
-
-
-def png_claiming_size(width: int, height: int) -> bytes:
-    """A tiny valid PNG whose IHDR (CRC fixed up) claims a huge image: a decompression bomb."""
-    data = bytearray(encode(Image.new("L", (40, 40)), "PNG"))
-    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
-    data[16:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF)
-    return bytes(data)
 
 
 def dicom_bytes(stored: np.ndarray | None) -> bytes:

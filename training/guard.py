@@ -19,7 +19,7 @@ from PIL import Image, ImageFilter
 from lung_classifier.images import load_rgb
 from lung_classifier.model import LungModel
 from lung_classifier.rendering import DICOM_WINDOW
-from lung_classifier.preprocessing import prepare, prepare_batch
+from lung_classifier.preprocessing import prepare_batch
 
 PROBE_PER_CLASS = 20
 
