@@ -204,7 +204,8 @@ def targets_table(summary: dict[str, dict[str, float]]) -> str:
             continue
         mean = summary[name]["mean"]
         met = mean >= goal if sense == ">=" else mean <= goal
-        lines.append(f"| {title} {sense} {goal} | {cv.format_interval(summary, name)} | {'yes' if met else '**no**'} |")
+        verdict = "yes" if met else f"**no** (mean {mean:.4f})"
+        lines.append(f"| {title} {sense} {goal} | {cv.format_interval(summary, name)} | {verdict} |")
     return "\n".join(lines)
 
 
