@@ -42,6 +42,8 @@ from typing import BinaryIO, Iterator, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .rendering import DICOM_WINDOW
+
 ImageInput = Union[str, os.PathLike, bytes, bytearray, Image.Image, np.ndarray]
 
 MIN_SIDE = 32
@@ -55,8 +57,6 @@ DECODE_BUDGET_BYTES = 256 * 2**20
 grey, RGB(A) or palette PNG or a 40 MP uncompressed 16-bit DICOM fits; a 40 MP CMYK TIFF does not)."""
 PIL_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF")
 """The only decoders PIL may try (PIL format ids); see the module docstring."""
-LUNG_WINDOW = (-600.0, 1500.0)
-"""DICOM display window (centre, width) in HU: the standard lung window."""
 
 MAX_DICOM_HEADER_READ = 512 * 2**10
 """Bytes the DICOM header pass may read (skipped elements are seeked over, not read)."""
@@ -127,7 +127,7 @@ class Slice:
     axial: bool | None = None  # DICOM only: from ImageOrientationPatient; None when the tag is absent
 
 
-def load_rgb(image: ImageInput, *, dicom_window: tuple[float, float] = LUNG_WINDOW) -> np.ndarray:
+def load_rgb(image: ImageInput, *, dicom_window: tuple[float, float] = DICOM_WINDOW) -> np.ndarray:
     """Decode a path, bytes, PIL image or array into an H x W x 3 uint8 RGB array.
 
     The long side is at most MAX_SIDE (larger images are downscaled); DICOM files are
@@ -136,7 +136,7 @@ def load_rgb(image: ImageInput, *, dicom_window: tuple[float, float] = LUNG_WIND
     return read_slice(image, dicom_window=dicom_window).rgb
 
 
-def read_slice(image: ImageInput, *, dicom_window: tuple[float, float] = LUNG_WINDOW) -> Slice:
+def read_slice(image: ImageInput, *, dicom_window: tuple[float, float] = DICOM_WINDOW) -> Slice:
     """Like :func:`load_rgb`, keeping whether the input was DICOM and whether it is an axial slice."""
     centre, width = (float(value) for value in dicom_window)
     if not (math.isfinite(centre) and math.isfinite(width) and width > 0):

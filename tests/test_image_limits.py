@@ -14,7 +14,8 @@ from conftest import need_shared_data
 from hostile_corpus import (DEFLATED, EXPLICIT_LE, JPEG_BASELINE, _dataset_bytes, _file_meta, ct_pixels,
                             deflated_dicom, dicom_file, dicom_header, encapsulated, encode, rle_dicom, slice_image)
 from lung_classifier import images
-from lung_classifier.images import LUNG_WINDOW, MAX_SIDE, ImageError, load_rgb
+from lung_classifier.images import MAX_SIDE, ImageError, load_rgb
+from lung_classifier.rendering import DICOM_WINDOW
 
 
 def test_large_images_are_downscaled_to_max_side_keeping_the_aspect():
@@ -78,7 +79,7 @@ def test_rle_dicom_decodes_to_the_same_slice_as_uncompressed():
 def test_dicom_window_parameter_is_used():
     pixels = ct_pixels(64)  # stored = HU + 1024
     default = load_rgb(dicom_file(pixels))
-    np.testing.assert_array_equal(load_rgb(dicom_file(pixels), dicom_window=LUNG_WINDOW), default)
+    np.testing.assert_array_equal(load_rgb(dicom_file(pixels), dicom_window=DICOM_WINDOW), default)  # the training slices' window by default
     mediastinum = load_rgb(dicom_file(pixels), dicom_window=(40.0, 400.0))
     hounsfield = pixels.astype(np.float32) - 1024.0
     expected = np.round(np.clip((hounsfield - (40.0 - 200.0)) / 400.0, 0, 1) * 255).astype(np.uint8)

@@ -202,12 +202,15 @@ def dicom_bytes(hounsfield: np.ndarray | None, slope: float = 2.0, intercept: fl
     return buffer.getvalue()
 
 
-def test_dicom_is_rescaled_to_hounsfield_and_lung_windowed(tmp_path):
+LUNG_WINDOW = (-600.0, 1500.0)
+
+
+def test_dicom_is_rescaled_to_hounsfield_and_windowed(tmp_path):
     # Lung window: centre -600, width 1500 -> -1350 HU is black, +150 HU is white.
     columns = [-2000, -1350, -600, 150, 1000]
     hounsfield = np.repeat(np.repeat(np.array(columns, np.float64)[None, :], 10, axis=1), 40, axis=0)  # 40 x 50
     data = dicom_bytes(hounsfield)
-    rgb = load_rgb(data)
+    rgb = load_rgb(data, dicom_window=LUNG_WINDOW)
     assert_rgb(rgb, 40, 50)
     values = rgb[0, ::10, 0].astype(int)
     assert values[0] == 0  # below the window: clipped
@@ -218,13 +221,13 @@ def test_dicom_is_rescaled_to_hounsfield_and_lung_windowed(tmp_path):
     assert (rgb[..., 0] == rgb[..., 2]).all()
     path = tmp_path / "slice.dcm"
     path.write_bytes(data)
-    np.testing.assert_array_equal(load_rgb(path), rgb)
+    np.testing.assert_array_equal(load_rgb(path, dicom_window=LUNG_WINDOW), rgb)
 
 
 def test_dicom_rescale_slope_and_intercept_are_used():
-    hounsfield = np.full((40, 40), -975.0)  # a quarter of the way up the window -> ~64
-    with_rescale = load_rgb(dicom_bytes(hounsfield, slope=2.0, intercept=-2048.0))
-    other_rescale = load_rgb(dicom_bytes(hounsfield, slope=1.0, intercept=-1024.0))
+    hounsfield = np.full((40, 40), -975.0)  # a quarter of the way up the lung window -> ~64
+    with_rescale = load_rgb(dicom_bytes(hounsfield, slope=2.0, intercept=-2048.0), dicom_window=LUNG_WINDOW)
+    other_rescale = load_rgb(dicom_bytes(hounsfield, slope=1.0, intercept=-1024.0), dicom_window=LUNG_WINDOW)
     assert abs(int(with_rescale[0, 0, 0]) - 64) <= 1
     np.testing.assert_array_equal(with_rescale, other_rescale)
 
