@@ -60,7 +60,8 @@ def ood_reason(piece: Slice, feature_flag: bool, score: float, threshold: float,
     if piece.dicom and piece.axial is False:
         return NON_AXIAL
     if feature_flag:
-        return f"its features are unlike the training slices (score {score:.2f} above the threshold {threshold:.2f})"
+        return (f"an image whose features are unlike the training slices (score {score:.2f} above the threshold "
+                f"{threshold:.2f})")
     if piece.dicom and not dicom_validated:
         return UNVALIDATED_DICOM
     return None
