@@ -1,0 +1,140 @@
+"""From per-slice probabilities to one scan-level answer, by the rule training chose.
+
+A scan is abnormal where some of its slices are: a tumour shows on a few slices of a
+hundred, so averaging would drown it. Each rule pools the slices' calibrated
+probabilities into one evidence value per class; a scan-level temperature and bias
+(fitted on out-of-fold scans) turn the evidence into probabilities, and the same
+Malignant-first decision rule as for slices picks the label. A scan with any
+confidently malignant slice is never called Normal, whatever the pooled evidence says.
+
+Rules (``pool``):
+- ``max``: the most suspicious slice decides each abnormal class;
+- ``top_k_mean``: the mean of the k most suspicious slices (less sensitive to one outlier);
+- ``noisy_or``: P(at least one slice shows the class), slices taken as independent;
+- ``mean_logit``: the mean of the slices' log probabilities (the "average slice").
+For the pooled rules the Normal evidence is the complement of the pooled abnormality:
+a scan is Normal only where no slice looks abnormal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+POOLS = ("max", "top_k_mean", "noisy_or", "mean_logit")
+NORMAL = "Normal"
+MALIGNANT = "Malignant"
+CONFIDENT_MALIGNANT = 0.9
+"""A slice with calibrated P(Malignant) at or above this keeps its scan from being called Normal."""
+EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class ScanDecision:
+    """One scan's answer from its in-distribution slices."""
+
+    label: int  # index into the labels
+    probabilities: np.ndarray  # (C,) scan-level, calibrated
+    contributions: np.ndarray  # (n,) how much each slice drove the label: rank by this for "top slices"
+
+
+@dataclass(frozen=True)
+class ScanRule:
+    """A pooling rule and its scan-level calibration and decision offsets."""
+
+    labels: tuple[str, ...]
+    pool: str
+    k: int = 1
+    temperature: float = 1.0
+    bias: np.ndarray | None = None  # (C,) added after the temperature; zeros if None
+    offsets: np.ndarray | None = None  # (C,) label = argmax(log p + offsets); zeros if None
+    confident_malignant: float = CONFIDENT_MALIGNANT
+
+    def __post_init__(self) -> None:
+        if self.pool not in POOLS:
+            raise ValueError(f"unknown scan pooling rule {self.pool!r}: expected one of {', '.join(POOLS)}")
+        if NORMAL not in self.labels or MALIGNANT not in self.labels:
+            raise ValueError(f"scan rules need {NORMAL} and {MALIGNANT} among the labels, got {self.labels}")
+        if self.k < 1:
+            raise ValueError(f"k must be at least 1, got {self.k}")
+
+    def describe(self) -> str:
+        return f"top-{self.k} mean" if self.pool == "top_k_mean" else self.pool.replace("_", " ")
+
+    def evidence(self, probabilities: np.ndarray) -> np.ndarray:
+        """(C,) log evidence per class from (n, C) slice probabilities; n >= 1."""
+        p = np.clip(np.asarray(probabilities, np.float64), EPS, 1.0 - EPS)
+        if p.ndim != 2 or p.shape[1] != len(self.labels) or len(p) == 0:
+            raise ValueError(f"expected (n >= 1, {len(self.labels)}) slice probabilities, got {p.shape}")
+        if self.pool == "mean_logit":
+            return np.log(p).mean(axis=0)
+        normal = self.labels.index(NORMAL)
+        abnormal = 1.0 - p[:, normal]
+        pooled = np.array([self._pool(abnormal if c == normal else p[:, c]) for c in range(p.shape[1])])
+        pooled[normal] = 1.0 - pooled[normal]  # Normal only where no slice looks abnormal
+        return np.log(np.clip(pooled, EPS, 1.0))
+
+    def _pool(self, values: np.ndarray) -> float:
+        if self.pool == "max":
+            return float(values.max())
+        if self.pool == "top_k_mean":
+            return float(np.sort(values)[-self.k:].mean())
+        return float(1.0 - np.exp(np.log1p(-values).sum()))  # noisy-OR
+
+    def probabilities(self, evidence: np.ndarray) -> np.ndarray:
+        """Scan-level probabilities from (..., C) evidence: softmax(evidence / T + bias)."""
+        bias = np.zeros(len(self.labels)) if self.bias is None else np.asarray(self.bias, np.float64)
+        z = np.asarray(evidence, np.float64) / self.temperature + bias
+        z = z - z.max(axis=-1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=-1, keepdims=True)
+
+    def label(self, scan_probabilities: np.ndarray, slice_probabilities: np.ndarray) -> int:
+        """The decision rule, then the guarantee: a confidently malignant slice rules out Normal."""
+        offsets = np.zeros(len(self.labels)) if self.offsets is None else np.asarray(self.offsets, np.float64)
+        score = np.log(np.clip(scan_probabilities, 1e-12, 1.0)) + offsets
+        malignant, normal = self.labels.index(MALIGNANT), self.labels.index(NORMAL)
+        if np.max(slice_probabilities[:, malignant]) >= self.confident_malignant:
+            score[normal] = -np.inf
+        return int(np.argmax(score))
+
+    def decide(self, slice_probabilities: np.ndarray) -> ScanDecision:
+        """The scan's label and probabilities, and each slice's contribution to that label."""
+        p = np.asarray(slice_probabilities, np.float64)
+        scan = self.probabilities(self.evidence(p))
+        label = self.label(scan, p)
+        normal = self.labels.index(NORMAL)
+        # A Normal verdict is driven by its most suspicious slices: the ones that came closest to changing it.
+        contributions = 1.0 - p[:, normal] if label == normal else p[:, label]
+        return ScanDecision(label, scan, contributions)
+
+    def as_config(self) -> dict[str, Any]:
+        return {"pool": self.pool, "k": self.k, "temperature": self.temperature,
+                "bias": dict(zip(self.labels, _floats(self.bias, len(self.labels)))),
+                "offsets": dict(zip(self.labels, _floats(self.offsets, len(self.labels)))),
+                "confident_malignant": self.confident_malignant}
+
+    @classmethod
+    def from_config(cls, labels: tuple[str, ...], block: Mapping[str, Any]) -> "ScanRule":
+        """The package's ``config["scan"]`` block."""
+        return cls(labels=tuple(labels), pool=str(block["pool"]), k=int(block["k"]),
+                   temperature=float(block["temperature"]),
+                   bias=np.array([float(block["bias"][label]) for label in labels]),
+                   offsets=np.array([float(block["offsets"][label]) for label in labels]),
+                   confident_malignant=float(block["confident_malignant"]))
+
+
+def _floats(values: np.ndarray | None, n: int) -> list[float]:
+    return [0.0] * n if values is None else [float(v) for v in values]
+
+
+MAX_FLAGGED_FRACTION = 0.5
+"""A scan is out of distribution when more than this fraction of its slices are: no scan verdict then."""
+
+
+def scan_flagged(slice_flags: np.ndarray) -> bool:
+    """Whether a scan gets no verdict; otherwise its verdict comes from its in-distribution slices only."""
+    flags = np.asarray(slice_flags, bool)
+    return bool(len(flags) == 0 or flags.mean() > MAX_FLAGGED_FRACTION)
