@@ -199,9 +199,10 @@ class LungClassifier:
         Slices come back in body order with their analyses, plus the scan verdict by the
         package's whole-scan rule and the ``top_k`` slices that drove it (their Grad-CAM
         heatmaps with ``explain=True``). Slices are decoded and analysed ``batch_size`` at a
-        time, calling ``progress(done, total)`` after each batch. Uploads that cannot be
-        one scan raise series.ScanError (an ImageError); see lung_classifier.series for the
-        checks and lung_classifier.scan for what is skipped with a note.
+        time, calling ``progress(done, total)`` once the upload is checked (done 0) and after
+        each batch. Uploads that cannot be one scan raise series.ScanError (an ImageError);
+        see lung_classifier.series for the checks and lung_classifier.scan for what is
+        skipped with a note. A package without a whole-scan rule raises PackageError.
         """
         from .scan import analyze_scan
 

@@ -113,6 +113,8 @@ def _analyze_slices(classifier: LungClassifier, series: Series, batch_size: int,
     slices: list[ScanSlice] = []
     entries: list[SliceEntry] = []
     total = len(series.slices)
+    if progress is not None:
+        progress(0, total)
     for start in range(0, total, batch_size):
         batch = series.slices[start:start + batch_size]
         decoded, kept = [], []

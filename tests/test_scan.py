@@ -90,7 +90,7 @@ def test_slices_are_streamed_in_batches_with_progress(classifier, scan_folder, m
     result = classifier.analyze_scan(scan_folder, batch_size=4, progress=lambda done, total: calls.append((done, total)))
     assert [size for size, _ in batches] == [4, 4, 2]
     assert all(live <= 4 for _, live in batches), batches
-    assert calls == [(4, 10), (8, 10), (10, 10)]
+    assert calls == [(0, 10), (4, 10), (8, 10), (10, 10)]
     assert len(result.slices) == len(SCAN)
 
 
