@@ -125,7 +125,8 @@ def _analyze_slices(classifier: LungClassifier, series: Series, batch_size: int,
                 decoded.append(classifier.read(series.read(entry)))
                 kept.append(entry)
             except ImageError as exc:  # one bad slice does not hide the others: noted, and the scan goes on
-                series.notes.unreadable(entry.name, str(exc).replace(UNNAMED, entry.name, 1))
+                message = str(exc).replace(entry.key, entry.name).replace(UNNAMED, entry.name, 1)  # never a path
+                series.notes.unreadable(entry.name, message)
         for entry, analysis in zip(kept, classifier.analyze_batch(decoded)):
             slices.append(ScanSlice(entry.name, entry.position, len(slices), analysis))
             entries.append(entry)

@@ -23,7 +23,7 @@ accepted with a note: each slice is resized to the model's input on its own.
 
 Nothing is ever extracted by member name: members are inflated into memory, bounded as
 above, and shown only by their base name, so a name like ``../../etc/passwd`` can
-neither write nor reveal anything. No DICOM tag beyond those of
+neither write nor reveal anything; no temporary file is written. No DICOM tag beyond those of
 :func:`lung_classifier.images.read_dicom_placement` is read, and none is shown.
 
 Order: DICOM slices by ImagePositionPatient projected on the slice normal (the cross
@@ -133,8 +133,10 @@ class Notes:
         self.kinds.setdefault(reason, []).append(name)
 
     def unreadable(self, name: str, message: str) -> None:
-        """A slice that cannot be read: the error's message (which may name it), grouped with the same errors."""
-        self.failures.setdefault(message.replace(name, _NAME) if name else message, []).append(name)
+        """A slice that cannot be read: the error's message (which may start with its name), grouped with the
+        same errors of other slices."""
+        template = _NAME + message[len(name):] if message.startswith(name) else message
+        self.failures.setdefault(template, []).append(name)
 
     def render(self) -> list[str]:
         rendered = [f"skipped {len(names)} file{'s' if len(names) > 1 else ''} ({reason}): {_names(names)}"
