@@ -37,6 +37,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import struct
 import zipfile
 import zlib
 from collections import Counter
@@ -64,6 +65,8 @@ MAX_COMPRESSION_RATIO = 100
 """Uncompressed / stored size above which a member (of at least RATIO_CHECK_BYTES) is a bomb: CT inflates ~2-5x."""
 RATIO_CHECK_BYTES = 2**20
 """Members smaller than this may compress as well as they like (a blank slice does)."""
+MAX_DIRECTORY_BYTES = MAX_MEMBERS * 512
+"""Largest zip central directory: MAX_MEMBERS entries with long names (46 bytes each plus name and extras)."""
 ORIENTATION_TOLERANCE = 1e-3
 """Direction cosines that differ by more than this are different planes."""
 
@@ -216,10 +219,12 @@ class _SeriesContext:
         return [_file_member(path, path.name) for path in paths]
 
     def _zip_members(self, path: Path) -> list[_Member]:
+        _check_directory_size(path)
         try:
             self.archive = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError, ValueError) as exc:
-            raise ScanError(f"{path.name} is not a readable zip archive ({exc}): zip the slices again") from None
+            why = exc if isinstance(exc, zipfile.BadZipFile) else exc.__class__.__name__  # no server path
+            raise ScanError(f"{path.name} is not a readable zip archive ({why}): zip the slices again") from None
         infos = [info for info in self.archive.infolist() if not info.is_dir()]
         _check_archive(infos, path.stat().st_size, path.name)
         archive = self.archive
@@ -251,6 +256,36 @@ def _folder_members(folder: Path) -> list[_Member]:
                 raise ScanError(f"{folder.name} holds more than {MAX_MEMBERS} files: give the folder of one series "
                                 f"(at most {MAX_SLICES} slices)")
     return members
+
+
+def _check_directory_size(path: Path) -> None:
+    """Refuse a central directory too large for MAX_MEMBERS entries before zipfile parses it into memory.
+
+    zipfile reads the whole directory (its size as the end record states) and makes an
+    object per entry, so a small archive of a million empty entries would cost far more
+    memory than any slice: the end record (or its Zip64 form) is read here first.
+    """
+    with open(path, "rb") as stream:
+        size = stream.seek(0, os.SEEK_END)
+        start = max(0, size - 22 - 65535)  # the end record, then a comment of at most 64 KiB
+        stream.seek(start)
+        tail = stream.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) - at < 22:
+            return  # no end record: zipfile refuses the file
+        entries, directory = struct.unpack("<HI", tail[at + 10:at + 16])
+        if (entries == 0xFFFF or directory == 0xFFFFFFFF) and at >= 20 and tail[at - 20:at - 16] == b"PK\x06\x07":
+            stream.seek(struct.unpack("<Q", tail[at - 12:at - 4])[0])
+            record = stream.read(56)
+            if len(record) == 56 and record[:4] == b"PK\x06\x06":
+                entries, directory = struct.unpack("<QQ", record[32:48])
+    if entries > MAX_MEMBERS:
+        raise ScanError(f"{path.name} declares {entries:,} entries, more than the {MAX_MEMBERS} accepted: "
+                        f"zip one series (at most {MAX_SLICES} slices)")
+    if directory > MAX_DIRECTORY_BYTES:
+        raise ScanError(f"{path.name} declares a directory of {directory:,} bytes, more than the "
+                        f"{MAX_DIRECTORY_BYTES:,} that {MAX_MEMBERS} entries need (damaged or crafted archive): "
+                        "zip the slices of one series again")
 
 
 def _check_archive(infos: list[zipfile.ZipInfo], archive_bytes: int, name: str) -> None:

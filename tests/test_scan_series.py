@@ -224,11 +224,17 @@ def test_a_member_that_inflates_past_its_declared_size_is_refused(tmp_path):
 
 def test_too_many_members_or_slices_are_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(series, "MAX_MEMBERS", 6)
-    with pytest.raises(ScanError, match="7 entries, more than the 6"):
-        ordered(write_zip(tmp_path / "many.zip", {f"{i}.txt": b"x" for i in range(7)}))
+    many = write_zip(tmp_path / "many.zip", {f"{i}.txt": b"x" for i in range(7)})
+    with pytest.raises(ScanError, match="declares 7 entries, more than the 6 accepted"):
+        ordered(many)  # from the end record, before zipfile reads the directory
+    with zipfile.ZipFile(many) as archive, pytest.raises(ScanError, match="holds 7 entries, more than the 6"):
+        series._check_archive(archive.infolist(), many.stat().st_size, "many.zip")
     monkeypatch.setattr(series, "MAX_SLICES", 4)
     with pytest.raises(ScanError, match="5 slices, more than the 4"):
         ordered(write_zip(tmp_path / "slices.zip", {f"{i}.png": png() for i in range(5)}))
+    monkeypatch.setattr(series, "MAX_DIRECTORY_BYTES", 100)
+    with pytest.raises(ScanError, match="declares a directory of 2.. bytes, more than the 100"):
+        ordered(write_zip(tmp_path / "long.zip", {"x" * 200 + ".png": png()}))
 
 
 def test_a_single_file_that_is_not_a_zip_is_refused_but_a_list_of_one_zip_is_the_zip(tmp_path):
