@@ -5,14 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
-import subprocess
 import sys
 import zipfile
 
 import pytest
-from conftest import REPO, synthetic_slice
+from conftest import synthetic_slice
 from test_scan_series import dicom_slice, png
 
 from lung_classifier.__main__ import main
@@ -114,12 +112,3 @@ def test_a_package_without_a_scan_rule_exits_2(tiny_package, scan_zip, tmp_path,
     assert scan(old, str(scan_zip)) == 2
     assert "predates whole-scan analysis" in capsys.readouterr().err
 
-
-def test_the_module_runs_as_a_command(tiny_package, scan_zip, cache_root):
-    env = {**os.environ, "LUNG_CLASSIFIER_CACHE": str(cache_root), "TF_CPP_MIN_LOG_LEVEL": "3",
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-m", "lung_classifier", "scan", str(scan_zip), "--json", "--model",
-                             str(tiny_package), "--trust-saved-model"], check=False, cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["verdict"] == "Malignant"
