@@ -48,7 +48,8 @@ class ScanResult:
     """A scan's per-slice results and its verdict.
 
     ``top`` holds indices into ``slices``: for a scan with a verdict, the slices that
-    drove it most (ScanDecision.contributions); for a flagged scan, the slices least
+    drove it most (ScanDecision.contributions: for a Normal verdict, the most suspicious
+    slices, those closest to changing it); for a flagged scan, the slices least
     like the training slices (highest OOD score), which is what a person should look
     at to see why. ``heatmaps`` (explain=True only) maps those indices to Grad-CAM
     maps, float32 in [0, 1] at the slice's decoded size.

@@ -15,6 +15,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
+from .aggregation import NORMAL
 from .scan import ScanResult, slice_row
 
 if TYPE_CHECKING:
@@ -78,7 +79,8 @@ def print_summary(result: ScanResult, out: TextIO) -> None:
         print("top slices (least like the training slices):", file=out)
     else:
         print("probabilities: " + "  ".join(f"{k} {p:.3f}" for k, p in result.probabilities.items()), file=out)
-        print("top slices (drove the verdict):", file=out)
+        why = "closest to changing the verdict" if result.label == NORMAL else "drove the verdict"
+        print(f"top slices ({why}):", file=out)
     for index in result.top:
         piece = result.slices[index]
         where = f" at {piece.position:.1f} mm" if piece.position is not None else ""
