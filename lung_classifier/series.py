@@ -97,7 +97,7 @@ class SliceEntry:
     """One slice of the scan, before decoding: where to read it and where it sits."""
 
     name: str  # base name only, for people
-    key: str  # file path or member name: for reading only, never shown
+    key: str  # file path, or the member's index in the archive (names may repeat): for reading only, never shown
     order: str  # path within the upload (a list's files: the base name): for name order only, never shown
     position: float | None = None  # DICOM: mm along the slice normal
     instance: int | None = None  # DICOM: InstanceNumber
@@ -116,7 +116,7 @@ class Series:
         """The slice's bytes (zip member, inflated within its limits) or its file path, for images.read_slice."""
         if self._archive is None:
             return Path(entry.key)
-        return _inflate(self._archive, self._archive.getinfo(entry.key), entry.name)
+        return _inflate(self._archive, self._archive.infolist()[int(entry.key)], entry.name)
 
 
 _NAME = "\0"
@@ -205,6 +205,8 @@ class _SeriesContext:
                 raise ScanError(f"{path.name} is a single file, not a zip archive: give a folder, a zip file or "
                                 "several slice files (for one slice, use analyze())")
             raise ScanError(f"{path.name}: no such file or folder")
+        if isinstance(source, (bytes, bytearray)) or not isinstance(source, Sequence):
+            raise TypeError(f"a scan source is a folder, a zip file or a list of files, not {type(source).__name__}")
         paths = [Path(item) for item in source]
         if not paths:
             raise ScanError("no files given: upload the slices of one scan, or a zip of them")
@@ -225,12 +227,12 @@ class _SeriesContext:
         except (zipfile.BadZipFile, OSError, ValueError) as exc:
             why = exc if isinstance(exc, zipfile.BadZipFile) else exc.__class__.__name__  # no server path
             raise ScanError(f"{path.name} is not a readable zip archive ({why}): zip the slices again") from None
-        infos = [info for info in self.archive.infolist() if not info.is_dir()]
-        _check_archive(infos, path.stat().st_size, path.name)
+        members = [(index, info) for index, info in enumerate(self.archive.infolist()) if not info.is_dir()]
+        _check_archive([info for _, info in members], path.stat().st_size, path.name)
         archive = self.archive
-        return [_Member(info.filename, display_name(info.filename), info.filename,
+        return [_Member(str(index), display_name(info.filename), info.filename,
                         lambda info=info: io.BytesIO(_inflate(archive, info, display_name(info.filename))))
-                for info in infos]
+                for index, info in members]
 
 
 def _is_zip(path: Path) -> bool:

@@ -276,3 +276,17 @@ def test_many_slices_refused_for_one_reason_make_one_note(tmp_path):
     assert len(notes) == 1, notes
     assert notes[0].startswith("skipped 7 files: be0.dcm: DICOM encoding Explicit VR Big Endian")
     assert notes[0].endswith("(and the same for be1.dcm, be2.dcm, be3.dcm, be4.dcm, be5.dcm and 1 more)")
+
+
+def test_members_with_the_same_name_are_read_each_as_itself(tmp_path):
+    import warnings
+
+    path = tmp_path / "twice.zip"
+    with warnings.catch_warnings(), zipfile.ZipFile(path, "w") as archive:
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name
+        archive.writestr("slice.dcm", dicom_slice((0.0, 0.0, 5.0), 1, value=100))
+        archive.writestr("slice.dcm", dicom_slice((0.0, 0.0, -5.0), 2, value=2000))
+    with open_series(path) as found:
+        low, high = (found.read(entry) for entry in found.slices)
+        assert [e.position for e in found.slices] == [-5.0, 5.0]
+        assert np.frombuffer(low[-2:], np.uint16)[0] == 2000 and np.frombuffer(high[-2:], np.uint16)[0] == 100
