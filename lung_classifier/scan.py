@@ -52,7 +52,8 @@ class ScanResult:
     slices, those closest to changing it); for a flagged scan, the slices least
     like the training slices (highest OOD score), which is what a person should look
     at to see why. ``heatmaps`` (explain=True only) maps those indices to Grad-CAM
-    maps, float32 in [0, 1] at the slice's decoded size.
+    maps, float32 in [0, 1] at the slice's decoded size, and ``images`` to the slices
+    as decoded (RGB uint8, the same size), for overlays: the scan keeps no other pixels.
     """
 
     slices: list[ScanSlice]
@@ -62,6 +63,7 @@ class ScanResult:
     ood_reason: str | None
     top: list[int]
     heatmaps: dict[int, np.ndarray] = field(default_factory=dict)
+    images: dict[int, np.ndarray] = field(default_factory=dict)  # the top slices' decoded RGB (explain=True)
     notes: list[str] = field(default_factory=list)  # what was skipped or refused, and why
 
     @property
@@ -105,8 +107,8 @@ def analyze_scan(classifier: LungClassifier, source: ScanSource, *, top_k: int =
             raise ScanError("no slice of the upload could be decoded (" + "; ".join(notes) + "): upload the "
                             "DICOM files of one series, or the slice images")
         label, probabilities, flagged, reason, top = _decide(classifier, rule, slices, top_k)
-        heatmaps = _heatmaps(classifier, series, [entries[index] for index in top], top) if explain else {}
-    return ScanResult(slices, label, probabilities, flagged, reason, top, heatmaps, notes)
+        heatmaps, images = _explain(classifier, series, [entries[index] for index in top], top) if explain else ({}, {})
+    return ScanResult(slices, label, probabilities, flagged, reason, top, heatmaps, images, notes)
 
 
 def _analyze_slices(classifier: LungClassifier, series: Series, batch_size: int,
@@ -157,8 +159,10 @@ def _decide(classifier: LungClassifier, rule: ScanRule, slices: list[ScanSlice],
             False, None, [int(kept[i]) for i in order])
 
 
-def _heatmaps(classifier: LungClassifier, series: Series, entries: list[SliceEntry],
-              top: list[int]) -> dict[int, np.ndarray]:
+def _explain(classifier: LungClassifier, series: Series, entries: list[SliceEntry],
+             top: list[int]) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
     """Grad-CAM for the top slices only: re-read those few and explain them in one call."""
     pieces = [classifier.read(series.read(entry)) for entry in entries]
-    return {index: analysis.heatmap for index, analysis in zip(top, classifier.analyze_batch(pieces, explain=True))}
+    explained = classifier.analyze_batch(pieces, explain=True)
+    return ({index: analysis.heatmap for index, analysis in zip(top, explained)},
+            {index: piece.rgb for index, piece in zip(top, pieces)})

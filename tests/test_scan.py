@@ -55,7 +55,7 @@ def test_a_folder_scan_gives_slices_in_name_order_and_the_packages_scan_verdict(
     assert result.top == [kept[i].index for i in np.argsort(-decision.contributions, kind="stable")[:3]]
     assert result.label == "Malignant"  # three clearly malignant slices among normal ones
     assert {result.slices[i].analysis.label for i in result.top} == {"Malignant"}
-    assert result.heatmaps == {}
+    assert result.heatmaps == result.images == {}
 
 
 def test_as_dict_is_json_ready_and_shows_names_only(classifier, scan_folder):
@@ -96,11 +96,12 @@ def test_slices_are_streamed_in_batches_with_progress(classifier, scan_folder, m
 
 def test_heatmaps_for_the_top_slices_only(classifier, scan_folder):
     result = classifier.analyze_scan(scan_folder, top_k=2, explain=True)
-    assert len(result.top) == 2 and set(result.heatmaps) == set(result.top)
+    assert len(result.top) == 2 and set(result.heatmaps) == set(result.images) == set(result.top)
     for index, heatmap in result.heatmaps.items():
-        size = synthetic_slice(*SCAN[index]).size
-        assert heatmap.dtype == np.float32 and heatmap.shape == size[::-1]
+        image = synthetic_slice(*SCAN[index])
+        assert heatmap.dtype == np.float32 and heatmap.shape == image.size[::-1]
         assert 0.0 <= heatmap.min() and heatmap.max() <= 1.0
+        np.testing.assert_array_equal(result.images[index], np.asarray(image.convert("RGB")))
 
 
 def test_an_unreadable_slice_is_skipped_with_a_note(classifier, scan_folder, tmp_path):
