@@ -6,7 +6,7 @@ Rows: 1 compute bound, 2 one-image predict (vs seed-style and vs the bound), 3 b
 7 training (cold and warm feature cache) vs seed-style training, 8 bfloat16 (optional),
 9 a whole scan through /scan vs in-process predict_batch (and the server's peak memory).
 --quick (CI, < 2 minutes) runs fewer repeats and
-requests (1 and 16 clients only), a 40-slice scan, and skips training and the bfloat16 row.
+requests (1 and 16 clients only), a 24-slice scan, and skips training and the bfloat16 row.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from .hostile import LIMIT_BYTES, peak_rss
 from .server import Server
 
 SLICES = 300
-QUICK_SLICES = 40
+QUICK_SLICES = 24
 REPEATS = 3
 TARGET = 1.3
 CHUNK = 32

@@ -51,11 +51,14 @@ def analyze(classifier: Any, paths: list[str], *, explain: bool = False,
         result = classifier.analyze_scan(source, explain=explain, progress=report if progress else None)
     except ImageError as exc:
         raise gr.Error(f"Cannot classify this scan: {exc}", print_exception=False) from None
-    return result, (gallery(result, _pixels(classifier, paths, result)) if explain else [])
+    return result, (gallery(result, _pixels(classifier, source, result)) if explain else [])
 
 
-def _pixels(classifier: Any, paths: list[str], result: Any) -> dict[int, np.ndarray]:
-    by_name = {Path(path).name: path for path in paths}
+def _pixels(classifier: Any, source: str | list[str], result: Any) -> dict[int, np.ndarray]:
+    if isinstance(source, str):
+        with zipfile.ZipFile(source) as archive:
+            return {i: classifier.read(archive.read(result.slices[i].name)).rgb for i in result.top}
+    by_name = {Path(path).name: path for path in source}
     return {i: classifier.read(by_name[result.slices[i].name]).rgb for i in result.top}
 
 
