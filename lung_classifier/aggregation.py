@@ -5,7 +5,8 @@ hundred, so averaging would drown it. Each rule pools the slices' calibrated
 probabilities into one evidence value per class; a scan-level temperature and bias
 (fitted on out-of-fold scans) turn the evidence into probabilities, and the same
 Malignant-first decision rule as for slices picks the label. A scan with any
-confidently malignant slice is never called Normal, whatever the pooled evidence says.
+confidently malignant slice is never called Normal, whatever the pooled evidence says: it is
+called Malignant.
 
 Rules (``pool``):
 - ``max``: the most suspicious slice decides each abnormal class;
@@ -19,7 +20,8 @@ a scan is Normal only where no slice looks abnormal.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -92,13 +94,14 @@ class ScanRule:
         return e / e.sum(axis=-1, keepdims=True)
 
     def label(self, scan_probabilities: np.ndarray, slice_probabilities: np.ndarray) -> int:
-        """The decision rule, then the guarantee: a confidently malignant slice rules out Normal."""
+        """The decision rule, then the guarantee: a scan it calls Normal despite a confidently malignant
+        slice is called Malignant, the class that slice argues for."""
         offsets = np.zeros(len(self.labels)) if self.offsets is None else np.asarray(self.offsets, np.float64)
-        score = np.log(np.clip(scan_probabilities, 1e-12, 1.0)) + offsets
+        label = int(np.argmax(np.log(np.clip(scan_probabilities, 1e-12, 1.0)) + offsets))
         malignant, normal = self.labels.index(MALIGNANT), self.labels.index(NORMAL)
-        if np.max(slice_probabilities[:, malignant]) >= self.confident_malignant:
-            score[normal] = -np.inf
-        return int(np.argmax(score))
+        if label == normal and np.max(slice_probabilities[:, malignant]) >= self.confident_malignant:
+            return malignant
+        return label
 
     def decide(self, slice_probabilities: np.ndarray) -> ScanDecision:
         """The scan's label and probabilities, and each slice's contribution to that label."""

@@ -7,7 +7,8 @@ backbone features once per image and view; compare candidate heads by patient-gr
 repeated cross-validation through the whole pipeline; fit the chosen head on all the
 data, with calibration, the Malignant-first decision rule and the OOD threshold taken
 from its out-of-fold outputs; choose the Grad-CAM layer by a deletion test; measure the
-OOD guard on shifted slices; write the package (SavedModel, config, card, plots) and
+OOD guard on shifted slices; choose the whole-scan pooling rule by scan-level CV;
+write the package (SavedModel, config, card, plots) and
 check the exported model gives the in-memory model's answers.
 """
 
@@ -68,7 +69,7 @@ def train(args: argparse.Namespace, resnet: "keras.Model", digest: str) -> int:
     import tensorflow as tf
 
     from lung_classifier.model import LungModel, build_extractor
-    from training import cv, data, decision, faithfulness, features, fit, guard, packaging, selection
+    from training import cv, data, decision, faithfulness, features, fit, guard, packaging, scan_cv, selection
 
     started = time.perf_counter()
     tf.config.experimental.enable_op_determinism()
@@ -127,11 +128,17 @@ def train(args: argparse.Namespace, resnet: "keras.Model", digest: str) -> int:
     shifts = guard.measure(model, probe, args.input_size, malignant)
     print(guard.format_table(shifts))
 
-    print(f"6. Writing the package to {args.output}")
+    print("6. Whole-scan rule by scan-level CV (pseudo-patients as scans)")
+    scan_results = scan_cv.compare(chosen.crossfitted, y, groups, folds, labels)
+    scan_chosen = scan_cv.best(scan_results)
+    print(scan_cv.format_table(scan_results, scan_chosen))
+
+    print(f"7. Writing the package to {args.output}")
     command = "python -m training " + " ".join(shlex.quote(a) for a in args.argv)
     training = packaging.TrainingRecord(
         args=args, dataset=dataset, groups=groups, y=y, labels=labels, digest=digest, results=results,
         chosen=chosen, without_rule=without_rule, pipeline=pipeline, faithfulness=cam, shifts=shifts,
+        scan_results=scan_results, scan_chosen=scan_chosen,
         command=command,
         seconds=round(time.perf_counter() - started))
     status = packaging.write(args.output, model, head, training)

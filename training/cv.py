@@ -151,7 +151,7 @@ def format_interval(summary: dict[str, dict[str, float]], name: str) -> str:
 
 
 def format_summary(summary: dict[str, dict[str, float]], confusion: np.ndarray, labels: list[str],
-                   k: int, repeats: int) -> str:
+                   k: int, repeats: int, unit: str = "slice") -> str:
     """The CV table for the terminal and the model card."""
     rows = [("accuracy", "accuracy"), ("macro-F1", "macro_f1"), ("log loss", "loss"), ("ECE (15 bins)", "ece"),
             ("OOD flag rate (in-distribution)", "ood_flag_rate")]
@@ -163,7 +163,7 @@ def format_summary(summary: dict[str, dict[str, float]], confusion: np.ndarray, 
              "", "| metric | mean [95% interval] |", "| --- | --- |"]
     lines += [f"| {title} | {format_interval(summary, name)} |" for title, name in rows if name in summary]
     lines += ["", f"Confusion matrix summed over the out-of-fold predictions of all {repeats} repeats "
-              "(each slice counted once per repeat; rows: true, columns: predicted):", "",
+              f"(each {unit} counted once per repeat; rows: true, columns: predicted):", "",
               "| true \\ predicted | " + " | ".join(labels) + " |", "| --- |" + " --- |" * len(labels)]
     lines += [f"| {label} | " + " | ".join(str(v) for v in row) + " |" for label, row in zip(labels, confusion)]
     return "\n".join(lines)

@@ -20,14 +20,17 @@ from typing import Any
 import numpy as np
 
 from lung_classifier import package
+from lung_classifier.aggregation import MAX_FLAGGED_FRACTION
 from lung_classifier.rendering import IQ_OTH_RENDERING
 from lung_classifier.model import CAM_CHOICES, SERVED, TAPS, Head, LungModel
 from lung_classifier.preprocessing import RESAMPLE
-from training import calibration, card, cv, data, decision, evaluate, faithfulness, guard, selection
+from training import calibration, card, cv, data, decision, evaluate, faithfulness, guard, scan_cv, selection
 from training.cv import Pipeline
 
-MODEL_VERSION = "2.0.0"
+MODEL_VERSION = "2.1.0"
 CHANGELOG = {
+    "2.1.0": "whole-scan rule (pooling of slice probabilities, scan-level calibration and decision) chosen by "
+             "scan-level CV over pseudo-patients; slice head unchanged",
     "2.0.0": "head chosen and measured by repeated patient-grouped CV and fit on all the data; "
              "Malignant-first decision rule; calibration on out-of-fold logits; Grad-CAM through the whole network",
     "1.0.0": "first release: head fit on a 70% grouped split",
@@ -56,6 +59,8 @@ class TrainingRecord:
     pipeline: Pipeline
     faithfulness: dict[str, Any]
     shifts: dict[str, dict[str, float]]
+    scan_results: list[scan_cv.RuleResult]
+    scan_chosen: scan_cv.RuleResult
     command: str
     seconds: int
 
@@ -148,6 +153,7 @@ def package_config(record: TrainingRecord, head: Head) -> dict[str, Any]:
                 "components": int(head.ood_components.shape[0]),
                 "rule": "out_of_distribution = ood_score > threshold; no diagnosis is given for a flagged input"},
         "gradcam": {"layers": record.faithfulness["chosen"], "taps": list(CAM_CHOICES[record.faithfulness["chosen"]])},
+        "scan": scan_config(record),
         "outputs": {
             "probabilities": {"type": "probabilities", "dtype": "float32", "shape": ["N", len(labels)],
                               "value_range": [0, 1], "channel_def": channel_def},
@@ -168,6 +174,17 @@ def package_config(record: TrainingRecord, head: Head) -> dict[str, Any]:
     }
 
 
+def scan_config(record: TrainingRecord) -> dict[str, Any]:
+    """The whole-scan rule (lung_classifier.aggregation.ScanRule.from_config reads it) and its evidence."""
+    chosen = record.scan_chosen
+    return {**chosen.rule.as_config(), "rule": chosen.rule.describe(),
+            "max_flagged_fraction": MAX_FLAGGED_FRACTION,
+            "chosen_for": "scan-level CV over pseudo-patients: no malignant scan called Normal, then the highest "
+                          "mean macro-F1",
+            "cv": {name: chosen.summary[name] for name in ("accuracy", "macro_f1", "recall_Malignant")},
+            "cv_malignant_scans_called_normal": chosen.malignant_called_normal}
+
+
 def metrics(record: TrainingRecord) -> dict[str, Any]:
     chosen = record.chosen
     return {
@@ -180,6 +197,8 @@ def metrics(record: TrainingRecord) -> dict[str, Any]:
         "cv_without_recall_rule": record.without_rule,
         "faithfulness": record.faithfulness,
         "ood_shifts": record.shifts,
+        "scan": [result.as_dict(record.labels) for result in record.scan_results],
+        "scan_chosen": record.scan_chosen.rule.describe(),
     }
 
 
@@ -246,6 +265,12 @@ def card_values(record: TrainingRecord, config: dict[str, Any], summary: dict[st
         "selection_table": selection.format_table(record.results, record.chosen, labels, record.malignant),
         "faithfulness_table": faithfulness.format_table(record.faithfulness),
         "cam_choice": record.faithfulness["chosen"], "guard_table": guard.format_table(record.shifts),
+        "scan_table": scan_cv.format_markdown(record.scan_results, record.scan_chosen),
+        "scan_cv_table": cv.format_summary(record.scan_chosen.summary, record.scan_chosen.confusion, labels,
+                                           args.folds, args.repeats, unit="scan"),
+        "scan_rule": record.scan_chosen.rule.describe(),
+        "scan_confident": f"{record.scan_chosen.rule.confident_malignant:.2f}",
+        "n_scans": len(set(record.groups.tolist())),
         "repo_hint": args.push_to_hub or "OWNER/NAME", "command": record.command, "train_seconds": record.seconds,
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
     }
