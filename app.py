@@ -128,7 +128,7 @@ def build_demo(classifier: LungClassifier, examples: list[str] | None = None, ba
         """The page's whole scan: verdict, note, curve along the body, top slices with Grad-CAM, details."""
         with janitor.using(scan_view.received(paths)):
             result, pictures = scan_view.analyze(classifier, paths, explain=True, progress=progress)
-        return (scan_view.label_value(result), scan_view.note(result), scan_view.plot(result), pictures,
+        return (scan_view.label_value(result), scan_view.note(result, len(pictures)), scan_view.plot(result), pictures,
                 scan_view.table(result))
 
     def scan_api(paths: list[str] | None) -> tuple[LabelData, dict[str, Any]]:

@@ -6,9 +6,7 @@ pictures are the page's, so an API call costs the classification and nothing mor
 
 from __future__ import annotations
 
-import zipfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -18,8 +16,9 @@ from gradio.components.label import LabelConfidence, LabelData
 
 from demo import rendering, texts
 from demo.uploads import unique_png
-from lung_classifier import ImageError
+from lung_classifier import ImageError, LungClassifier, ScanResult, ScanSlice
 from lung_classifier.classifier import OOD_NOTICE
+from lung_classifier.series import SliceEntry, open_series
 
 UPLOAD_LABEL = "CT scan: one .zip of its slices, or the slices' files (DICOM or images)"
 NO_FILES = "No files received: upload one .zip of a scan's slices, or the slices' files."
@@ -39,30 +38,44 @@ def received(paths: list[str] | None) -> list[str]:
     return list(paths)
 
 
-def analyze(classifier: Any, paths: list[str], *, explain: bool = False,
-            progress: gr.Progress | None = None) -> tuple[Any, list[tuple[str, str]]]:
-    """The scan's result (errors as a gr.Error that says what to send) and, with `explain`, its gallery."""
-    source = paths[0] if len(paths) == 1 and zipfile.is_zipfile(paths[0]) else paths
+def analyze(classifier: LungClassifier, paths: list[str], *, explain: bool = False,
+            progress: gr.Progress | None = None) -> tuple[ScanResult, list[tuple[str, str]]]:
+    """The scan's result (a refusal as a gr.Error that says what to send) and, with `explain`, its gallery."""
 
     def report(done: int, total: int) -> None:
         progress((done, total), desc="Classifying the slices", unit="slices")
 
     try:
-        result = classifier.analyze_scan(source, explain=explain, progress=report if progress else None)
-    except ImageError as exc:
+        result = classifier.analyze_scan(paths, explain=explain, progress=report if progress else None)
+        return result, (gallery(result, top_pixels(classifier, paths, result)) if explain else [])
+    except ImageError as exc:  # ScanError included
         raise gr.Error(f"Cannot classify this scan: {exc}", print_exception=False) from None
-    return result, (gallery(result, _pixels(classifier, source, result)) if explain else [])
 
 
-def _pixels(classifier: Any, source: str | list[str], result: Any) -> dict[int, np.ndarray]:
-    if isinstance(source, str):
-        with zipfile.ZipFile(source) as archive:
-            return {i: classifier.read(archive.read(result.slices[i].name)).rgb for i in result.top}
-    by_name = {Path(path).name: path for path in source}
-    return {i: classifier.read(by_name[result.slices[i].name]).rgb for i in result.top}
+def top_pixels(classifier: LungClassifier, paths: list[str], result: ScanResult) -> dict[int, np.ndarray]:
+    """The top slices as decoded for the model, read again from the upload (the scan keeps no pixels).
+
+    The series is listed again (headers only) and the j-th slice of a name in the result
+    is the j-th entry of that name in the series: the result is the series in the same
+    order, less the slices that could not be decoded. A slice whose decoded size is not
+    its heatmap's (a skipped namesake shifted the count) is left out of the gallery.
+    """
+    with open_series(paths) as series:
+        entries: dict[str, list[SliceEntry]] = {}
+        for entry in series.slices:
+            entries.setdefault(entry.name, []).append(entry)
+        pixels = {}
+        for index in result.top:
+            name = result.slices[index].name
+            occurrence = sum(piece.name == name for piece in result.slices[:index])
+            if occurrence < len(entries.get(name, [])):
+                rgb = classifier.read(series.read(entries[name][occurrence])).rgb
+                if rgb.shape[:2] == result.heatmaps[index].shape:
+                    pixels[index] = rgb
+    return pixels
 
 
-def label_value(result: Any) -> LabelData:
+def label_value(result: ScanResult) -> LabelData:
     """The scan's verdict (its label, or the notice) with its probabilities, as gr.Label shows them."""
     probabilities = result.probabilities or {}
     confidences = [LabelConfidence(label=label, confidence=p)
@@ -74,36 +87,36 @@ def headers(labels: Sequence[str]) -> list[str]:
     return ["slice", "position (mm)", "file", "prediction", *labels, "note"]
 
 
-def table(result: Any) -> list[list[Any]]:
+def table(result: ScanResult) -> list[list[Any]]:
     """One row per slice, in body order: where it is, what the model says of it, and why it is flagged."""
-    return [[piece.index, piece.position, piece.name, piece.analysis.verdict,
+    return [[piece.index + 1, piece.position, piece.name, piece.analysis.verdict,
              *(round(p, 4) for p in piece.analysis.probabilities.values()), piece.analysis.ood_reason or ""]
             for piece in result.slices]
 
 
-def plot(result: Any) -> gr.LinePlot:
+def plot(result: ScanResult) -> gr.LinePlot:
     """The curve, on an x axis named after what it is (positions where known, else slice numbers)."""
     frame = curve(result)
     return gr.LinePlot(value=frame, x=frame.columns[0])
 
 
-def axis(result: Any) -> str:
+def axis(result: ScanResult) -> str:
     """The plot's x axis: the slice position along the body where every slice has one, else its index."""
     known = result.slices and all(piece.position is not None for piece in result.slices)
     return "position (mm)" if known else "slice"
 
 
-def curve(result: Any) -> pd.DataFrame:
+def curve(result: ScanResult) -> pd.DataFrame:
     """P(Malignant) and P(Benign) of each slice against its place in the scan, one row per slice and class."""
     x = axis(result)
-    rows = [{x: piece.position if x == "position (mm)" else piece.index, CLASS: label,
+    rows = [{x: piece.position if x == "position (mm)" else piece.index + 1, CLASS: label,
              PROBABILITY: piece.analysis.probabilities[label]}
             for piece in result.slices for label in PLOTTED]
     return pd.DataFrame(rows, columns=[x, CLASS, PROBABILITY])
 
 
-def note(result: Any) -> str:
-    """The verdict in words, the slices that drove it, and what the reader skipped."""
+def note(result: ScanResult, pictures: int | None = None) -> str:
+    """The verdict in words, the slices that drove it, what the reader skipped, and any overlay not shown."""
     count = len(result.slices)
     if result.out_of_distribution:
         text = (f"### ⚠️ {OOD_NOTICE}\nThis scan is {result.ood_reason}, so the model's probabilities are "
@@ -114,20 +127,25 @@ def note(result: Any) -> str:
                 "The plot shows each slice's probabilities along the scan; the slices that drove the label are "
                 "below, with the regions that drove each one's label.")
     if result.top:
-        names = ", ".join(f"#{result.slices[i].index} ({result.slices[i].name})" for i in result.top)
-        text += f"\n\nSlices that contributed most: {names}."
-    if result.notes:
-        text += "\n\n" + "\n".join(f"- {line}" for line in result.notes)
+        names = ", ".join(f"{result.slices[i].index + 1} ({result.slices[i].name})" for i in result.top)
+        which = "least like the training slices" if result.out_of_distribution else "that contributed most"
+        text += f"\n\nSlices {which}: {names}."
+    lines = list(result.notes)
+    if pictures is not None and pictures < len(result.top):
+        lines.append(f"the overlay of {len(result.top) - pictures} of these slices is not shown: files of the same "
+                     "name could not all be read; give each slice file its own name")
+    if lines:
+        text += "\n\n" + "\n".join(f"- {line}" for line in lines)
     return text
 
 
-def caption(piece: Any) -> str:
+def caption(piece: ScanSlice) -> str:
     where = "" if piece.position is None else f", {piece.position:.1f} mm"
-    return (f"#{piece.index} {piece.name}{where}: {piece.analysis.verdict}, "
+    return (f"Slice {piece.index + 1}, {piece.name}{where}: {piece.analysis.verdict}, "
             f"P(Malignant) {piece.analysis.probabilities['Malignant']:.0%}")
 
 
-def gallery(result: Any, images: dict[int, np.ndarray]) -> list[tuple[str, str]]:
+def gallery(result: ScanResult, images: dict[int, np.ndarray]) -> list[tuple[str, str]]:
     """The top slices, each beside its Grad-CAM overlay, as PNG files of this request alone, with captions."""
     return [(unique_png(rendering.overlay(images[i], result.heatmaps[i]), f"slice-{result.slices[i].index}.png"),
              caption(result.slices[i])) for i in result.top if i in images and i in result.heatmaps]
