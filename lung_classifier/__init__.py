@@ -7,5 +7,8 @@ from .classifier import Analysis, LungClassifier
 from .hub import HubError
 from .images import ImageError
 from .package import PackageError
+from .scan import ScanResult, ScanSlice
+from .series import MAX_SLICES, ScanError
 
-__all__ = ["Analysis", "HubError", "ImageError", "LungClassifier", "PackageError"]
+__all__ = ["MAX_SLICES", "Analysis", "HubError", "ImageError", "LungClassifier", "PackageError", "ScanError",
+           "ScanResult", "ScanSlice"]

@@ -1,4 +1,5 @@
-"""Command line for scripts: `python -m lung_classifier predict IMAGE... [--model SOURCE] [--json]`."""
+"""Command line for scripts: `python -m lung_classifier predict IMAGE... [--model SOURCE] [--json]`,
+and `python -m lung_classifier scan PATH... [--json | --csv OUT]` (lung_classifier.scan_cli)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import HubError, ImageError, LungClassifier, PackageError
     from .classifier import OOD_NOTICE
     from .backbone import BackboneWeightsError
+    from .scan_cli import add_parser, run_scan
 
     parser = argparse.ArgumentParser(prog="python -m lung_classifier")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -25,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--trust-saved-model", action="store_true",
                          help="load the package's own SavedModel graph (only for packages you trust) instead of "
                               "rebuilding it from the head and the standard ResNet50")
+    add_parser(commands)
     args = parser.parse_args(argv)
 
     try:
@@ -33,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     except (PackageError, HubError, BackboneWeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "scan":
+        return run_scan(classifier, args)
     failures = 0
     for path in args.images:
         try:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -16,6 +17,10 @@ from PIL import Image
 from . import hub, package, rendering
 from .images import ImageInput, Slice, read_slice
 from .preprocessing import prepare_batch
+
+if TYPE_CHECKING:
+    from .scan import ScanResult
+    from .series import ScanSource
 
 DEFAULT_MODEL = Path(__file__).parent / "default_model"
 OOD_NOTICE = "Unlike the training data: no diagnosis"
@@ -186,6 +191,22 @@ class LungClassifier:
                 heatmap=_upsample(outputs["heatmap"][index], piece.rgb.shape[:2]) if explain else None,
             ))
         return results
+
+    def analyze_scan(self, source: ScanSource, *, top_k: int = 3, explain: bool = False, batch_size: int = 16,
+                     progress: Callable[[int, int], None] | None = None) -> ScanResult:
+        """A whole scan: a folder, a zip file, or a list of files (DICOM slices of one series, or images).
+
+        Slices come back in body order with their analyses, plus the scan verdict by the
+        package's whole-scan rule and the ``top_k`` slices that drove it (their Grad-CAM
+        heatmaps with ``explain=True``). Slices are decoded and analysed ``batch_size`` at a
+        time, calling ``progress(done, total)`` once the upload is checked (done 0) and after
+        each batch. Uploads that cannot be one scan raise series.ScanError (an ImageError);
+        see lung_classifier.series for the checks and lung_classifier.scan for what is
+        skipped with a note. A package without a whole-scan rule raises PackageError.
+        """
+        from .scan import analyze_scan
+
+        return analyze_scan(self, source, top_k=top_k, explain=explain, batch_size=batch_size, progress=progress)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write this (full) package to a directory, verified after copying."""

@@ -16,7 +16,9 @@ The demo takes uploads from anyone, so memory is bounded by design, not by luck:
   Little Endian (it inflates the whole dataset before any tag can be checked), the
   JPEG family (JPEG, JPEG-LS, JPEG 2000, HTJ2K: the embedded stream declares its own
   size), big endian and video syntaxes. Of a DICOM file only the pixel geometry, the
-  slice orientation, the rescale slope/intercept and the pixel data are read; no other tag.
+  slice orientation, the rescale slope/intercept and the pixel data are read; no other tag
+  (whole-scan ordering reads position, instance number and series identity too:
+  :func:`read_dicom_placement`).
 - **A memory budget.** Each decode reserves an upper bound of the memory it will use
   from a process-wide budget (``DECODE_BUDGET_BYTES``) and waits while other decodes
   hold it, so concurrent requests cannot add up past it.
@@ -413,8 +415,8 @@ def _dicom_to_slice(stream: BinaryIO, size: int, name: str, window: tuple[float,
         return Slice(_array_to_rgb(grey), dicom=True, axial=_is_axial(header, name))
 
 
-def _read_dicom_header(header_stream: _HeaderReader, at_pixel_data, name: str):
-    """The transfer syntax (refused unless accepted) and the geometry tags; stops at the pixel data."""
+def _read_dicom_header(header_stream: _HeaderReader, at_pixel_data, name: str, tags: list[str] = _GEOMETRY_TAGS):
+    """The transfer syntax (refused unless accepted) and the given tags; stops at the pixel data."""
     from pydicom.filereader import read_dataset, read_preamble
     from pydicom.tag import Tag
     from pydicom.uid import UID
@@ -434,8 +436,65 @@ def _read_dicom_header(header_stream: _HeaderReader, at_pixel_data, name: str):
                          "uncompressed little endian or RLE Lossless): save it uncompressed, e.g. `gdcmconv --raw`, "
                          "or as PNG")
     header = read_dataset(header_stream, _UNCOMPRESSED.get(syntax, False), True, stop_when=at_pixel_data,
-                          specific_tags=[Tag(keyword) for keyword in _GEOMETRY_TAGS])
+                          specific_tags=[Tag(keyword) for keyword in tags])
     return syntax, header
+
+
+_PLACEMENT_TAGS = ["Rows", "Columns", "ImageOrientationPatient", "ImagePositionPatient", "InstanceNumber",
+                   "SeriesInstanceUID"]
+"""What ordering a series needs: size, plane, position, instance number and series identity; nothing else."""
+
+
+@dataclass(frozen=True)
+class DicomPlacement:
+    """Where a DICOM slice sits in its series, from its header alone (no pixel is decoded)."""
+
+    series_uid: str | None
+    rows: int
+    columns: int
+    orientation: tuple[float, ...] | None  # ImageOrientationPatient: row, then column direction cosines
+    position: tuple[float, float, float] | None  # ImagePositionPatient: the first pixel's centre, mm
+    instance: int | None  # InstanceNumber
+
+
+def read_dicom_placement(stream: BinaryIO, name: str) -> DicomPlacement:
+    """The ordering tags of a DICOM file, read with the same bounded header reader as decoding uses."""
+    header_stream = _HeaderReader(stream, MAX_DICOM_HEADER_READ, name)
+    try:
+        with _BUDGET.reserve(_DICOM_HEADER_BYTES, name):
+            _, header = _read_dicom_header(header_stream, lambda tag, vr, length: tag >= _PIXEL_DATA, name,
+                                           _PLACEMENT_TAGS)
+        rows, columns = (_single(header, keyword, name) for keyword in ("Rows", "Columns"))
+        if rows is None or columns is None:
+            raise ImageError(f"{name} is a DICOM file without Rows and Columns (not an image)")
+        series = _single(header, "SeriesInstanceUID", name)
+        instance = _single(header, "InstanceNumber", name)
+        return DicomPlacement(series_uid=None if series is None else str(series).strip("\0 ")[:64],
+                              rows=int(rows), columns=int(columns),
+                              orientation=_numbers(header, "ImageOrientationPatient", 6, name),
+                              position=_numbers(header, "ImagePositionPatient", 3, name),
+                              instance=None if instance is None else int(instance))
+    except ImageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom reports malformed headers with many exception types
+        if header_stream.hit:
+            raise header_stream.exceeded from None
+        raise ImageError(f"{name} is not a readable DICOM file ({exc.__class__.__name__}): "
+                         "export it again or as PNG") from None
+
+
+def _numbers(header, keyword: str, count: int, name: str) -> tuple[float, ...] | None:
+    """A multi-valued numeric tag as `count` finite floats; None when absent or empty."""
+    value = header.get(keyword)
+    if value is None or value == "":
+        return None
+    try:
+        numbers = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        numbers = ()
+    if len(numbers) != count or not all(math.isfinite(n) for n in numbers):
+        raise ImageError(f"{name}: DICOM {keyword} is not {count} numbers: export the slice again")
+    return numbers
 
 
 def _dicom_bytes(geometry: "_Geometry", syntax: str, remaining: int) -> int:

@@ -1,0 +1,160 @@
+"""A whole scan -> per-slice results along the body, one scan verdict, and the slices that drove it.
+
+The slices are decoded and analysed a batch at a time and only their results are kept
+(no pixels), so a 1000-slice scan needs the memory of one batch plus 1000 small
+results. The scan verdict comes from the package's whole-scan rule
+(:mod:`lung_classifier.aggregation`, ``config["scan"]``), applied to the
+in-distribution slices only; a scan with most slices flagged gets no verdict.
+
+A slice that cannot be decoded (damaged, an encoding not accepted) is skipped with a
+note naming it, rather than failing the scan: one bad file among 300 should not hide
+the other 299, and the note says the verdict was reached without it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import package
+from .aggregation import MAX_FLAGGED_FRACTION, ScanRule, scan_flagged
+from .classifier import OOD_NOTICE, Analysis
+from .images import ImageError
+from .series import ScanError, ScanSource, Series, SliceEntry, open_series
+
+if TYPE_CHECKING:
+    from .classifier import LungClassifier
+
+
+@dataclass(frozen=True)
+class ScanSlice:
+    """One slice of a scan, in body order."""
+
+    name: str  # the file or member base name only: never a server path
+    position: float | None  # DICOM: mm along the slice normal; None for images
+    index: int  # position in ScanResult.slices
+    analysis: Analysis  # without heatmap
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """A scan's per-slice results and its verdict.
+
+    ``top`` holds indices into ``slices``: for a scan with a verdict, the slices that
+    drove it most (ScanDecision.contributions); for a flagged scan, the slices least
+    like the training slices (highest OOD score), which is what a person should look
+    at to see why. ``heatmaps`` (explain=True only) maps those indices to Grad-CAM
+    maps, float32 in [0, 1] at the slice's decoded size.
+    """
+
+    slices: list[ScanSlice]
+    label: str | None  # None when the scan is out of distribution
+    probabilities: dict[str, float] | None  # scan level; None when out of distribution
+    out_of_distribution: bool
+    ood_reason: str | None
+    top: list[int]
+    heatmaps: dict[int, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what was skipped or refused, and why
+
+    @property
+    def verdict(self) -> str:
+        """What to show a person: the scan label, or OOD_NOTICE when the scan is out of distribution."""
+        return OOD_NOTICE if self.out_of_distribution else str(self.label)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: the verdict, scan probabilities, top slices, a row per slice, notes (no heatmaps)."""
+        return {"verdict": self.verdict, "label": self.label, "probabilities": self.probabilities,
+                "out_of_distribution": self.out_of_distribution, "ood_reason": self.ood_reason, "top": self.top,
+                "slices": [slice_row(piece) for piece in self.slices], "notes": self.notes}
+
+
+def slice_row(piece: ScanSlice) -> dict[str, Any]:
+    """One slice as a table row; a flagged slice has no label (as the predict command's JSON)."""
+    analysis = piece.analysis
+    return {"index": piece.index, "name": piece.name, "position": piece.position,
+            "label": None if analysis.out_of_distribution else analysis.label,
+            "probabilities": analysis.probabilities, "out_of_distribution": analysis.out_of_distribution}
+
+
+def scan_rule(classifier: LungClassifier) -> ScanRule:
+    """The package's whole-scan rule; a package trained before whole-scan analysis has none."""
+    block = classifier.config.get("scan")
+    if not block:
+        raise package.PackageError(f"{classifier.source_name} predates whole-scan analysis (its config.json has "
+                                   "no 'scan' block): retrain it with python -m training")
+    return ScanRule.from_config(classifier.labels, block)
+
+
+def analyze_scan(classifier: LungClassifier, source: ScanSource, *, top_k: int = 3, explain: bool = False,
+                 batch_size: int = 16, progress: Callable[[int, int], None] | None = None) -> ScanResult:
+    """See LungClassifier.analyze_scan."""
+    if top_k < 1 or batch_size < 1:
+        raise ValueError(f"top_k and batch_size must be at least 1, got {top_k} and {batch_size}")
+    rule = scan_rule(classifier)
+    with open_series(source) as series:
+        slices, entries, notes = _analyze_slices(classifier, series, batch_size, progress)
+        if not slices:
+            raise ScanError("no slice of the upload could be decoded (" + "; ".join(notes) + "): upload the "
+                            "DICOM files of one series, or the slice images")
+        label, probabilities, flagged, reason, top = _decide(classifier, rule, slices, top_k)
+        heatmaps = _heatmaps(classifier, series, [entries[index] for index in top], top) if explain else {}
+    return ScanResult(slices, label, probabilities, flagged, reason, top, heatmaps, notes)
+
+
+def _analyze_slices(classifier: LungClassifier, series: Series, batch_size: int,
+                    progress: Callable[[int, int], None] | None
+                    ) -> tuple[list[ScanSlice], list[SliceEntry], list[str]]:
+    """Decode and analyse batch by batch, keeping only the results (and each analysed slice's entry)."""
+    notes = list(series.notes)
+    slices: list[ScanSlice] = []
+    entries: list[SliceEntry] = []
+    total = len(series.slices)
+    if progress is not None:
+        progress(0, total)
+    for start in range(0, total, batch_size):
+        batch = series.slices[start:start + batch_size]
+        decoded, kept = [], []
+        for entry in batch:
+            try:
+                decoded.append(classifier.read(series.read(entry)))
+                kept.append(entry)
+            except ImageError as exc:
+                notes.append(f"skipped {entry.name}: {exc}")
+        for entry, analysis in zip(kept, classifier.analyze_batch(decoded)):
+            slices.append(ScanSlice(entry.name, entry.position, len(slices), analysis))
+            entries.append(entry)
+        del decoded
+        if progress is not None:
+            progress(min(start + batch_size, total), total)
+    return slices, entries, notes
+
+
+def _decide(classifier: LungClassifier, rule: ScanRule, slices: list[ScanSlice],
+            top_k: int) -> tuple[str | None, dict[str, float] | None, bool, str | None, list[int]]:
+    flags = np.array([piece.analysis.out_of_distribution for piece in slices])
+    k = min(top_k, len(slices))
+    if scan_flagged(flags):
+        reasons = Counter(piece.analysis.ood_reason for piece in slices if piece.analysis.ood_reason)
+        reason = (f"{int(flags.sum())} of {len(slices)} slices are unlike the training slices (more than "
+                  f"{MAX_FLAGGED_FRACTION:.0%}); most often: {reasons.most_common(1)[0][0]}")
+        scores = np.array([piece.analysis.ood_score for piece in slices])
+        return None, None, True, reason, [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
+    kept = np.flatnonzero(~flags)
+    probabilities = np.array([[slices[i].analysis.probabilities[label] for label in classifier.labels]
+                              for i in kept])
+    decision = rule.decide(probabilities)
+    order = np.argsort(-decision.contributions, kind="stable")[:min(k, len(kept))]
+    return (classifier.labels[decision.label],
+            {label: float(p) for label, p in zip(classifier.labels, decision.probabilities)},
+            False, None, [int(kept[i]) for i in order])
+
+
+def _heatmaps(classifier: LungClassifier, series: Series, entries: list[SliceEntry],
+              top: list[int]) -> dict[int, np.ndarray]:
+    """Grad-CAM for the top slices only: re-read those few and explain them in one call."""
+    pieces = [classifier.read(series.read(entry)) for entry in entries]
+    return {index: analysis.heatmap for index, analysis in zip(top, classifier.analyze_batch(pieces, explain=True))}

@@ -1,0 +1,119 @@
+"""`python -m lung_classifier scan PATH... [--json | --csv OUT]`: one scan's verdict from the command line.
+
+PATH is a folder, a zip file, or several slice files (DICOM of one series, or images).
+A progress bar runs on stderr when it is a terminal; stdout carries only the answer:
+plain text, one JSON object (--json), or plain text plus the per-slice table (--csv).
+Exit codes as for predict: 0 answered (a flagged scan is an answer), 1 the upload
+cannot be analysed as one scan, 2 the model cannot be loaded or predates whole-scan analysis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from typing import TYPE_CHECKING, Any, TextIO
+
+from .scan import ScanResult, slice_row
+
+if TYPE_CHECKING:
+    from .classifier import LungClassifier
+
+
+def add_parser(commands: Any) -> None:
+    scan = commands.add_parser("scan", help="classify a whole CT scan (folder, zip, or the slice files of one series)")
+    scan.add_argument("paths", nargs="+", metavar="PATH",
+                      help="a folder or zip file of one scan, or its slice files (DICOM of one series, or images)")
+    output = scan.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print one JSON object (verdict, per-slice rows, notes)")
+    output.add_argument("--csv", metavar="OUT", default=None, help="also write the per-slice table to this CSV file")
+    scan.add_argument("--top", type=_positive, default=3, metavar="K", help="how many top slices to list (default 3)")
+    scan.add_argument("--batch-size", type=_positive, default=16, help="slices decoded and analysed at a time")
+    scan.add_argument("--model", default=None, help="package directory or Hub repo id (default: embedded model)")
+    scan.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit sha)")
+    scan.add_argument("--trust-saved-model", action="store_true",
+                      help="load the package's own SavedModel graph (only for packages you trust)")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def run_scan(classifier: LungClassifier, args: argparse.Namespace) -> int:
+    from . import ImageError, PackageError
+
+    source = args.paths[0] if len(args.paths) == 1 else args.paths
+    bar = _ProgressBar() if sys.stderr.isatty() else None
+    try:
+        result = classifier.analyze_scan(source, top_k=args.top, batch_size=args.batch_size, progress=bar)
+    except PackageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ImageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if bar is not None:
+            bar.close()
+    if args.json:
+        print(json.dumps(result.as_dict()))
+        return 0
+    print_summary(result, sys.stdout)
+    if args.csv:
+        write_csv(result, args.csv, classifier.labels)
+        print(f"per-slice table: {args.csv}")
+    return 0
+
+
+def print_summary(result: ScanResult, out: TextIO) -> None:
+    """Verdict, probabilities or flag, top slices, notes: what a person reads."""
+    print(f"slices: {len(result.slices)}", file=out)
+    print(f"verdict: {result.verdict}", file=out)
+    if result.out_of_distribution:
+        print(f"flagged: {result.ood_reason}", file=out)
+        print("top slices (least like the training slices):", file=out)
+    else:
+        print("probabilities: " + "  ".join(f"{k} {p:.3f}" for k, p in result.probabilities.items()), file=out)
+        print("top slices (drove the verdict):", file=out)
+    for index in result.top:
+        piece = result.slices[index]
+        where = f" at {piece.position:.1f} mm" if piece.position is not None else ""
+        scores = "  ".join(f"{k} {p:.3f}" for k, p in piece.analysis.probabilities.items())
+        print(f"  #{index} {piece.name}{where}: {piece.analysis.verdict}  ({scores})", file=out)
+    for note in result.notes:
+        print(f"note: {note}", file=out)
+
+
+def write_csv(result: ScanResult, path: str, labels: tuple[str, ...]) -> None:
+    """One row per slice in body order: index, name, position, label (empty when flagged), P(label)..., flag."""
+    with open(path, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["index", "name", "position", "label", *(f"p_{label}" for label in labels),
+                         "out_of_distribution"])
+        for piece in result.slices:
+            row = slice_row(piece)
+            writer.writerow([row["index"], row["name"], "" if row["position"] is None else f"{row['position']:.3f}",
+                             row["label"] or "", *(f"{row['probabilities'][label]:.6f}" for label in labels),
+                             row["out_of_distribution"]])
+
+
+class _ProgressBar:
+    """tqdm on stderr, sized at the first report (the slice count is known only once the upload is checked)."""
+
+    def __init__(self) -> None:
+        self._bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(total=total, unit="slice", file=sys.stderr, desc="scan")
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
