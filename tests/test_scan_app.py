@@ -57,7 +57,7 @@ def zip_of(paths: list[Path], target: Path) -> Path:
 
 def assert_same_scan(label: dict, details: dict, expected: dict) -> None:
     """The API's answer is the library's analyze_scan result, slice by slice."""
-    assert details["label"] == expected["label"]
+    assert details["label"] == expected["label"] and details["verdict"] == label["label"]
     assert details["out_of_distribution"] is expected["out_of_distribution"]
     assert label["label"] == (NOTICE if expected["out_of_distribution"] else expected["label"])
     if expected["probabilities"] is not None:
