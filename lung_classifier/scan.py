@@ -29,6 +29,9 @@ from .series import ScanError, ScanSource, Series, SliceEntry, open_series
 if TYPE_CHECKING:
     from .classifier import LungClassifier
 
+UNNAMED = "the uploaded data"
+"""How images.read_slice names bytes in its errors; a zip member's name replaces it in notes."""
+
 
 @dataclass(frozen=True)
 class ScanSlice:
@@ -109,7 +112,6 @@ def _analyze_slices(classifier: LungClassifier, series: Series, batch_size: int,
                     progress: Callable[[int, int], None] | None
                     ) -> tuple[list[ScanSlice], list[SliceEntry], list[str]]:
     """Decode and analyse batch by batch, keeping only the results (and each analysed slice's entry)."""
-    notes = list(series.notes)
     slices: list[ScanSlice] = []
     entries: list[SliceEntry] = []
     total = len(series.slices)
@@ -122,15 +124,16 @@ def _analyze_slices(classifier: LungClassifier, series: Series, batch_size: int,
             try:
                 decoded.append(classifier.read(series.read(entry)))
                 kept.append(entry)
-            except ImageError as exc:
-                notes.append(f"skipped {entry.name}: {exc}")
+            except ImageError as exc:  # one bad slice does not hide the others: noted, and the scan goes on
+                message = str(exc).replace(entry.key, entry.name).replace(UNNAMED, entry.name, 1)  # never a path
+                series.notes.unreadable(entry.name, message)
         for entry, analysis in zip(kept, classifier.analyze_batch(decoded)):
             slices.append(ScanSlice(entry.name, entry.position, len(slices), analysis))
             entries.append(entry)
         del decoded
         if progress is not None:
             progress(min(start + batch_size, total), total)
-    return slices, entries, notes
+    return slices, entries, series.notes.render()
 
 
 def _decide(classifier: LungClassifier, rule: ScanRule, slices: list[ScanSlice],

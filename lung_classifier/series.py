@@ -23,7 +23,7 @@ accepted with a note: each slice is resized to the model's input on its own.
 
 Nothing is ever extracted by member name: members are inflated into memory, bounded as
 above, and shown only by their base name, so a name like ``../../etc/passwd`` can
-neither write nor reveal anything. No DICOM tag beyond those of
+neither write nor reveal anything; no temporary file is written. No DICOM tag beyond those of
 :func:`lung_classifier.images.read_dicom_placement` is read, and none is shown.
 
 Order: DICOM slices by ImagePositionPatient projected on the slice normal (the cross
@@ -37,11 +37,12 @@ from __future__ import annotations
 import io
 import os
 import re
+import struct
 import zipfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
@@ -64,6 +65,8 @@ MAX_COMPRESSION_RATIO = 100
 """Uncompressed / stored size above which a member (of at least RATIO_CHECK_BYTES) is a bomb: CT inflates ~2-5x."""
 RATIO_CHECK_BYTES = 2**20
 """Members smaller than this may compress as well as they like (a blank slice does)."""
+MAX_DIRECTORY_BYTES = MAX_MEMBERS * 512
+"""Largest zip central directory: MAX_MEMBERS entries with long names (46 bytes each plus name and extras)."""
 ORIENTATION_TOLERANCE = 1e-3
 """Direction cosines that differ by more than this are different planes."""
 
@@ -94,7 +97,8 @@ class SliceEntry:
     """One slice of the scan, before decoding: where to read it and where it sits."""
 
     name: str  # base name only, for people
-    key: str  # file path or member name: for reading and tie-breaking only, never shown
+    key: str  # file path or member name: for reading only, never shown
+    order: str  # path within the upload (a list's files: the base name): for name order only, never shown
     position: float | None = None  # DICOM: mm along the slice normal
     instance: int | None = None  # DICOM: InstanceNumber
 
@@ -105,7 +109,7 @@ class Series:
 
     slices: list[SliceEntry]
     dicom: bool
-    notes: list[str] = field(default_factory=list)
+    notes: Notes
     _archive: zipfile.ZipFile | None = None
 
     def read(self, entry: SliceEntry) -> bytes | Path:
@@ -115,22 +119,40 @@ class Series:
         return _inflate(self._archive, self._archive.getinfo(entry.key), entry.name)
 
 
-@dataclass
-class _Notes:
-    """Skipped members grouped by reason, so 300 skipped files make one line, not 300."""
+_NAME = "\0"
+"""Stands for the file's name in a grouped message."""
 
-    reasons: dict[str, list[str]] = field(default_factory=dict)
+
+@dataclass
+class Notes:
+    """What was skipped and why, grouped: 300 slices refused for one reason make one line, not 300."""
+
+    kinds: dict[str, list[str]] = field(default_factory=dict)  # reason -> names
+    failures: dict[str, list[str]] = field(default_factory=dict)  # message with the name as _NAME -> names
     lines: list[str] = field(default_factory=list)
 
     def skip(self, reason: str, name: str) -> None:
-        self.reasons.setdefault(reason, []).append(name)
+        """A member that is not a slice (text, nested archive...): grouped under `reason`."""
+        self.kinds.setdefault(reason, []).append(name)
+
+    def unreadable(self, name: str, message: str) -> None:
+        """A slice that cannot be read: the error's message (which may start with its name), grouped with the
+        same errors of other slices."""
+        template = _NAME + message[len(name):] if message.startswith(name) else message
+        self.failures.setdefault(template, []).append(name)
 
     def render(self) -> list[str]:
-        rendered = []
-        for reason, names in self.reasons.items():
-            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-            rendered.append(f"skipped {len(names)} file{'s' if len(names) > 1 else ''} ({reason}): {shown}")
+        rendered = [f"skipped {len(names)} file{'s' if len(names) > 1 else ''} ({reason}): {_names(names)}"
+                    for reason, names in self.kinds.items()]
+        for message, names in self.failures.items():
+            first = message.replace(_NAME, names[0]) if _NAME in message else f"{names[0]}: {message}"
+            rendered.append(f"skipped: {first}" if len(names) == 1 else
+                            f"skipped {len(names)} files: {first} (and the same for {_names(names[1:])})")
         return rendered + self.lines
+
+
+def _names(names: list[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 @dataclass(frozen=True)
@@ -145,6 +167,7 @@ class _Found:
 class _Member:
     key: str
     name: str
+    order: str
     open: Callable[[], BinaryIO]
 
 
@@ -159,9 +182,8 @@ class _SeriesContext:
         self.archive: zipfile.ZipFile | None = None
 
     def __enter__(self) -> Series:
-        members = self._members()
         try:
-            return _build(members, self.archive)
+            return _build(self._members(), self.archive)
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -194,17 +216,19 @@ class _SeriesContext:
         for path in paths:
             if not path.is_file():
                 raise ScanError(f"{display_name(str(path))}: no such file (give the slice files of one scan)")
-        return [_file_member(path, str(path)) for path in paths]
+        return [_file_member(path, path.name) for path in paths]
 
     def _zip_members(self, path: Path) -> list[_Member]:
+        _check_directory_size(path)
         try:
             self.archive = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError, ValueError) as exc:
-            raise ScanError(f"{path.name} is not a readable zip archive ({exc}): zip the slices again") from None
+            why = exc if isinstance(exc, zipfile.BadZipFile) else exc.__class__.__name__  # no server path
+            raise ScanError(f"{path.name} is not a readable zip archive ({why}): zip the slices again") from None
         infos = [info for info in self.archive.infolist() if not info.is_dir()]
         _check_archive(infos, path.stat().st_size, path.name)
         archive = self.archive
-        return [_Member(info.filename, display_name(info.filename),
+        return [_Member(info.filename, display_name(info.filename), info.filename,
                         lambda info=info: io.BytesIO(_inflate(archive, info, display_name(info.filename))))
                 for info in infos]
 
@@ -214,8 +238,8 @@ def _is_zip(path: Path) -> bool:
         return stream.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
 
 
-def _file_member(path: Path, key: str) -> _Member:
-    return _Member(key, display_name(path.name), lambda: open(path, "rb"))
+def _file_member(path: Path, order: str) -> _Member:
+    return _Member(str(path), display_name(path.name), order, lambda: open(path, "rb"))
 
 
 def _folder_members(folder: Path) -> list[_Member]:
@@ -226,12 +250,42 @@ def _folder_members(folder: Path) -> list[_Member]:
         for file in sorted(files):
             path = Path(root) / file
             if path.is_symlink() or not path.is_file():
-                continue
-            members.append(_file_member(path, str(path)))
+                continue  # a link may lead outside the folder: never followed
+            members.append(_file_member(path, path.relative_to(folder).as_posix()))
             if len(members) > MAX_MEMBERS:
                 raise ScanError(f"{folder.name} holds more than {MAX_MEMBERS} files: give the folder of one series "
                                 f"(at most {MAX_SLICES} slices)")
     return members
+
+
+def _check_directory_size(path: Path) -> None:
+    """Refuse a central directory too large for MAX_MEMBERS entries before zipfile parses it into memory.
+
+    zipfile reads the whole directory (its size as the end record states) and makes an
+    object per entry, so a small archive of a million empty entries would cost far more
+    memory than any slice: the end record (or its Zip64 form) is read here first.
+    """
+    with open(path, "rb") as stream:
+        size = stream.seek(0, os.SEEK_END)
+        start = max(0, size - 22 - 65535)  # the end record, then a comment of at most 64 KiB
+        stream.seek(start)
+        tail = stream.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) - at < 22:
+            return  # no end record: zipfile refuses the file
+        entries, directory = struct.unpack("<HI", tail[at + 10:at + 16])
+        if (entries == 0xFFFF or directory == 0xFFFFFFFF) and at >= 20 and tail[at - 20:at - 16] == b"PK\x06\x07":
+            stream.seek(struct.unpack("<Q", tail[at - 12:at - 4])[0])
+            record = stream.read(56)
+            if len(record) == 56 and record[:4] == b"PK\x06\x06":
+                entries, directory = struct.unpack("<QQ", record[32:48])
+    if entries > MAX_MEMBERS:
+        raise ScanError(f"{path.name} declares {entries:,} entries, more than the {MAX_MEMBERS} accepted: "
+                        f"zip one series (at most {MAX_SLICES} slices)")
+    if directory > MAX_DIRECTORY_BYTES:
+        raise ScanError(f"{path.name} declares a directory of {directory:,} bytes, more than the "
+                        f"{MAX_DIRECTORY_BYTES:,} that {MAX_MEMBERS} entries need (damaged or crafted archive): "
+                        "zip the slices of one series again")
 
 
 def _check_archive(infos: list[zipfile.ZipInfo], archive_bytes: int, name: str) -> None:
@@ -273,7 +327,7 @@ def _inflate(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> byte
 
 def _build(members: list[_Member], archive: zipfile.ZipFile | None) -> Series:
     """Classify every member by its header, refuse what cannot be one scan, order the rest."""
-    notes = _Notes()
+    notes = Notes()
     found: list[_Found] = []
     for member in members:
         classified = _classify(member, notes)
@@ -294,16 +348,16 @@ def _build(members: list[_Member], archive: zipfile.ZipFile | None) -> Series:
     if dicom:
         slices = _order_dicom(dicom, notes)
     else:
-        slices = sorted((item.entry for item in images), key=lambda entry: natural_key(entry.key))
+        slices = sorted((item.entry for item in images), key=lambda entry: natural_key(entry.order))
         sizes = Counter(item.size for item in images)
         if len(sizes) > 1:
             shown = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common(4))
             notes.lines.append(f"the slices have {len(sizes)} different sizes ({shown}): each is resized to the "
                                "model's input on its own")
-    return Series(slices, bool(dicom), notes.render(), archive)
+    return Series(slices, bool(dicom), notes, archive)
 
 
-def _classify(member: _Member, notes: _Notes) -> _Found | None:
+def _classify(member: _Member, notes: Notes) -> _Found | None:
     """DICOM (with its placement), image (with its size), or skipped with a note."""
     try:
         with member.open() as stream:
@@ -311,21 +365,21 @@ def _classify(member: _Member, notes: _Notes) -> _Found | None:
             stream.seek(0)
             if len(head) >= 132 and head[128:132] == b"DICM":
                 placement = read_dicom_placement(stream, member.name)
-                return _Found(SliceEntry(member.name, member.key), True, placement)
+                return _Found(SliceEntry(member.name, member.key, member.order), True, placement)
             if head.startswith(_ARCHIVE_MAGICS) or head[257:262] == b"ustar":
                 notes.skip("archives inside the upload are not opened", member.name)
                 return None
             size = _image_size(stream)
     except ImageError as exc:
-        notes.lines.append(f"skipped {member.name}: {exc}")
+        notes.unreadable(member.name, str(exc))
         return None
     except OSError as exc:
-        notes.lines.append(f"skipped {member.name}: it cannot be read ({exc.__class__.__name__})")
+        notes.unreadable(member.name, f"{member.name} cannot be read ({exc.__class__.__name__})")
         return None
     if size is None:
         notes.skip("not an accepted image nor a DICOM slice", member.name)
         return None
-    return _Found(SliceEntry(member.name, member.key), False, size=size)
+    return _Found(SliceEntry(member.name, member.key, member.order), False, size=size)
 
 
 def _image_size(stream: BinaryIO) -> tuple[int, int] | None:
@@ -339,7 +393,7 @@ def _image_size(stream: BinaryIO) -> tuple[int, int] | None:
         return None
 
 
-def _order_dicom(found: list[_Found], notes: _Notes) -> list[SliceEntry]:
+def _order_dicom(found: list[_Found], notes: Notes) -> list[SliceEntry]:
     """One series, one size, one plane: ordered along the slice normal, then by InstanceNumber."""
     series = Counter(item.placement.series_uid for item in found)
     if len(series) > 1:
@@ -364,11 +418,11 @@ def _order_dicom(found: list[_Found], notes: _Notes) -> list[SliceEntry]:
             raise ScanError("the DICOM slices' ImageOrientationPatient has parallel row and column directions: "
                             "export the series again")
         along = np.array(positions, np.float64) @ (normal / length)
-        entries = [SliceEntry(item.entry.name, item.entry.key, float(z), item.placement.instance)
+        entries = [replace(item.entry, position=float(z), instance=item.placement.instance)
                    for item, z in zip(found, along)]
     else:
         notes.lines.append("some DICOM slices lack ImagePositionPatient or ImageOrientationPatient: slices are "
                            "ordered by InstanceNumber (then name), and have no position")
-        entries = [SliceEntry(item.entry.name, item.entry.key, None, item.placement.instance) for item in found]
+        entries = [replace(item.entry, instance=item.placement.instance) for item in found]
     return sorted(entries, key=lambda e: (e.position is None, e.position or 0.0, e.instance is None,
-                                          e.instance or 0, natural_key(e.key)))
+                                          e.instance or 0, natural_key(e.order)))

@@ -112,7 +112,7 @@ def test_an_unreadable_slice_is_skipped_with_a_note(classifier, scan_folder, tmp
         out.writestr("scan/case (99).png", data[: len(data) // 2])  # a valid header, truncated pixels
     result = classifier.analyze_scan(archive)
     assert len(result.slices) == 4 and "case (99).png" not in [piece.name for piece in result.slices]
-    assert any(note.startswith("skipped case (99).png") for note in result.notes), result.notes
+    assert any(note.startswith("skipped: case (99).png is damaged") for note in result.notes), result.notes
 
 
 def test_a_dicom_series_out_of_distribution_gets_no_verdict(classifier, tmp_path):

@@ -126,7 +126,7 @@ def test_dicom_without_geometry_falls_back_to_instance_number_with_a_note(tmp_pa
         (tmp_path / name).write_bytes(dicom_slice(None, instance, orientation=None))
     with open_series(tmp_path) as found:
         assert [e.name for e in found.slices] == ["x2.dcm", "x1.dcm", "x3.dcm"]
-        assert found.dicom and any("InstanceNumber" in note for note in found.notes)
+        assert found.dicom and any("InstanceNumber" in note for note in found.notes.render())
 
 
 # --- refusals and notes ----------------------------------------------------------------------------------
@@ -152,7 +152,7 @@ def test_images_of_different_sizes_are_accepted_with_a_note(tmp_path):
     source = write_zip(tmp_path / "mixed.zip", {"1.png": png((40, 40)), "2.png": png((64, 48)), "3.png": png()})
     with open_series(source) as found:
         assert [e.name for e in found.slices] == ["1.png", "2.png", "3.png"]
-        assert any("2 different sizes" in note and "resized" in note for note in found.notes)
+        assert any("2 different sizes" in note and "resized" in note for note in found.notes.render())
 
 
 def test_dicom_and_images_together_are_refused(tmp_path):
@@ -168,7 +168,7 @@ def test_non_image_members_and_nested_archives_are_skipped_with_notes(tmp_path):
                "scan/inner.zip": nested.getvalue(), "scan/2.png": png()}
     with open_series(write_zip(tmp_path / "upload.zip", members)) as found:
         assert [e.name for e in found.slices] == ["1.png", "2.png"]
-        text = " ".join(found.notes)
+        text = " ".join(found.notes.render())
         assert "archives inside the upload are not opened" in text and "inner.zip" in text
         assert "not an accepted image" in text and "README.txt" in text and "DICOMDIR" in text
 
@@ -224,11 +224,17 @@ def test_a_member_that_inflates_past_its_declared_size_is_refused(tmp_path):
 
 def test_too_many_members_or_slices_are_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(series, "MAX_MEMBERS", 6)
-    with pytest.raises(ScanError, match="7 entries, more than the 6"):
-        ordered(write_zip(tmp_path / "many.zip", {f"{i}.txt": b"x" for i in range(7)}))
+    many = write_zip(tmp_path / "many.zip", {f"{i}.txt": b"x" for i in range(7)})
+    with pytest.raises(ScanError, match="declares 7 entries, more than the 6 accepted"):
+        ordered(many)  # from the end record, before zipfile reads the directory
+    with zipfile.ZipFile(many) as archive, pytest.raises(ScanError, match="holds 7 entries, more than the 6"):
+        series._check_archive(archive.infolist(), many.stat().st_size, "many.zip")
     monkeypatch.setattr(series, "MAX_SLICES", 4)
     with pytest.raises(ScanError, match="5 slices, more than the 4"):
         ordered(write_zip(tmp_path / "slices.zip", {f"{i}.png": png() for i in range(5)}))
+    monkeypatch.setattr(series, "MAX_DIRECTORY_BYTES", 100)
+    with pytest.raises(ScanError, match="declares a directory of 2.. bytes, more than the 100"):
+        ordered(write_zip(tmp_path / "long.zip", {"x" * 200 + ".png": png()}))
 
 
 def test_a_single_file_that_is_not_a_zip_is_refused_but_a_list_of_one_zip_is_the_zip(tmp_path):
@@ -246,3 +252,27 @@ def test_a_damaged_zip_is_a_clear_error(tmp_path):
     broken.write_bytes(b"PK\x03\x04" + b"\0" * 100)
     with pytest.raises(ScanError, match="not a readable zip archive"):
         ordered(broken)
+
+
+def test_a_list_of_uploaded_files_is_ordered_by_their_names_not_their_folders(tmp_path):
+    """Web uploads land in one random folder each: the folders must not decide the order."""
+    paths = []
+    for folder, number in (("f3c1", 10), ("0a9b", 2), ("77de", 1)):
+        (tmp_path / folder).mkdir()
+        paths.append(tmp_path / folder / f"case ({number}).png")
+        paths[-1].write_bytes(png())
+    assert [e.name for e in ordered(paths)] == ["case (1).png", "case (2).png", "case (10).png"]
+
+
+def test_many_slices_refused_for_one_reason_make_one_note(tmp_path):
+    for number in range(3):
+        (tmp_path / f"ok{number}.dcm").write_bytes(dicom_slice((0.0, 0.0, float(number)), number))
+    big_endian = dicom_slice().replace(b"1.2.840.10008.1.2.1\0", b"1.2.840.10008.1.2.2\0", 1)
+    for number in range(7):
+        (tmp_path / f"be{number}.dcm").write_bytes(big_endian)
+    with open_series(tmp_path) as found:
+        assert len(found.slices) == 3
+        notes = found.notes.render()
+    assert len(notes) == 1, notes
+    assert notes[0].startswith("skipped 7 files: be0.dcm: DICOM encoding Explicit VR Big Endian")
+    assert notes[0].endswith("(and the same for be1.dcm, be2.dcm, be3.dcm, be4.dcm, be5.dcm and 1 more)")
