@@ -140,9 +140,10 @@ def note(result: ScanResult, pictures: int | None = None) -> str:
 
 
 def caption(piece: ScanSlice) -> str:
+    """What a gallery picture says: the slice's number and result first, its file name last."""
     where = "" if piece.position is None else f", {piece.position:.1f} mm"
-    return (f"Slice {piece.index + 1}, {piece.name}{where}: {piece.analysis.verdict}, "
-            f"P(Malignant) {piece.analysis.probabilities['Malignant']:.0%}")
+    return (f"Slice {piece.index + 1}: {piece.analysis.verdict}, P(Malignant) "
+            f"{piece.analysis.probabilities['Malignant']:.0%} ({piece.name}{where})")
 
 
 def gallery(result: ScanResult, images: dict[int, np.ndarray]) -> list[tuple[str, str]]:
