@@ -4,8 +4,9 @@
 
 Endpoints (all take the uploaded file's exact bytes, so the page and the API classify
 exactly what `LungClassifier` classifies): /predict (batched: label + confidences),
-/analyze (one slice: label, Grad-CAM overlay, out-of-distribution note, details) and
-/batch (several slices: one table row each). DICOM files are accepted everywhere.
+/analyze (one slice: label, Grad-CAM overlay, out-of-distribution note, details),
+/batch (several slices: one table row each) and /scan (a whole CT series, as one zip or
+many files: the scan's verdict and every slice's result). DICOM files are accepted everywhere.
 This module knows no TensorFlow: it only calls LungClassifier; upload lifecycle,
 pictures and texts live in the `demo` package.
 """
@@ -23,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import gradio as gr
 from gradio.components.label import LabelData
 
-from demo import rendering, texts
+from demo import rendering, scan_view, texts
 from demo.label import DecisionLabel
 from demo.uploads import UploadJanitor, keep_examples, unique_png
 from lung_classifier import ImageError, LungClassifier
@@ -123,6 +124,19 @@ def build_demo(classifier: LungClassifier, examples: list[str] | None = None, ba
                                      result.ood_reason or ""]
         return rows
 
+    def scan_page(paths: list[str] | None, progress: gr.Progress = scan_view.PROGRESS) -> tuple[Any, ...]:
+        """The page's whole scan: verdict, note, curve along the body, top slices with Grad-CAM, details."""
+        with janitor.using(scan_view.received(paths)):
+            result, pictures = scan_view.analyze(classifier, paths, explain=True, progress=progress)
+        return (scan_view.label_value(result), scan_view.note(result, len(pictures)), scan_view.plot(result), pictures,
+                scan_view.table(result))
+
+    def scan_api(paths: list[str] | None) -> tuple[LabelData, dict[str, Any]]:
+        """A whole CT series (one zip, or the slices' files): the scan's verdict, and every slice's result."""
+        with janitor.using(scan_view.received(paths)):
+            result, _ = scan_view.analyze(classifier, paths)
+        return scan_view.label_value(result), result.as_dict()
+
     with demo:
         gr.Markdown("# Lung CT slice classifier\nNormal / Benign / Malignant, on a frozen ImageNet ResNet50 "
                     "trained on the IQ-OTH/NCCD dataset. Model: "
@@ -157,6 +171,30 @@ def build_demo(classifier: LungClassifier, examples: list[str] | None = None, ba
             table = gr.Dataframe(headers=["file", "prediction", *classifier.labels, "note"], label="Results",
                                  interactive=False)
             run_many.click(batch, uploads, table, api_name="batch", concurrency_limit=2)
+        with gr.Tab("Whole scan"):
+            with gr.Row():
+                with gr.Column():
+                    scan_files = gr.File(label=scan_view.UPLOAD_LABEL, file_count="multiple", type="filepath",
+                                         height=220)
+                    run_scan = gr.Button("Classify the scan", variant="primary")
+                    scan_label = DecisionLabel(num_top_classes=3, label="Scan verdict")
+                    scan_note = gr.Markdown(elem_id="scan-note")
+                with gr.Column():
+                    scan_plot = gr.LinePlot(x="slice", y=scan_view.PROBABILITY, color=scan_view.CLASS,
+                                            color_map=scan_view.COLOURS, y_lim=[0, 1], elem_id="scan-plot",
+                                            label="Each slice's probabilities along the scan")
+            scan_top = gr.Gallery(label="Slices that drove the verdict, with their Grad-CAM heatmaps", columns=3,
+                                  height="auto", object_fit="contain", elem_id="scan-top")
+            with gr.Accordion("Every slice", open=False):
+                scan_table = gr.Dataframe(headers=scan_view.headers(classifier.labels), interactive=False)
+            run_scan.click(scan_page, scan_files, [scan_label, scan_note, scan_plot, scan_top, scan_table],
+                           api_visibility="private", concurrency_id="scan", concurrency_limit=1)
+            with gr.Row(visible=False):  # /scan: the verdict and the data, no pictures
+                api_scan_files = gr.File(file_count="multiple", type="filepath")
+                api_scan_outputs = [DecisionLabel(), gr.JSON()]
+                api_scan = gr.Button()
+            api_scan.click(scan_api, api_scan_files, api_scan_outputs, api_name="scan", concurrency_id="scan",
+                           concurrency_limit=1)
         with gr.Tab("Model card"):
             gr.Markdown(texts.model_card(classifier.directory))
         with gr.Row(visible=False):

@@ -3,9 +3,10 @@
 Rows: 1 compute bound, 2 one-image predict (vs seed-style and vs the bound), 3 batch of 32,
 4 Grad-CAM, 5 the real app.py under 1/4/16 concurrent clients with batching on and off
 (and its memory), 5h its peak memory under the hostile corpus from 16 clients, 6 cold start,
-7 training (cold and warm feature cache) vs seed-style training, 8 bfloat16 (optional).
+7 training (cold and warm feature cache) vs seed-style training, 8 bfloat16 (optional),
+9 a whole scan through /scan vs in-process predict_batch (and the server's peak memory).
 --quick (CI, < 2 minutes) runs fewer repeats and
-requests (1 and 16 clients only), and skips training and the bfloat16 row.
+requests (1 and 16 clients only), a 24-slice scan, and skips training and the bfloat16 row.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ ROW_NAMES = (
     "7a. Training, cold feature cache",
     "7b. Training, warm feature cache",
     "8. bfloat16",
+    "9. Whole scan through /scan",
 )
 """Every table has a row starting with each of these (tests check them)."""
 
@@ -47,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="markdown file to write (default: benchmarks/results.md, or results-quick.md with --quick)")
     parser.add_argument("--requests", type=int, help="timed requests per server run (default 500; --quick: 32 with 16 clients, a quarter with 1, no 4-client run)")
     parser.add_argument("--data", type=Path, default=DATA, help="the IQ-OTH/NCCD folder (default: %(default)s)")
-    parser.add_argument("--skip-server", action="store_true", help="leave out rows 5 and 6")
+    parser.add_argument("--skip-server", action="store_true", help="leave out rows 5, 6 and 9")
     parser.add_argument("--skip-training", action="store_true", help="leave out row 7")
     args = parser.parse_args(argv)
     if args.output is None:
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += [skipped("5. Server /predict", "--skip-server"), skipped("5m. Server memory", "--skip-server"),
                  skipped("5h. Peak server RSS under the hostile corpus", "--skip-server"),
                  skipped("6. Cold start", "--skip-server")]
+        scan_rows = [skipped("9. Whole scan through /scan", "--skip-server")]
     else:
         from . import server
 
@@ -99,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(hostile.run(paths[0], args.quick, log))
         rows += [row for row in served.rows if row.name.startswith("6.")]
         details += ["", "## Server under load", "", *served.details]
+        from . import scan
+
+        scan_rows = [scan.run(paths, args.quick, log)]
 
     if args.quick or args.skip_training:
         why = "--quick" if args.quick else "--skip-training"
@@ -109,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         trained = training_bench.run(warm_repeats=2, seed_epochs=3, log=log, data=args.data)
         rows += trained.rows
         details += ["", "## Training", "", *trained.details]
-    rows += late_rows
+    rows += late_rows + scan_rows
 
     elapsed = time.perf_counter() - started
     table = render_table(rows)

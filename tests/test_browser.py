@@ -172,3 +172,29 @@ def test_an_example_is_shown_at_once_and_classified_with_its_attribution(page, s
         if attempt == 0:
             file_block(page).get_by_role("button", name="Clear", exact=True).click()
             expect(page.locator("#preview img")).to_have_count(0)
+
+
+def test_whole_scan_tab_shows_the_verdict_the_curve_and_the_top_slices(page, server, tiny_package, tmp_path):
+    from playwright.sync_api import expect
+
+    from lung_classifier import LungClassifier
+
+    paths = []
+    for index in range(1, 7):
+        paths.append(tmp_path / f"case ({index}).png")
+        synthetic_slice("Malignant" if index in (3, 4) else "Normal", 500 + index).resize((112, 112)).save(paths[-1])
+    expected = LungClassifier.from_pretrained(tiny_package, trust_saved_model=True).analyze_scan(paths)
+
+    page.get_by_role("tab", name="Whole scan").click()
+    block = page.locator(".block").filter(has=page.get_by_test_id("block-label").filter(has_text="CT scan:"))
+    block.locator("input[type=file]").set_input_files([str(path) for path in paths])
+    expect(block.get_by_test_id("download-link")).to_have_count(len(paths))
+    page.get_by_role("button", name="Classify the scan", exact=True).click()
+    expect(page.locator("#scan-note")).to_contain_text(f"{len(paths)} slices" if not expected.out_of_distribution
+                                                       else "Unlike the training data: no diagnosis")
+    expect(page.locator("#scan-top img")).to_have_count(len(expected.top))
+    expect(page.locator("#scan-plot").locator("canvas, svg").first).to_be_visible()  # the curve, drawn
+    expect(error_toast(page)).to_have_count(0)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser-scan.png"), full_page=True)
+    assert not any(list(server.upload_root.rglob(path.name)) for path in paths), "an upload outlived its request"
