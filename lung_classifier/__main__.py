@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import HubError, ImageError, LungClassifier, PackageError
     from .classifier import OOD_NOTICE
     from .backbone import BackboneWeightsError
+    from .precision import CHOICES
 
     parser = argparse.ArgumentParser(prog="python -m lung_classifier")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -25,12 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     predict.add_argument("--trust-saved-model", action="store_true",
                          help="load the package's own SavedModel graph (only for packages you trust) instead of "
                               "rebuilding it from the head and the standard ResNet50")
+    predict.add_argument("--precision", choices=CHOICES, default="auto",
+                         help="the rebuilt backbone's number format (default: bfloat16 where the CPU has AVX-512 "
+                              "BF16 or AMX, else float32)")
     args = parser.parse_args(argv)
 
     try:
         classifier = LungClassifier.from_pretrained(args.model, revision=args.revision,
-                                                    trust_saved_model=args.trust_saved_model)
-    except (PackageError, HubError, BackboneWeightsError) as exc:
+                                                    trust_saved_model=args.trust_saved_model,
+                                                    precision=args.precision)
+    except (PackageError, HubError, BackboneWeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     failures = 0
