@@ -29,6 +29,7 @@ from demo.label import DecisionLabel
 from demo.uploads import UploadJanitor, keep_examples, unique_png
 from lung_classifier import ImageError, LungClassifier
 from lung_classifier.batching import BatchingPredictor
+from lung_classifier.precision import CHOICES as PRECISIONS
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 MAX_FILE_SIZE = "50mb"
@@ -216,6 +217,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--revision", default=env.get("LUNG_MODEL_REVISION"), help="Hub revision to pin")
     parser.add_argument("--trust-saved-model", action="store_true", default=env.get("LUNG_TRUST_SAVED_MODEL") == "1",
                         help="load the package's own SavedModel graph (only for packages you trust)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=env.get("LUNG_PRECISION", "auto"),
+                        help="the rebuilt backbone's number format (env LUNG_PRECISION; default auto: bfloat16 "
+                             "where the CPU has AVX-512 BF16 or AMX, else float32)")
     parser.add_argument("--host", default=env.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="address to listen on (env GRADIO_SERVER_NAME; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=int(env.get("GRADIO_SERVER_PORT", env.get("PORT", 7860))),
@@ -242,8 +246,8 @@ def example_files(directory: Path, limit: int = 6) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     classifier = LungClassifier.from_pretrained(args.model, revision=args.revision,
-                                                trust_saved_model=args.trust_saved_model)
-    print(f"Model: {classifier.origin}", flush=True)
+                                                trust_saved_model=args.trust_saved_model, precision=args.precision)
+    print(f"Model: {classifier.origin} (backbone precision: {classifier.precision})", flush=True)
     demo = build_demo(classifier, example_files(args.examples), batching=not args.no_batching)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, mcp_server=args.mcp,
                 max_file_size=MAX_FILE_SIZE, show_error=True)

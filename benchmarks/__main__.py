@@ -3,7 +3,7 @@
 Rows: 1 compute bound, 2 one-image predict (vs seed-style and vs the bound), 3 batch of 32,
 4 Grad-CAM, 5 the real app.py under 1/4/16 concurrent clients with batching on and off
 (and its memory), 5h its peak memory under the hostile corpus from 16 clients, 6 cold start,
-7 training (cold and warm feature cache) vs seed-style training, 8 bfloat16 (optional),
+7 training (cold and warm feature cache) vs seed-style training, 8 the bfloat16 backbone vs float32,
 9 a whole scan through /scan vs in-process predict_batch (and the server's peak memory).
 --quick (CI, < 2 minutes) runs fewer repeats and
 requests (1 and 16 clients only), a 24-slice scan, and skips training and the bfloat16 row.

@@ -15,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import HubError, ImageError, LungClassifier, PackageError
     from .classifier import OOD_NOTICE
     from .backbone import BackboneWeightsError
+    from .precision import CHOICES
     from .scan_cli import add_parser, run_scan
 
     parser = argparse.ArgumentParser(prog="python -m lung_classifier")
@@ -28,12 +29,17 @@ def main(argv: list[str] | None = None) -> int:
                          help="load the package's own SavedModel graph (only for packages you trust) instead of "
                               "rebuilding it from the head and the standard ResNet50")
     add_parser(commands)
+    for command in commands.choices.values():  # predict and scan load the model the same way
+        command.add_argument("--precision", choices=CHOICES, default="auto",
+                             help="the rebuilt backbone's number format (default: bfloat16 where the CPU has "
+                                  "AVX-512 BF16 or AMX, else float32)")
     args = parser.parse_args(argv)
 
     try:
         classifier = LungClassifier.from_pretrained(args.model, revision=args.revision,
-                                                    trust_saved_model=args.trust_saved_model)
-    except (PackageError, HubError, BackboneWeightsError) as exc:
+                                                    trust_saved_model=args.trust_saved_model,
+                                                    precision=args.precision)
+    except (PackageError, HubError, BackboneWeightsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.command == "scan":

@@ -120,6 +120,9 @@ class LungClassifier:
         self.ood_threshold: float = float(config["ood"]["threshold"])
         self.dicom_window = rendering.dicom_window(config)
         self.dicom_validated = bool(config["rendering"].get("dicom_validated", False))
+        rebuilt = config.get("rebuilt")
+        self.precision: str = rebuilt.get("precision", "float32") if isinstance(rebuilt, dict) else "as shipped"
+        """The backbone's number format: "float32" or "bfloat16" when rebuilt here, "as shipped" when trusted."""
         loaded = tf.saved_model.load(str(directory / package.SAVED_MODEL))
         self._loaded = loaded  # keeps the variables the signatures use alive
         self._predict = loaded.signatures["serving_default"]
@@ -130,7 +133,7 @@ class LungClassifier:
                         weights: str | None = None, token: bool | str | None = None,
                         cache_dir: str | Path | None = None, force_download: bool = False,
                         local_files_only: bool = False, trust_saved_model: bool = False,
-                        allow_other_weights: bool = False) -> "LungClassifier":
+                        allow_other_weights: bool = False, precision: str = "auto") -> "LungClassifier":
         """Load a package: None (embedded default), a local directory, or a Hub repo id.
 
         Only the package's config and head arrays are trusted: the graph is rebuilt from
@@ -140,7 +143,9 @@ class LungClassifier:
         write files, so only for packages you trust. Weights other than those the head was
         trained on are an error unless ``allow_other_weights=True`` (then a warning).
         ``revision``, ``token``, ``cache_dir``, ``force_download`` and ``local_files_only``
-        are huggingface_hub's, for Hub repos.
+        are huggingface_hub's, for Hub repos. ``precision`` is the rebuilt backbone's number
+        format: "auto" (bfloat16 where the CPU has AVX-512 BF16 or AMX, else float32),
+        "float32" or "bfloat16"; the head always computes in float32.
         """
         found = resolve_source(source, revision=revision, token=token, cache_dir=cache_dir,
                                force_download=force_download, local_files_only=local_files_only,
@@ -148,7 +153,7 @@ class LungClassifier:
         config = package.read_config(found.directory, saved_model=trust_saved_model, root=found.root,
                                      ignore=found.ignore)
         full, config = package.complete(found.directory, config, weights, trust_saved_model=trust_saved_model,
-                                        allow_other_weights=allow_other_weights)
+                                        allow_other_weights=allow_other_weights, precision=precision)
         return cls(full, config, found.origin, found.name)
 
     def read(self, image: ImageInput) -> Slice:

@@ -236,17 +236,25 @@ def check_weights(expected: str, actual: str, origin: str, allow_other_weights: 
 
 
 def export_saved_model(directory: Path, config: dict[str, Any], source: WeightsSource,
-                       allow_other_weights: bool = False) -> str:
-    """Build the full model from the head and the given ResNet50 weights, export it; returns their digest."""
+                       allow_other_weights: bool = False, precision: str = "float32") -> str:
+    """Build the full model from the head and the given ResNet50 weights, export it; returns their digest.
+
+    The backbone computes in ``precision`` ("float32" or "bfloat16", batch norms folded
+    into the convolutions); the head always in float32. A bfloat16 model also holds the
+    float32 backbone, for the images it must recheck (see LungModel).
+    """
     from . import backbone
-    from .model import Head, LungModel, build_extractor
+    from .model import Head, LungModel, build_extractor, fold_batch_norm
 
     size = config["input"]["size"]
     resnet = backbone.load_resnet50(source, input_shape=(size, size, 3))
     digest = backbone.model_digest(resnet)
     check_weights(config["backbone"]["weights_sha256"], digest, source.origin, allow_other_weights,
                   has_saved_model(config))
-    model = LungModel(build_extractor(resnet), Head.load(directory / HEAD), size, cam=config["gradcam"]["layers"])
+    exact = build_extractor(fold_batch_norm(resnet, "float32"))
+    fast = exact if precision == "float32" else build_extractor(fold_batch_norm(resnet, precision))
+    model = LungModel(fast, Head.load(directory / HEAD), size, cam=config["gradcam"]["layers"],
+                      reference=None if fast is exact else exact)
     model.export(directory / SAVED_MODEL)
     return digest
 
@@ -264,20 +272,30 @@ def cache_name(config: dict[str, Any]) -> str:
 
 
 def complete(directory: Path, config: dict[str, Any], weights: str | None = None, *,
-             trust_saved_model: bool = False, allow_other_weights: bool = False) -> tuple[Path, dict[str, Any]]:
+             trust_saved_model: bool = False, allow_other_weights: bool = False,
+             precision: str = "auto") -> tuple[Path, dict[str, Any]]:
     """Return a verified full package to load: the directory itself if its SavedModel is
     trusted, otherwise the rebuild of its head with the standard ResNet50, from the cache.
 
-    The rebuild is keyed by the package's config digest and the weights file's digest,
-    so it happens once per machine, model version and weights.
+    The rebuild is keyed by the package's config digest, the weights file's digest and the
+    backbone's precision (see lung_classifier.precision; "auto" picks it from the CPU), so
+    it happens once per machine, model version, weights and precision. A trusted
+    SavedModel runs as shipped: asking it for a precision is an error.
     """
+    from . import precision as precisions
+
+    chosen = precisions.resolve(precision)
     if trust_saved_model and has_saved_model(config):
+        if precision != "auto":
+            raise ValueError(f"precision={precision!r} applies to the graph rebuilt from the head; a trusted "
+                             "SavedModel runs as shipped (leave precision at 'auto', or drop trust_saved_model)")
         return directory, config
     from . import backbone
 
     source = backbone.resolve_weights(weights)
     weights_file = sha256_file(source.path)
-    target = cache_root() / f"{cache_name(config)}-{sha256_file(directory / CONFIG)[:16]}-{weights_file[:16]}"
+    target = cache_root() / (f"{cache_name(config)}-{sha256_file(directory / CONFIG)[:16]}-{weights_file[:16]}"
+                             f"-{chosen}")
     if (target / CONFIG).is_file():
         try:
             cached = read_config(target)
@@ -289,7 +307,7 @@ def complete(directory: Path, config: dict[str, Any], weights: str | None = None
                           has_saved_model(config))
             return target, cached
     print(
-        f"lung_classifier: building the full model from {directory.name} and the ImageNet ResNet50 "
+        f"lung_classifier: building the full model from {directory.name} and the ImageNet ResNet50 in {chosen} "
         "(first use on this machine only)",
         file=sys.stderr,
     )
@@ -301,9 +319,9 @@ def complete(directory: Path, config: dict[str, Any], weights: str | None = None
             shutil.copyfile(directory / name, staging / name)
             if sha256_file(staging / name) != config["files"][name]:
                 raise PackageError(f"{directory}: {name} changed while it was being copied; try again")
-        digest = export_saved_model(staging, config, source, allow_other_weights)
+        digest = export_saved_model(staging, config, source, allow_other_weights, chosen)
         rebuilt = {"weights_sha256": digest, "weights_file_sha256": weights_file,
-                   "source_config_sha256": sha256_file(directory / CONFIG)}
+                   "source_config_sha256": sha256_file(directory / CONFIG), "precision": chosen}
         full_config = write_config(staging, {**config, "rebuilt": rebuilt})
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)

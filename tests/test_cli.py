@@ -123,6 +123,13 @@ def test_predict_with_a_tampered_model_exits_2(tiny_package, env, slices, tmp_pa
     assert "metrics.json fails its sha256 checksum" in result.stderr
 
 
+def test_a_precision_for_a_trusted_saved_model_exits_2(tiny_package, env, slices):
+    result = run(env, "-m", "lung_classifier", "predict", str(slices["Normal"]), "--model", str(tiny_package),
+                 "--trust-saved-model", "--precision", "bfloat16")
+    assert result.returncode == 2
+    assert "a trusted SavedModel runs as shipped" in result.stderr
+
+
 def test_predict_usage_errors(env):
     result = run(env, "-m", "lung_classifier", "predict")
     assert result.returncode == 2

@@ -297,10 +297,11 @@ def test_complete_builds_head_only_package_once_into_the_cache(tiny_package, tmp
     head_only = tmp_path / "head-only"
     config = make_head_only(tiny_package, head_only)
 
-    target, full = package.complete(head_only, config)
+    target, full = package.complete(head_only, config, precision="float32")
     assert "building the full model" in capsys.readouterr().err
     assert target.parent == tmp_path / "cache" / "packages"
-    assert re.fullmatch(r"tiny-test-[0-9a-f]{16}-[0-9a-f]{16}", target.name)
+    assert re.fullmatch(r"tiny-test-[0-9a-f]{16}-[0-9a-f]{16}-float32", target.name)
+    assert full["rebuilt"]["precision"] == "float32"
     assert package.has_saved_model(full)
     assert full["rebuilt"]["weights_sha256"] == "tiny-backbone-seed-0"
     assert package.read_config(target) == full
@@ -308,13 +309,19 @@ def test_complete_builds_head_only_package_once_into_the_cache(tiny_package, tmp
     assert [p.name for p in target.parent.iterdir()] == [target.name]  # no staging left behind
 
     # Second use: the cached build is verified and reused.
-    again, again_config = package.complete(head_only, config)
+    again, again_config = package.complete(head_only, config, precision="float32")
     assert (again, again_config) == (target, full)
     assert "building" not in capsys.readouterr().err
 
+    # Another precision is another build, beside it.
+    other, other_config = package.complete(head_only, config, precision="bfloat16")
+    assert other == target.with_name(target.name.replace("float32", "bfloat16"))
+    assert other_config["rebuilt"]["precision"] == "bfloat16"
+    capsys.readouterr()
+
     # A damaged cached build is rebuilt, not used.
     flip_last_byte(next((target / "saved_model" / "variables").glob("variables.data-*")))
-    rebuilt, _ = package.complete(head_only, config)
+    rebuilt, _ = package.complete(head_only, config, precision="float32")
     assert rebuilt == target
     assert "rebuilding damaged cached model" in capsys.readouterr().err
     assert package.has_saved_model(package.read_config(target))
@@ -327,8 +334,11 @@ def test_completed_head_only_package_predicts_like_the_full_one(tiny_package, tm
 
     monkeypatch.setenv("LUNG_CLASSIFIER_CACHE", str(tmp_path / "cache"))
     make_head_only(tiny_package, tmp_path / "head-only")
-    rebuilt = LungClassifier.from_pretrained(tmp_path / "head-only")
+    rebuilt = LungClassifier.from_pretrained(tmp_path / "head-only", precision="float32")
     original = LungClassifier.from_pretrained(tiny_package, trust_saved_model=True)
+    assert (rebuilt.precision, original.precision) == ("float32", "as shipped")
+    with pytest.raises(ValueError, match="runs as shipped"):
+        LungClassifier.from_pretrained(tiny_package, trust_saved_model=True, precision="bfloat16")
     assert rebuilt.directory.parent == tmp_path / "cache" / "packages"
     assert original.directory == tiny_package
     assert rebuilt.source_name == "local package head-only" and str(tmp_path) not in rebuilt.source_name
@@ -363,7 +373,7 @@ def test_a_full_package_is_rebuilt_from_its_head_unless_its_saved_model_is_trust
     trained = LungClassifier.from_pretrained(tiny_package, trust_saved_model=True).predict(image)["probabilities"]
     assert trained["Malignant"] < 0.99  # so the other head's answer below is its own
 
-    default = LungClassifier.from_pretrained(mixed)
+    default = LungClassifier.from_pretrained(mixed, precision="float32")
     assert default.directory.parent == tmp_path / "cache" / "packages"
     assert default.predict(image)["probabilities"]["Malignant"] > 0.999  # the head's answer, not the shipped graph's
     trusted = LungClassifier.from_pretrained(mixed, trust_saved_model=True)

@@ -1,0 +1,62 @@
+"""The bfloat16 backbone answers as float32 does on every development slice (issue 11's agreement rule).
+
+Same label, probabilities within 0.02, OOD flags identical except within 2% of the threshold,
+and Grad-CAM heatmaps close to float32's; plus the CPU-flag choice of "auto".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import need_shared_data
+from lung_classifier import precision
+
+BATCH = 64
+HEATMAP_SLICES = 8
+
+
+def test_auto_picks_bfloat16_only_where_the_cpu_has_it():
+    assert precision.resolve("auto", frozenset({"avx2", "avx512f", "avx512_bf16"})) == "bfloat16"
+    assert precision.resolve("auto", frozenset({"avx2", "amx_tile", "amx_bf16"})) == "bfloat16"
+    assert precision.resolve("auto", frozenset({"avx2", "fma", "avx512f"})) == "float32"
+    assert precision.resolve("auto", frozenset()) == "float32"
+    assert precision.resolve("float32", frozenset({"avx512_bf16"})) == "float32"
+    assert precision.resolve("bfloat16", frozenset()) == "bfloat16"
+    with pytest.raises(ValueError, match="not one of auto, float32, bfloat16"):
+        precision.resolve("float16")
+
+
+@pytest.mark.slow
+def test_bfloat16_agrees_with_float32_on_every_development_slice():
+    import tensorflow as tf
+
+    from lung_classifier import LungClassifier
+    from lung_classifier.preprocessing import prepare_batch
+    from training.data import scan_folder
+
+    items = scan_folder(need_shared_data(), progress=False).items
+    assert len(items) > 800
+    exact = LungClassifier.from_pretrained(precision="float32")
+    fast = LungClassifier.from_pretrained(precision="bfloat16")
+    assert (exact.precision, fast.precision) == ("float32", "bfloat16")
+    pixels = prepare_batch([exact.read(item.path).rgb for item in items], exact.input_size)
+
+    def outputs(signature) -> dict[str, np.ndarray]:
+        parts = [signature(images=tf.constant(pixels[i:i + BATCH])) for i in range(0, len(pixels), BATCH)]
+        return {name: np.concatenate([part[name].numpy() for part in parts]) for name in parts[0]}
+
+    want, got = outputs(exact._predict), outputs(fast._predict)
+    differ = np.flatnonzero(want["label"] != got["label"])
+    assert differ.size == 0, [items[i].path.name for i in differ]
+    assert np.abs(want["probabilities"] - got["probabilities"]).max() <= 0.02
+    threshold = exact.ood_threshold
+    flags_differ = want["out_of_distribution"] != got["out_of_distribution"]
+    assert not (flags_differ & (np.abs(want["ood_score"] - threshold) > 0.02 * threshold)).any()
+
+    # Grad-CAM through the bfloat16 graph: the same label and nearly the same map.
+    chosen = [items[i].path for i in np.linspace(0, len(items) - 1, HEATMAP_SLICES).astype(int)]
+    for a, b in zip(exact.analyze_batch(chosen, explain=True), fast.analyze_batch(chosen, explain=True)):
+        assert a.label == b.label
+        assert np.corrcoef(a.heatmap.ravel(), b.heatmap.ravel())[0, 1] > 0.9
+        assert np.abs(a.heatmap - b.heatmap).mean() < 0.05
