@@ -2,7 +2,8 @@
 
 `lean_tensorflow_import` spares the import of all of Keras (and scikit-learn) that
 `import tensorflow` does for Keras objects in SavedModels; `warm_up` runs TensorFlow's
-one-time graph set-up in the background while the page is built and the server starts.
+one-time set-up of /predict's graph in the background while the page is built and the
+server starts.
 """
 
 from __future__ import annotations
@@ -36,17 +37,14 @@ def lean_tensorflow_import() -> bool:
 
 
 def warm_up(classifier: LungClassifier) -> threading.Thread:
-    """Run /predict's and then Grad-CAM's model call once on a blank slice, in a background thread.
+    """Run /predict's model call once on a blank slice, in a background thread.
 
-    The first call sets up TensorFlow's graphs (about a second). Requests that arrive
+    The first call sets up TensorFlow's graph (about a second). Requests that arrive
     meanwhile run as usual (the classifier is thread-safe) and share that set-up.
+    Grad-CAM's graph is left to the first /analyze: set up now, it would compete with
+    the first /predict for the CPU.
     """
     blank = np.full((classifier.input_size, classifier.input_size), 128, np.uint8)
-
-    def run() -> None:
-        classifier.analyze(blank)
-        classifier.analyze(blank, explain=True)
-
-    thread = threading.Thread(target=run, name="model-warm-up", daemon=True)
+    thread = threading.Thread(target=classifier.analyze, args=(blank,), name="model-warm-up", daemon=True)
     thread.start()
     return thread
