@@ -26,6 +26,7 @@ from gradio.components.label import LabelData
 
 from demo import rendering, scan_view, texts
 from demo.label import DecisionLabel
+from demo.startup import lean_tensorflow_import, warm_up
 from demo.uploads import UploadJanitor, keep_examples, unique_png
 from lung_classifier import ImageError, LungClassifier
 from lung_classifier.batching import BatchingPredictor
@@ -245,9 +246,11 @@ def example_files(directory: Path, limit: int = 6) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    lean_tensorflow_import()
     classifier = LungClassifier.from_pretrained(args.model, revision=args.revision,
                                                 trust_saved_model=args.trust_saved_model, precision=args.precision)
     print(f"Model: {classifier.origin} (backbone precision: {classifier.precision})", flush=True)
+    warm_up(classifier)  # meanwhile the page is built and the server starts
     demo = build_demo(classifier, example_files(args.examples), batching=not args.no_batching)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, mcp_server=args.mcp,
                 max_file_size=MAX_FILE_SIZE, show_error=True)

@@ -2,7 +2,8 @@
 
 Rows: 1 compute bound, 2 one-image predict (vs seed-style and vs the bound), 3 batch of 32,
 4 Grad-CAM, 5 the real app.py under 1/4/16 concurrent clients with batching on and off
-(and its memory), 5h its peak memory under the hostile corpus from 16 clients, 6 cold start,
+(and its memory), 5c its CPU per request vs the in-process CPU per image, 5h its peak
+memory under the hostile corpus from 16 clients, 6 cold start,
 7 training (cold and warm feature cache) vs seed-style training, 8 the bfloat16 backbone vs float32,
 9 a whole scan through /scan vs in-process predict_batch (and the server's peak memory).
 --quick (CI, < 2 minutes) runs fewer repeats and
@@ -30,6 +31,7 @@ ROW_NAMES = (
     "3. Predict, batch of 32",
     "4. Grad-CAM explanation",
     "5. Server /predict",
+    "5c. Server CPU per /predict request",
     "5m. Server memory",
     "5h. Peak server RSS under the hostile corpus",
     "6. Cold start",
@@ -84,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     details: list[str] = ["## Inference", "", *infer.details]
 
     if args.skip_server:
-        rows += [skipped("5. Server /predict", "--skip-server"), skipped("5m. Server memory", "--skip-server"),
+        rows += [skipped("5. Server /predict", "--skip-server"),
+                 skipped("5c. Server CPU per /predict request", "--skip-server"),
+                 skipped("5m. Server memory", "--skip-server"),
                  skipped("5h. Peak server RSS under the hostile corpus", "--skip-server"),
                  skipped("6. Cold start", "--skip-server")]
         scan_rows = [skipped("9. Whole scan through /scan", "--skip-server")]
@@ -95,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick:  # to stay under two minutes: no 4-client runs, fewer requests for one client
             counts = {1: max(4, args.requests // 4), max(server.CLIENT_COUNTS): args.requests}
         served = server.run(paths, counts, cold_starts=2 if args.quick else 3,
-                            batch_rate=infer.batch_rate, one_rate=infer.one_rate, log=log)
+                            batch_rate=infer.batch_rate, one_rate=infer.one_rate, log=log,
+                            cpu_repeats=2 if args.quick else 5)
         from . import hostile
 
         rows += [row for row in served.rows if not row.name.startswith("6.")]

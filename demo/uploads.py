@@ -15,9 +15,11 @@ import os
 import secrets
 import threading
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Self
 
 import gradio as gr
 import numpy as np
@@ -30,16 +32,20 @@ UPLOAD_GONE = ("Cannot classify this file: it is no longer on the server (an upl
 
 
 class _UploadRecord(set):
-    """Gradio's record of uploaded paths that also reports each upload as it is recorded.
+    """Gradio's record of uploaded paths that also reports each upload as it is recorded,
+    and each path Gradio's cache cleaner drops from it.
 
     Gradio's upload route moves the file into place and records it without yielding to
     its event loop, so no request can start in between: when a request runs, every
-    upload of its file so far has been counted.
+    upload of its file so far has been counted. Iteration walks a snapshot: the cleaner
+    iterates in a worker thread while uploads and deletions change the record.
     """
 
-    def __init__(self, paths: Iterable[str], on_upload: Callable[[list[str]], None]):
+    def __init__(self, paths: Iterable[str], on_upload: Callable[[list[str]], None],
+                 on_forget: Callable[[list[str]], None]):
         super().__init__(paths)
         self._on_upload = on_upload
+        self._on_forget = on_forget
 
     def update(self, *groups: Iterable[str]) -> None:
         for group in groups:
@@ -47,39 +53,69 @@ class _UploadRecord(set):
             self._on_upload(group)
             super().update(group)
 
+    def __isub__(self, paths: AbstractSet[str]) -> Self:  # the cache cleaner's removal
+        self._on_forget(list(paths))
+        super().__isub__(paths)
+        return self
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(set.__iter__(self)))
+
 
 class UploadJanitor:
     """Deletes each uploaded file as soon as the requests it was uploaded for are done.
 
     Identical uploads from different clients are one path. So the janitor counts
     uploads of each path that no request has taken yet, and the requests using it;
-    the file goes when both are zero. A request that only looks (the page's preview)
-    does not take its upload: the "Classify" that follows does.
+    the file goes when both are zero, and Gradio's record forgets it then (it never
+    forgets a file deleted under it, so its record would grow with every upload).
+    A request that only looks (the page's preview) does not take its upload: the
+    "Classify" that follows does. Every step costs the same however many files the
+    server has seen.
     """
 
     def __init__(self, blocks: gr.Blocks):
         self.blocks = blocks
         self._waiting: Counter[str] = Counter()  # uploads not yet taken by a request
         self._using: Counter[str] = Counter()  # requests running with the file
+        self._recorded: dict[str, set[str]] = {}  # each recorded upload's real path -> Gradio's spellings
         self._lock = threading.Lock()
         if not any(files is getattr(blocks, "upload_file_set", None) for files in blocks.temp_file_sets):
             raise RuntimeError("this Gradio version keeps no Blocks.upload_file_set: uploads cannot be tracked")
-        record = _UploadRecord(blocks.upload_file_set, self._uploaded)
-        blocks.temp_file_sets[:] = [record if files is blocks.upload_file_set else files
+        self._record = _UploadRecord(blocks.upload_file_set, self._uploaded, self._forgotten)
+        for path in self._record:
+            self._recorded.setdefault(os.path.realpath(path), set()).add(path)
+        blocks.temp_file_sets[:] = [self._record if files is blocks.upload_file_set else files
                                     for files in blocks.temp_file_sets]
-        blocks.upload_file_set = record
+        blocks.upload_file_set = self._record
 
     def _uploaded(self, paths: list[str]) -> None:
         with self._lock:
-            self._waiting.update(os.path.realpath(path) for path in paths)
+            for path in paths:
+                real = os.path.realpath(path)
+                self._waiting[real] += 1
+                self._recorded.setdefault(real, set()).add(path)
+
+    def _forgotten(self, paths: list[str]) -> None:
+        """Gradio's cache cleaner deleted these never-classified uploads: drop their counts too."""
+        with self._lock:
+            for path in paths:
+                real = os.path.realpath(path)
+                spellings = self._recorded.get(real, set())
+                spellings.discard(path)
+                if not spellings:
+                    self._recorded.pop(real, None)
+                    if self._using[real] <= 0:
+                        self._using.pop(real, None)
+                        self._waiting.pop(real, None)
 
     def uploads_among(self, paths: list[str]) -> list[str]:
         """The paths that Gradio's upload route wrote and no component keeps (examples)."""
-        uploaded = {os.path.realpath(path) for path in frozenset(self.blocks.upload_file_set)}
         kept = {os.path.realpath(path) for block in list(self.blocks.blocks.values())
                 for path in frozenset(getattr(block, "keep_in_cache", ()))}
         resolved = [os.path.realpath(path) for path in paths]
-        return [path for path in resolved if path in uploaded and path not in kept]
+        with self._lock:
+            return [path for path in resolved if path in self._recorded and path not in kept]
 
     @contextmanager
     def using(self, paths: list[str], take: bool = True) -> Iterator[None]:
@@ -102,8 +138,11 @@ class UploadJanitor:
                 self._using.subtract(uploads)
                 for path, inode in inodes.items():
                     if self._using[path] <= 0 and self._waiting[path] <= 0:
-                        del self._using[path], self._waiting[path]
+                        self._using.pop(path, None)
+                        self._waiting.pop(path, None)
                         _delete_if_same(path, inode)
+                        for spelling in self._recorded.pop(path, ()):
+                            self._record.discard(spelling)
 
 
 def _delete_if_same(path: str, inode: int) -> None:
