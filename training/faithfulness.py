@@ -8,7 +8,8 @@ would be no test. Training runs this for each Grad-CAM layer choice and keeps th
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import tensorflow as tf

@@ -33,7 +33,8 @@ class Result:
 
 def held_out_outputs(views: dict[str, np.ndarray], y: np.ndarray, n_classes: int, folds: list[cv.Fold],
                      candidates: tuple[fit.HeadSettings, ...]) -> tuple[dict, list[np.ndarray], dict]:
-    """Each candidate's held-out logits per fold, each fold's held-out OOD scores, each candidate's seconds per fit.
+    """Each candidate's held-out logits per fold, each fold's held-out OOD scores, each candidate's seconds per fit
+    (a fold's shared RowSpace not counted in it).
 
     A fold's plain training rows are standardised and factorised once (fit.RowSpace) for its
     OOD statistics and every candidate fitted on those rows; flip augmentation fits other rows.
