@@ -31,50 +31,43 @@ class Result:
     seconds_per_fit: float
 
 
-def held_out_outputs(views: dict[str, np.ndarray], y: np.ndarray, n_classes: int, folds: list[cv.Fold],
-                     candidates: tuple[fit.HeadSettings, ...]) -> tuple[dict, list[np.ndarray], dict]:
-    """Each candidate's held-out logits per fold, each fold's held-out OOD scores, each candidate's seconds per fit
-    (a fold's shared RowSpace not counted in it).
-
-    A fold's plain training rows are standardised and factorised once (fit.RowSpace) for its
-    OOD statistics and every candidate fitted on those rows; flip augmentation fits other rows.
-    Each fit starts from the fold's fit with the same C and weighting, or else the last one.
-    """
-    logits: dict[fit.HeadSettings, list[np.ndarray]] = {settings: [] for settings in candidates}
-    seconds = dict.fromkeys(candidates, 0.0)
-    ood_scores = []
+def ood_scores_per_fold(views: dict[str, np.ndarray], folds: list[cv.Fold]) -> list[np.ndarray]:
+    """Each fold's held-out OOD scores, from statistics of its training slices (the same for every candidate)."""
+    scores = []
     for fold in folds:
-        space = fit.RowSpace.of(views["plain"][fold.train])
-        test = views["plain"][fold.test]
-        ood_scores.append(fit.ood_statistics(space.z, space.gram).scores((test - space.mean) / space.scale))
-        fitted: dict[tuple[float, bool], fit.LinearHead] = {}
-        head = None
-        for settings in candidates:
-            started = time.perf_counter()
-            rows, targets = fit.training_rows(views, y, fold.train, settings)
-            head = fit.fit_linear(rows, targets, n_classes, settings, None if settings.flip_augment else space,
-                                  start=fitted.get((settings.c, settings.balanced), head))
-            fitted.setdefault((settings.c, settings.balanced), head)
-            logits[settings].append(head.logits(test))
-            seconds[settings] += time.perf_counter() - started
-    return logits, ood_scores, {settings: total / len(folds) for settings, total in seconds.items()}
+        mean, scale = fit.standardisation(views["plain"][fold.train])
+        statistics = fit.ood_statistics((views["plain"][fold.train] - mean) / scale)
+        scores.append(statistics.scores((views["plain"][fold.test] - mean) / scale))
+    return scores
+
+
+def evaluate_candidate(settings: fit.HeadSettings, views: dict[str, np.ndarray], y: np.ndarray, labels: list[str],
+                       folds: list[cv.Fold], ood_scores: list[np.ndarray], malignant: int,
+                       min_malignant_recall: float) -> Result:
+    """Out-of-fold logits of heads with these settings, then the cross-fitted pipeline's metrics."""
+    scores_of = {id(fold): scores for fold, scores in zip(folds, ood_scores)}
+    started = time.perf_counter()
+
+    def fit_and_score(fold: cv.Fold) -> tuple[np.ndarray, np.ndarray]:
+        rows, targets = fit.training_rows(views, y, fold.train, settings)
+        head = fit.fit_linear(rows, targets, len(labels), settings)
+        return head.logits(views["plain"][fold.test]), scores_of[id(fold)]
+
+    oof = cv.out_of_fold(len(y), len(labels), folds, fit_and_score)
+    seconds = (time.perf_counter() - started) / len(folds)
+    crossfitted = cv.cross_fit(oof, y, labels, malignant, min_malignant_recall)
+    return Result(settings, oof, crossfitted, cv.summarise(crossfitted.reports, labels), seconds)
 
 
 def compare(views: dict[str, np.ndarray], y: np.ndarray, labels: list[str], folds: list[cv.Fold],
             malignant: int, min_malignant_recall: float,
             candidates: tuple[fit.HeadSettings, ...] = CANDIDATES) -> list[Result]:
-    """Every candidate on the same folds: out-of-fold logits, then the cross-fitted pipeline's metrics."""
-    logits, ood_scores, seconds = held_out_outputs(views, y, len(labels), folds, candidates)
+    ood_scores = ood_scores_per_fold(views, folds)
     results = []
     for settings in candidates:
-        outputs = {id(fold): (fold_logits, scores)
-                   for fold, fold_logits, scores in zip(folds, logits[settings], ood_scores)}
-        oof = cv.out_of_fold(len(y), len(labels), folds, lambda fold, outputs=outputs: outputs[id(fold)])
-        crossfitted = cv.cross_fit(oof, y, labels, malignant, min_malignant_recall)
-        result = Result(settings, oof, crossfitted, cv.summarise(crossfitted.reports, labels), seconds[settings])
+        result = evaluate_candidate(settings, views, y, labels, folds, ood_scores, malignant, min_malignant_recall)
         print(f"   {settings.describe()}: macro-F1 {cv.format_interval(result.summary, 'macro_f1')}, "
-              f"Malignant recall {cv.format_interval(result.summary, f'recall_{labels[malignant]}')}, "
-              f"{result.seconds_per_fit:.2f} s per fit")
+              f"Malignant recall {cv.format_interval(result.summary, f'recall_{labels[malignant]}')}")
         results.append(result)
     return results
 
