@@ -53,3 +53,20 @@ def test_quick_benchmarks_run_and_report_every_row(tmp_path):
     written = output.read_text()
     assert "## Machine" in written and "TensorFlow" in written and "CPU:" in written
     assert "\n".join(table) in written
+
+
+def test_training_rows_compare_measured_epochs_and_the_same_fold():
+    """Row 7's verdict: speed against the sum of the measured seed-style epochs, quality on the shared first fold."""
+    from benchmarks.training_bench import Timed, rows
+
+    seed = {"epoch_seconds": [30.0] * 10, "test_macro_f1": 0.60}
+    ours = {"macro_f1": 0.61, "accuracy": 0.8, "fold1_macro_f1": 0.65, "fold1_accuracy": 0.85, "fold1_n": 174}
+    cold, warm = Timed(100.0, 150.0, ""), [Timed(25.0, 30.0, ""), Timed(35.0, 31.0, "")]
+    seven_a, seven_b = rows(cold, warm, ours, seed)
+    assert seven_a.name.startswith("7a.") and seven_b.name.startswith("7b.")
+    assert seven_a.ratio == "3.00x faster" and seven_a.met.startswith("**no**")
+    assert seven_b.ratio == "10.00x faster" and seven_b.met == "yes"  # 300 s of epochs / 30 s median
+    assert "10 measured epochs: 300.0 s" in seven_b.baseline and "30.5 s CPU" in seven_b.measured
+
+    worse = rows(cold, warm, {**ours, "fold1_macro_f1": 0.55}, seed)[1]
+    assert worse.met.startswith("**no**: first-fold macro-F1 0.550 < seed-style 0.600; speed met")

@@ -122,10 +122,13 @@ def train(args: argparse.Namespace, resnet: "keras.Model", digest: str) -> int:
     print("5. Grad-CAM layer by the deletion test, and the OOD guard on shifted slices")
     model = LungModel(extractor, head, args.input_size)
     probe = guard.probe_slices(paths, y, args.input_size)
-    cam = faithfulness.measure(model, probe, seed=args.seed)
+    derived = features.ArrayFeatures(extractor, args.input_size,
+                                     features.FeatureCache(features.cache_key(digest, args.input_size, "derived")))
+    cam = faithfulness.measure(model, probe, seed=args.seed, features=derived)
     print(faithfulness.format_table(cam))
     model = LungModel(extractor, head, args.input_size, cam=cam["chosen"])
-    shifts = guard.measure(model, probe, args.input_size, malignant)
+    shifts = guard.measure(model, probe, args.input_size, malignant, features=derived)
+    derived.save()
     print(guard.format_table(shifts))
 
     print("6. Whole-scan rule by scan-level CV (pseudo-patients as scans)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.evaluate import macro_f1
+from training.evaluate import macro_f1_per_row
 
 MIN_MALIGNANT_RECALL = 0.99
 OOD_QUANTILE = 0.975
@@ -28,21 +28,22 @@ def apply(probabilities: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 def choose_offsets(probabilities: np.ndarray, y: np.ndarray, malignant: int,
                    min_recall: float = MIN_MALIGNANT_RECALL) -> np.ndarray:
-    """Offsets meeting the Malignant recall target with the best macro-F1 (ties: smallest offsets)."""
+    """Offsets meeting the Malignant recall target with the best macro-F1 (ties: smallest offsets).
+
+    Every combination of the grid is scored at once (one confusion matrix per combination);
+    the first combination in grid order wins a tie, as a loop over the grid would pick it.
+    """
     n_classes = probabilities.shape[1]
     log_p = np.log(np.clip(probabilities, 1e-12, 1.0))
+    grid = np.array(np.meshgrid(*[OFFSET_GRID] * (n_classes - 1))).reshape(n_classes - 1, -1).T
+    offsets = np.concatenate([np.zeros((len(grid), 1)), grid], axis=1)  # (G, C)
+    predicted = np.argmax(log_p[None, :, :] + offsets[:, None, :], axis=2)  # (G, N)
     positives = y == malignant
-    best: tuple[float, float] | None = None
-    chosen = np.zeros(n_classes)  # replaced by the first combination that meets the target
-    for combination in np.array(np.meshgrid(*[OFFSET_GRID] * (n_classes - 1))).reshape(n_classes - 1, -1).T:
-        offsets = np.concatenate([[0.0], combination])
-        predicted = np.argmax(log_p + offsets, axis=1)
-        recall = float(np.mean(predicted[positives] == malignant)) if positives.any() else 1.0
-        if recall < min_recall:
-            continue
-        key = (macro_f1(y, predicted, n_classes), -float(np.abs(offsets).sum()))
-        if best is None or key > best:
-            best, chosen = key, offsets
-    if best is None:
+    recall = np.mean(predicted[:, positives] == malignant, axis=1) if positives.any() else np.ones(len(grid))
+    f1 = macro_f1_per_row(y, predicted, n_classes)
+    meets = recall >= min_recall
+    if not meets.any():
         raise ValueError(f"no offsets in the grid reach Malignant recall {min_recall}")
-    return chosen
+    size = np.abs(offsets).sum(axis=1)
+    best = max(np.flatnonzero(meets), key=lambda g: (f1[g], -size[g]))  # max keeps the first of equals
+    return offsets[best]

@@ -8,13 +8,14 @@ would be no test. Training runs this for each Grad-CAM layer choice and keeps th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 from scipy import ndimage
 
-from lung_classifier.model import CAM_CHOICES, LungModel
+from lung_classifier.model import CAM_CHOICES, LungModel, head_outputs
 
 FRACTION = 0.2
 """Share of the body's pixels deleted."""
@@ -51,8 +52,14 @@ def random_region(body: np.ndarray, rng: np.random.Generator, fraction: float = 
     return region
 
 
-def measure(model: LungModel, images: np.ndarray, seed: int = 0, batch: int = 16) -> dict[str, Any]:
-    """Mean drop in the predicted class's probability: heatmap deletion per CAM choice, and random deletion."""
+def measure(model: LungModel, images: np.ndarray, seed: int = 0, batch: int = 16,
+            features: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
+    """Mean drop in the predicted class's probability: heatmap deletion per CAM choice, and random deletion.
+
+    ``features`` maps the deleted slices to pooled backbone features (default: the model's
+    own backbone; training passes a cache, training.features.ArrayFeatures).
+    """
+    features = features or (lambda deleted: model.features(tf.constant(deleted))["features"].numpy())
     rng = np.random.default_rng(seed)
     cam_maps = tf.function(model.cam_maps)
     drops: dict[str, list[float]] = {name: [] for name in CAM_CHOICES}
@@ -67,7 +74,7 @@ def measure(model: LungModel, images: np.ndarray, seed: int = 0, batch: int = 16
 
         def drop_after(regions: list[np.ndarray]) -> np.ndarray:
             deleted = np.where(np.stack(regions)[..., None], 0.0, chunk).astype(np.float32)
-            after = model.predict(tf.constant(deleted))["probabilities"].numpy()
+            after = head_outputs(tf.constant(features(deleted)), model.head)["probabilities"].numpy()
             return before - after[np.arange(len(chunk)), label]
 
         for name, taps in CAM_CHOICES.items():

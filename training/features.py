@@ -78,6 +78,36 @@ def extract(extractor: keras.Model, paths: list[Path], md5s: list[str], input_si
     return np.stack([cache.vectors[md5] for md5 in md5s])
 
 
+class ArrayFeatures:
+    """Pooled backbone features of prepared image arrays (shifted or partly deleted slices), cached by content.
+
+    The deletion test and the OOD guard send hundreds of derived slices through the
+    backbone; the base is frozen, so an array's features never change and a rerun of
+    training reads them back (keyed by the md5 of the float32 pixels) instead of running
+    ResNet50 again. Call save() when done.
+    """
+
+    def __init__(self, extractor: keras.Model, input_size: int, cache: FeatureCache):
+        self.cache = cache
+        self._features_of = tf.function(
+            lambda images: pool(extractor(images)),
+            input_signature=[tf.TensorSpec([None, input_size, input_size, 3], tf.float32)],
+        )
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        images = np.ascontiguousarray(images, np.float32)
+        keys = [hashlib.md5(image.tobytes()).hexdigest() for image in images]
+        todo = sorted({key: index for index, key in enumerate(keys) if key not in self.cache.vectors}.values())
+        for first in range(0, len(todo), BATCH):
+            chunk = todo[first:first + BATCH]
+            for index, vector in zip(chunk, self._features_of(tf.constant(images[chunk])).numpy()):
+                self.cache.vectors[keys[index]] = vector
+        return np.stack([self.cache.vectors[key] for key in keys])
+
+    def save(self) -> None:
+        self.cache.save()
+
+
 def _view(rgb: np.ndarray, view: str) -> np.ndarray:
     if view == "flip":
         return np.ascontiguousarray(rgb[:, ::-1])

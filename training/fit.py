@@ -89,12 +89,26 @@ class OodStatistics:
 
 
 def ood_statistics(z_train: np.ndarray) -> OodStatistics:
-    """Principal axes of standardised train features, their scales, and the off-axis residual."""
-    k = min(OOD_COMPONENTS, len(z_train) - 1)
+    """Principal axes of standardised train features, their scales, and the off-axis residual.
+
+    The axes are the top eigenvectors of the smaller Gram matrix: rows x rows when there are
+    fewer rows than features (a fold's ~700 x 700 instead of an SVD over 3584 columns).
+    """
+    from scipy.linalg import eigh
+
+    n, dims = z_train.shape
+    k = min(OOD_COMPONENTS, n - 1)
+    centred = (z_train - z_train.mean(axis=0)).astype(np.float64)
     with threadpool_limits(limits=1, user_api="blas"):
-        _, singular, vt = np.linalg.svd(z_train - z_train.mean(axis=0), full_matrices=False)
-    components = vt[:k]
-    scale = singular[:k] / np.sqrt(len(z_train) - 1)
+        if n <= dims:
+            values, vectors = eigh(centred @ centred.T, subset_by_index=[n - k, n - 1])
+            singular = np.sqrt(np.clip(values[::-1], 0.0, None))
+            components = (vectors[:, ::-1] / np.maximum(singular, 1e-12)).T @ centred
+        else:
+            values, vectors = eigh(centred.T @ centred, subset_by_index=[dims - k, dims - 1])
+            singular = np.sqrt(np.clip(values[::-1], 0.0, None))
+            components = vectors[:, ::-1].T
+    scale = singular / np.sqrt(n - 1)
     residual = z_train - (z_train @ components.T) @ components
     # With fewer features than axes nothing is left off-axis: floor it so the score stays finite.
     return OodStatistics(components, scale, max(float(np.mean(residual**2)), 1e-6))

@@ -17,7 +17,7 @@ import tensorflow as tf
 from PIL import Image, ImageFilter
 
 from lung_classifier.images import load_rgb
-from lung_classifier.model import LungModel
+from lung_classifier.model import LungModel, head_outputs
 from lung_classifier.rendering import DICOM_WINDOW
 from lung_classifier.preprocessing import prepare_batch
 
@@ -74,13 +74,19 @@ def external_images(input_size: int) -> dict[str, np.ndarray]:
     }
 
 
-def measure(model: LungModel, probe: np.ndarray, input_size: int, malignant: int) -> dict[str, dict[str, float]]:
-    """Share of each set flagged out of distribution, and the share called Malignant without a flag."""
+def measure(model: LungModel, probe: np.ndarray, input_size: int, malignant: int,
+            features: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, dict[str, float]]:
+    """Share of each set flagged out of distribution, and the share called Malignant without a flag.
+
+    ``features`` maps image arrays to pooled backbone features (default: the model's own
+    backbone; training passes a cache, training.features.ArrayFeatures).
+    """
+    features = features or (lambda images: model.features(tf.constant(images))["features"].numpy())
     sets = {name: np.stack([shift(image) for image in probe]).astype(np.float32) for name, shift in SHIFTS.items()}
     sets.update(external_images(input_size))
     rates = {}
     for name, images in sets.items():
-        outputs = model.predict(tf.constant(images))
+        outputs = head_outputs(tf.constant(features(images)), model.head)
         flagged = outputs["out_of_distribution"].numpy()
         unflagged_malignant = (~flagged) & (outputs["label"].numpy() == malignant)
         rates[name] = {"n": len(images), "flagged": float(flagged.mean()),
