@@ -69,7 +69,7 @@ def test_push_then_load_by_repo_id_rebuilds_from_the_head(hub_env, local, images
     expected = predictions(local, images)
     for source in (REPO, f"hf://{REPO}"):
         start = len(hub_env.fake_hub.requests)
-        remote = LungClassifier.from_pretrained(source)
+        remote = LungClassifier.from_pretrained(source, precision="float32")  # the same network, to 1e-6
         assert f"Hugging Face Hub repo {REPO}" in remote.origin
         assert remote.source_name == f"Hub repo {REPO}"
         assert remote.labels == local.labels
@@ -271,7 +271,7 @@ def test_training_pushes_its_package(hub_env, synthetic_dataset, cache_root, tmp
     commit = re.search(rf"pushed to {repo} at commit ([0-9a-f]{{40}})", printed)
     assert commit, printed[-2000:]
 
-    remote = LungClassifier.from_pretrained(repo, revision=commit.group(1))
+    remote = LungClassifier.from_pretrained(repo, revision=commit.group(1), precision="float32")
     np.testing.assert_allclose(predictions(remote, images),
                                predictions(LungClassifier.from_pretrained(output, trust_saved_model=True), images),
                                atol=1e-6)
