@@ -381,6 +381,20 @@ class _HeaderReader:
         return self._stream.tell()
 
 
+@contextmanager
+def _dicom_errors(header_stream: "_HeaderReader", name: str) -> Iterator[None]:
+    """Any failure reading a DICOM header becomes an ImageError that says what to do."""
+    try:
+        yield
+    except ImageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom reports malformed headers with many exception types
+        if header_stream.hit:
+            raise header_stream.exceeded from None
+        raise ImageError(f"{name} is not a readable DICOM file ({exc.__class__.__name__}): "
+                         "export it again or as PNG") from None
+
+
 def _dicom_to_slice(stream: BinaryIO, size: int, name: str, window: tuple[float, float]) -> Slice:
     """Check the header, then decode one bounded frame; rescale to HU and apply the window."""
     header_stream = _HeaderReader(stream, MAX_DICOM_HEADER_READ, name)
@@ -392,17 +406,9 @@ def _dicom_to_slice(stream: BinaryIO, size: int, name: str, window: tuple[float,
             return True
         return False
 
-    try:
-        with _BUDGET.reserve(_DICOM_HEADER_BYTES, name):
-            syntax, header = _read_dicom_header(header_stream, at_pixel_data, name)
+    with _dicom_errors(header_stream, name), _BUDGET.reserve(_DICOM_HEADER_BYTES, name):
+        syntax, header = _read_dicom_header(header_stream, at_pixel_data, name)
         geometry = _Geometry.read(header, name)
-    except ImageError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - pydicom reports malformed headers with many exception types
-        if header_stream.hit:
-            raise header_stream.exceeded from None
-        raise ImageError(f"{name} is not a readable DICOM file ({exc.__class__.__name__}): "
-                         "export it again or as PNG") from None
     if pixel_element.get("tag") != _PIXEL_DATA:
         raise ImageError(f"{name} is a DICOM file without pixel data (not an image)")
     with _BUDGET.reserve(_dicom_bytes(geometry, syntax, size - stream.tell()), name):
@@ -460,7 +466,7 @@ class DicomPlacement:
 def read_dicom_placement(stream: BinaryIO, name: str) -> DicomPlacement:
     """The ordering tags of a DICOM file, read with the same bounded header reader as decoding uses."""
     header_stream = _HeaderReader(stream, MAX_DICOM_HEADER_READ, name)
-    try:
+    with _dicom_errors(header_stream, name):
         with _BUDGET.reserve(_DICOM_HEADER_BYTES, name):
             _, header = _read_dicom_header(header_stream, lambda tag, vr, length: tag >= _PIXEL_DATA, name,
                                            _PLACEMENT_TAGS)
@@ -474,13 +480,6 @@ def read_dicom_placement(stream: BinaryIO, name: str) -> DicomPlacement:
                               orientation=_numbers(header, "ImageOrientationPatient", 6, name),
                               position=_numbers(header, "ImagePositionPatient", 3, name),
                               instance=None if instance is None else int(instance))
-    except ImageError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - pydicom reports malformed headers with many exception types
-        if header_stream.hit:
-            raise header_stream.exceeded from None
-        raise ImageError(f"{name} is not a readable DICOM file ({exc.__class__.__name__}): "
-                         "export it again or as PNG") from None
 
 
 def _numbers(header, keyword: str, count: int, name: str) -> tuple[float, ...] | None:
