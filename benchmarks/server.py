@@ -354,6 +354,15 @@ def _cpu_row(result: LoadResult, baseline: Stats) -> Row:
     )
 
 
+def _cpu_ceiling(result: LoadResult) -> str:
+    """The most requests/s this machine's cores allow when clients and server share them."""
+    cores = len(os.sched_getaffinity(0))
+    per_request = (result.server_cpu_s + result.client_cpu_s) / result.requests
+    return (f"clients and server share the {cores} cores: {ms(result.server_cpu_s / result.requests)} server + "
+            f"{ms(result.client_cpu_s / result.requests)} client CPU per request caps this machine at "
+            f"{per_s(cores / per_request)}")
+
+
 def _rows(results, counts: list[int], cold: list[float], batch_rate: float, one_rate: float,
           baseline_cpu: Stats, phases: list[tuple[str, float, float]]) -> list[Row]:
     rows = []
@@ -371,7 +380,7 @@ def _rows(results, counts: list[int], cold: list[float], batch_rate: float, one_
                     verdict = f"**no**: {result.failed} failed; " + verdict
                 rows.append(Row(name, f"{per_s(result.throughput)}", result.chunk_rates.spread(per_s),
                                 f"predict_batch(32) in-process {per_s(batch_rate)}", x(ratio),
-                                "≥0.8x batch-32 rate, 0 failed", verdict, latency))
+                                "≥0.8x batch-32 rate, 0 failed", verdict, f"{latency}; {_cpu_ceiling(result)}"))
                 rows.append(_cpu_row(result, baseline_cpu))
                 continue
             if batching:
