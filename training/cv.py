@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from training import calibration, decision, evaluate
+from training import calibration, decision, evaluate, workers
 
 K_FOLDS = 5
 REPEATS = 5
@@ -61,8 +61,8 @@ def out_of_fold(n: int, n_classes: int, folds: list[Fold], fit_and_score: FitAnd
     repeats = max(fold.repeat for fold in folds) + 1
     logits = np.full((repeats, n, n_classes), np.nan, np.float64)
     scores = np.full((repeats, n), np.nan, np.float64)
-    for fold in folds:
-        logits[fold.repeat, fold.test], scores[fold.repeat, fold.test] = fit_and_score(fold)
+    for fold, (fold_logits, fold_scores) in zip(folds, workers.parallel_map(fit_and_score, folds)):
+        logits[fold.repeat, fold.test], scores[fold.repeat, fold.test] = fold_logits, fold_scores
     if np.isnan(logits).any():
         raise ValueError("some slices were never in a test fold")
     return OutOfFold(logits, scores, folds)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training import cv, fit
+from training import cv, fit, workers
 
 CANDIDATES = (*(fit.HeadSettings(c, balanced, False) for balanced, c in
                 itertools.product((True, False), (0.01, 0.1, 1.0))),
@@ -33,12 +33,12 @@ class Result:
 
 def ood_scores_per_fold(views: dict[str, np.ndarray], folds: list[cv.Fold]) -> list[np.ndarray]:
     """Each fold's held-out OOD scores, from statistics of its training slices (the same for every candidate)."""
-    scores = []
-    for fold in folds:
+    def scores(fold: cv.Fold) -> np.ndarray:
         mean, scale = fit.standardisation(views["plain"][fold.train])
         statistics = fit.ood_statistics((views["plain"][fold.train] - mean) / scale)
-        scores.append(statistics.scores((views["plain"][fold.test] - mean) / scale))
-    return scores
+        return statistics.scores((views["plain"][fold.test] - mean) / scale)
+
+    return workers.parallel_map(scores, folds)
 
 
 def evaluate_candidate(settings: fit.HeadSettings, views: dict[str, np.ndarray], y: np.ndarray, labels: list[str],
@@ -46,15 +46,17 @@ def evaluate_candidate(settings: fit.HeadSettings, views: dict[str, np.ndarray],
                        min_malignant_recall: float) -> Result:
     """Out-of-fold logits of heads with these settings, then the cross-fitted pipeline's metrics."""
     scores_of = {id(fold): scores for fold, scores in zip(folds, ood_scores)}
-    started = time.perf_counter()
+    fit_seconds: list[float] = []
 
     def fit_and_score(fold: cv.Fold) -> tuple[np.ndarray, np.ndarray]:
+        started = time.perf_counter()
         rows, targets = fit.training_rows(views, y, fold.train, settings)
         head = fit.fit_linear(rows, targets, len(labels), settings)
+        fit_seconds.append(time.perf_counter() - started)
         return head.logits(views["plain"][fold.test]), scores_of[id(fold)]
 
     oof = cv.out_of_fold(len(y), len(labels), folds, fit_and_score)
-    seconds = (time.perf_counter() - started) / len(folds)
+    seconds = float(np.mean(fit_seconds))
     crossfitted = cv.cross_fit(oof, y, labels, malignant, min_malignant_recall)
     return Result(settings, oof, crossfitted, cv.summarise(crossfitted.reports, labels), seconds)
 
