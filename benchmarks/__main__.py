@@ -2,11 +2,11 @@
 
 Rows: 1 compute bound, 2 one-image predict (vs seed-style and vs the bound), 3 batch of 32,
 4 Grad-CAM, 5 the real app.py under 1/4/16 concurrent clients with batching on and off
-(and its memory), 5c its CPU per request vs the in-process CPU per image, 5h its peak
-memory under the hostile corpus from 16 clients, 6 cold start,
+(and its memory), 5c its CPU per request vs the in-process CPU per image (beside a no-model
+Gradio app's floor), 5h its peak memory under the hostile corpus from 16 clients, 6 cold start,
 7 training (cold and warm feature cache) vs 10 measured seed-style epochs, 8 the bfloat16 backbone
 vs float32, 9 a whole scan through /scan vs in-process predict_batch (and the server's peak memory).
---quick (CI, < 2 minutes) runs fewer repeats and
+--quick (CI, about 3 minutes on 2 cores) runs fewer repeats and
 requests (1 and 16 clients only), a 24-slice scan, and skips training and the bfloat16 row.
 """
 
@@ -48,7 +48,7 @@ SEED_EPOCHS = 10
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="CI mode, under two minutes: few repeats and requests, no training or bfloat16")
+                        help="CI mode, about 3 minutes: few repeats and requests, no training or bfloat16")
     parser.add_argument("--output", type=Path,
                         help="markdown file to write (default: benchmarks/results.md, or results-quick.md with --quick)")
     parser.add_argument("--requests", type=int, help="timed requests per server run (default 500; --quick: 32 with 16 clients, a quarter with 1, no 4-client run)")

@@ -6,7 +6,9 @@ are threads of this (the benchmark's) process, a separate process from the serve
 with its own gradio_client.Client (as separate users would be), uploading a real slice
 per request to /predict. Both share the machine's cores with the server, as a load
 generator on the same host always does; CPU time is counted per process, so the
-server's CPU per request excludes the clients'.
+server's CPU per request excludes the clients'. Row 5c also measures Gradio's own floor:
+benchmarks.gradio_floor, the same /predict signature and queue with no model, under the
+same load.
 """
 
 from __future__ import annotations
@@ -102,10 +104,9 @@ class Server:
     def start(self, image: Path) -> float:
         from gradio_client import Client, handle_file
 
-        command = [sys.executable, "app.py", "--port", str(self.port)] + ([] if self.batching else ["--no-batching"])
         log = open(self.log_path, "w")
         started = time.perf_counter()
-        self.process = subprocess.Popen(command, cwd=REPO, env=server_env(), stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(self.command(), cwd=REPO, env=server_env(), stdout=log, stderr=subprocess.STDOUT)
         log.close()
         client = None
         while True:
@@ -120,6 +121,9 @@ class Server:
                 return time.perf_counter() - started
             except Exception:  # not listening yet, or still starting up
                 time.sleep(0.1)
+
+    def command(self) -> list[str]:
+        return [sys.executable, "app.py", "--port", str(self.port)] + ([] if self.batching else ["--no-batching"])
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -140,6 +144,18 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class FloorServer(Server):
+    """benchmarks.gradio_floor: app.py's /predict signature and queue, no model work (row 5c's floor)."""
+
+    def __init__(self, log_dir: Path):
+        super().__init__(False, log_dir)
+        self.log_path = log_dir / f"gradio-floor-{self.port}.log"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "benchmarks.gradio_floor", "--port", str(self.port),
+                "--concurrency", str(CPU_BATCH)]
 
 
 def load_test(server: Server, clients: int, requests: int, paths: list[Path], marks: tuple[int, ...]) -> LoadResult:
@@ -325,6 +341,15 @@ def run(paths: list[Path], requests: dict[int, int], cold_starts: int, batch_rat
                     log(f"    first error: {result.errors[0]}")
         finally:
             server.stop()
+    most = max(requests)
+    floor_server = FloorServer(log_dir)
+    log(f"Gradio floor (benchmarks.gradio_floor, no model) on port {floor_server.port}, {most} clients")
+    try:
+        floor_server.start(paths[0])
+        floor = load_test(floor_server, most, requests[most], paths, marks_for(requests[most]))
+        log(f"    server CPU {ms(floor.server_cpu_s / floor.requests)}/request, failed {floor.failed}")
+    finally:
+        floor_server.stop()
     while len(cold) < cold_starts:
         server = Server(True, log_dir)
         log(f"extra cold start {len(cold) + 1}/{cold_starts}")
@@ -334,14 +359,15 @@ def run(paths: list[Path], requests: dict[int, int], cold_starts: int, batch_rat
             server.stop()
     log("start-up phases, one after another in a fresh process")
     phases = startup_phases(paths[0])
-    return ServerResults(rows=_rows(results, sorted(requests), cold, batch_rate, one_rate, baseline_cpu, phases),
+    return ServerResults(rows=_rows(results, sorted(requests), cold, batch_rate, one_rate, baseline_cpu, floor, phases),
                          details=_details(results, idle_rss))
 
 
-def _cpu_row(result: LoadResult, baseline: Stats) -> Row:
-    """Row 5c: what Gradio, uploads and batching add to the model's own CPU cost."""
+def _cpu_row(result: LoadResult, baseline: Stats, floor: LoadResult) -> Row:
+    """Row 5c: what Gradio, uploads and batching add to the model's own CPU cost, beside Gradio's own floor."""
     per_request = result.server_cpu_s / result.requests
     ratio = per_request / baseline.median
+    floor_cpu = floor.server_cpu_s / floor.requests
     return Row(
         f"5c. Server CPU per /predict request, {result.clients} clients",
         ms(per_request), result.cpu_per_request.spread(ms),
@@ -350,7 +376,11 @@ def _cpu_row(result: LoadResult, baseline: Stats) -> Row:
         verdict_at_most(ratio, CPU_TARGET, " in-process CPU"),
         f"server process user+system CPU (/proc/PID/stat, all threads) over {result.requests} timed requests ÷ "
         f"requests (spread: consecutive runs of at least {2 * CPU_BATCH} requests), batching on; clients in the benchmark's own "
-        f"process (their CPU: {ms(result.client_cpu_s / result.requests)}/request); both include decoding",
+        f"process (their CPU: {ms(result.client_cpu_s / result.requests)}/request); both include decoding. "
+        f"Above the in-process cost: {ms(per_request - baseline.median)}/request; the same /predict signature and "
+        f"queue with no model (benchmarks.gradio_floor, {floor.clients} clients, {floor.requests} requests, "
+        f"{floor.failed} failed) costs {ms(floor_cpu)} of server CPU per request, so the target leaves "
+        f"{ms(CPU_TARGET * baseline.median - baseline.median)} for Gradio against its floor of {ms(floor_cpu)}",
     )
 
 
@@ -364,7 +394,7 @@ def _cpu_ceiling(result: LoadResult) -> str:
 
 
 def _rows(results, counts: list[int], cold: list[float], batch_rate: float, one_rate: float,
-          baseline_cpu: Stats, phases: list[tuple[str, float, float]]) -> list[Row]:
+          baseline_cpu: Stats, floor: LoadResult, phases: list[tuple[str, float, float]]) -> list[Row]:
     rows = []
     for batching in (True, False):
         for clients in counts:
@@ -381,7 +411,7 @@ def _rows(results, counts: list[int], cold: list[float], batch_rate: float, one_
                 rows.append(Row(name, f"{per_s(result.throughput)}", result.chunk_rates.spread(per_s),
                                 f"predict_batch(32) in-process {per_s(batch_rate)}", x(ratio),
                                 "≥0.8x batch-32 rate, 0 failed", verdict, f"{latency}; {_cpu_ceiling(result)}"))
-                rows.append(_cpu_row(result, baseline_cpu))
+                rows.append(_cpu_row(result, baseline_cpu, floor))
                 continue
             if batching:
                 off = results[(False, clients)].throughput
