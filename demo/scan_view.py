@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import gradio as gr
-import numpy as np
 import pandas as pd
 from gradio.components.label import LabelConfidence, LabelData
 
@@ -18,7 +17,6 @@ from demo import rendering, texts
 from demo.uploads import unique_png
 from lung_classifier import ImageError, LungClassifier, ScanResult, ScanSlice
 from lung_classifier.classifier import OOD_NOTICE
-from lung_classifier.series import SliceEntry, open_series
 
 UPLOAD_LABEL = "CT scan: one .zip of its slices, or the slices' files (DICOM or images)"
 NO_FILES = "No files received: upload one .zip of a scan's slices, or the slices' files."
@@ -47,32 +45,9 @@ def analyze(classifier: LungClassifier, paths: list[str], *, explain: bool = Fal
 
     try:
         result = classifier.analyze_scan(paths, explain=explain, progress=report if progress else None)
-        return result, (gallery(result, top_pixels(classifier, paths, result)) if explain else [])
+        return result, (gallery(result) if explain else [])
     except ImageError as exc:  # ScanError included
         raise gr.Error(f"Cannot classify this scan: {exc}", print_exception=False) from None
-
-
-def top_pixels(classifier: LungClassifier, paths: list[str], result: ScanResult) -> dict[int, np.ndarray]:
-    """The top slices as decoded for the model, read again from the upload (the scan keeps no pixels).
-
-    The series is listed again (headers only) and the j-th slice of a name in the result
-    is the j-th entry of that name in the series: the result is the series in the same
-    order, less the slices that could not be decoded. A slice whose decoded size is not
-    its heatmap's (a skipped namesake shifted the count) is left out of the gallery.
-    """
-    with open_series(paths) as series:
-        entries: dict[str, list[SliceEntry]] = {}
-        for entry in series.slices:
-            entries.setdefault(entry.name, []).append(entry)
-        pixels = {}
-        for index in result.top:
-            name = result.slices[index].name
-            occurrence = sum(piece.name == name for piece in result.slices[:index])
-            if occurrence < len(entries.get(name, [])):
-                rgb = classifier.read(series.read(entries[name][occurrence])).rgb
-                if rgb.shape[:2] == result.heatmaps[index].shape:
-                    pixels[index] = rgb
-    return pixels
 
 
 def label_value(result: ScanResult) -> LabelData:
@@ -146,7 +121,7 @@ def caption(piece: ScanSlice) -> str:
             f"{piece.analysis.probabilities['Malignant']:.0%} ({piece.name}{where})")
 
 
-def gallery(result: ScanResult, images: dict[int, np.ndarray]) -> list[tuple[str, str]]:
+def gallery(result: ScanResult) -> list[tuple[str, str]]:
     """The top slices, each beside its Grad-CAM overlay, as PNG files of this request alone, with captions."""
-    return [(unique_png(rendering.overlay(images[i], result.heatmaps[i]), f"slice-{result.slices[i].index}.png"),
-             caption(result.slices[i])) for i in result.top if i in images and i in result.heatmaps]
+    return [(unique_png(rendering.overlay(result.images[i], result.heatmaps[i]), f"slice-{result.slices[i].index}.png"),
+             caption(result.slices[i])) for i in result.top if i in result.images and i in result.heatmaps]
