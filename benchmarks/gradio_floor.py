@@ -15,6 +15,7 @@ from pathlib import Path
 
 import gradio as gr
 
+
 def build(concurrency: int) -> gr.Blocks:
     def predict(path: str) -> dict[str, float]:
         size = len(Path(path).read_bytes())

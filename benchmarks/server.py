@@ -106,7 +106,8 @@ class Server:
 
         log = open(self.log_path, "w")
         started = time.perf_counter()
-        self.process = subprocess.Popen(self.command(), cwd=REPO, env=server_env(), stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(self.command(), cwd=REPO, env=server_env(), stdout=log,
+                                        stderr=subprocess.STDOUT)
         log.close()
         client = None
         while True:
@@ -359,8 +360,8 @@ def run(paths: list[Path], requests: dict[int, int], cold_starts: int, batch_rat
             server.stop()
     log("start-up phases, one after another in a fresh process")
     phases = startup_phases(paths[0])
-    return ServerResults(rows=_rows(results, sorted(requests), cold, batch_rate, one_rate, baseline_cpu, floor, phases),
-                         details=_details(results, idle_rss))
+    rows = _rows(results, sorted(requests), cold, batch_rate, one_rate, baseline_cpu, floor, phases)
+    return ServerResults(rows=rows, details=_details(results, idle_rss))
 
 
 def _cpu_row(result: LoadResult, baseline: Stats, floor: LoadResult) -> Row:

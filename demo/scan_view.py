@@ -124,4 +124,4 @@ def caption(piece: ScanSlice) -> str:
 def gallery(result: ScanResult) -> list[tuple[str, str]]:
     """The top slices, each beside its Grad-CAM overlay, as PNG files of this request alone, with captions."""
     return [(unique_png(rendering.overlay(result.images[i], result.heatmaps[i]), f"slice-{result.slices[i].index}.png"),
-             caption(result.slices[i])) for i in result.top if i in result.images and i in result.heatmaps]
+             caption(result.slices[i])) for i in result.top]

@@ -80,7 +80,8 @@ def best(results: list[Result]) -> Result:
 
 
 def format_table(results: list[Result], chosen: Result, labels: list[str], malignant: int) -> str:
-    lines = ["| head settings | macro-F1 | Malignant recall | Benign recall | ECE | s per fit (one per core at a time) |",
+    lines = ["| head settings | macro-F1 | Malignant recall | Benign recall | ECE "
+             "| s per fit (one per core at a time) |",
              "| --- | --- | --- | --- | --- | --- |"]
     benign = [label for label in labels if label == "Benign"]
     for result in results:
