@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: setup demo test test-fast benchmarks default-model
 
 setup: $(STAMP)  ## virtual environment + ResNet50 ImageNet weights (idempotent)
-	$(PY) -m lung_classifier.backbone
+	$(PY) -m lung_classifier.model.backbone
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -29,8 +29,8 @@ from demo.label import DecisionLabel
 from demo.startup import lean_tensorflow_import, warm_up
 from demo.uploads import UploadJanitor, keep_examples, unique_png
 from lung_classifier import ImageError, LungClassifier
-from lung_classifier.batching import BatchingPredictor
-from lung_classifier.precision import CHOICES as PRECISIONS
+from demo.batching import BatchingPredictor
+from lung_classifier.options import load, model_options
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 MAX_FILE_SIZE = "50mb"
@@ -130,14 +130,14 @@ def build_demo(classifier: LungClassifier, examples: list[str] | None = None, ba
         """The page's whole scan: verdict, note, curve along the body, top slices with Grad-CAM, details."""
         with janitor.using(scan_view.received(paths)):
             result, pictures = scan_view.analyze(classifier, paths, explain=True, progress=progress)
-        return (scan_view.label_value(result), scan_view.note(result, len(pictures)), scan_view.plot(result), pictures,
+        return (texts.label_value(result), scan_view.note(result, len(pictures)), scan_view.plot(result), pictures,
                 scan_view.table(result))
 
     def scan_api(paths: list[str] | None) -> tuple[LabelData, dict[str, Any]]:
         """A whole CT series (one zip, or the slices' files): the scan's verdict, and every slice's result."""
         with janitor.using(scan_view.received(paths)):
             result, _ = scan_view.analyze(classifier, paths)
-        return scan_view.label_value(result), result.as_dict()
+        return texts.label_value(result), result.as_dict()
 
     with demo:
         gr.Markdown("# Lung CT slice classifier\nNormal / Benign / Malignant, on a frozen ImageNet ResNet50 "
@@ -212,15 +212,12 @@ def build_demo(classifier: LungClassifier, examples: list[str] | None = None, ba
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ
-    parser = argparse.ArgumentParser(description="Serve the lung CT classifier demo and API.")
-    parser.add_argument("--model", default=env.get("LUNG_MODEL"),
-                        help="package directory or Hub repo id (env LUNG_MODEL; default: embedded model)")
-    parser.add_argument("--revision", default=env.get("LUNG_MODEL_REVISION"), help="Hub revision to pin")
-    parser.add_argument("--trust-saved-model", action="store_true", default=env.get("LUNG_TRUST_SAVED_MODEL") == "1",
-                        help="load the package's own SavedModel graph (only for packages you trust)")
-    parser.add_argument("--precision", choices=PRECISIONS, default=env.get("LUNG_PRECISION", "auto"),
-                        help="the rebuilt backbone's number format (env LUNG_PRECISION; default auto: bfloat16 "
-                             "where the CPU has AVX-512 BF16 or AMX, else float32)")
+    parser = argparse.ArgumentParser(description="Serve the lung CT classifier demo and API.", parents=[model_options()],
+                                     epilog="The model flags' defaults come from LUNG_MODEL, LUNG_MODEL_REVISION, "
+                                            "LUNG_TRUST_SAVED_MODEL=1 and LUNG_PRECISION where set.")
+    parser.set_defaults(model=env.get("LUNG_MODEL"), revision=env.get("LUNG_MODEL_REVISION"),
+                        trust_saved_model=env.get("LUNG_TRUST_SAVED_MODEL") == "1",
+                        precision=env.get("LUNG_PRECISION", "auto"))
     parser.add_argument("--host", default=env.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="address to listen on (env GRADIO_SERVER_NAME; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=int(env.get("GRADIO_SERVER_PORT", env.get("PORT", 7860))),
@@ -247,8 +244,7 @@ def example_files(directory: Path, limit: int = 6) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     lean_tensorflow_import()
-    classifier = LungClassifier.from_pretrained(args.model, revision=args.revision,
-                                                trust_saved_model=args.trust_saved_model, precision=args.precision)
+    classifier = load(args)
     print(f"Model: {classifier.origin} (backbone precision: {classifier.precision})", flush=True)
     warm_up(classifier)  # meanwhile the page is built and the server starts
     demo = build_demo(classifier, example_files(args.examples), batching=not args.no_batching)

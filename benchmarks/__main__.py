@@ -21,7 +21,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from .common import DATA, Row, dataset_images, loadavg, machine_description, render_table
+from .common import DATA, Row, dataset_images, machine_description, render_table
+from .readings import loadavg
 
 HERE = Path(__file__).resolve().parent
 ROW_NAMES = (

@@ -13,6 +13,10 @@ from typing import Callable
 
 import numpy as np
 
+from lung_classifier.model.precision import cpu_info
+
+from .readings import memory_total
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "iqothnccd"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -146,34 +150,6 @@ def render_table(rows: list[Row]) -> str:
 # --- the machine ---------------------------------------------------------
 
 
-def _cpuinfo() -> dict[str, str]:
-    info: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    return info
-
-
-def _meminfo_gib() -> str:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return f"{int(line.split()[1]) / 2**20:.1f} GiB"
-    except OSError:
-        pass
-    return "unknown"
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
-
-
 def git_revision() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
@@ -191,7 +167,7 @@ def machine_description() -> list[str]:
     import keras
     import gradio
 
-    cpu = _cpuinfo()
+    cpu = cpu_info()
     flags = set(cpu.get("flags", "").split())
     vector = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -201,19 +177,11 @@ def machine_description() -> list[str]:
         f"flags: {', '.join(vector) or 'none of avx2/avx512/amx'})",
         f"- Cores: {os.cpu_count()} logical CPUs, {affinity} usable by this process "
         f"(TF intra-op threads: {tf.config.threading.get_intra_op_parallelism_threads() or 'default = all'})",
-        f"- Memory: {_meminfo_gib()}",
+        f"- Memory: {memory_total()}",
         f"- Software: Python {platform.python_version()}, TensorFlow {tf.__version__}, Keras {keras.__version__}, "
         f"Gradio {gradio.__version__}, NumPy {np.__version__}, {platform.system()} {platform.release()}",
         f"- Code: git {git_revision()}",
     ]
-
-
-def rss_bytes(pid: int) -> int:
-    """VmRSS of a process, from /proc/PID/status."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise OSError(f"no VmRSS for pid {pid}")
 
 
 def dataset_images(root: Path = DATA) -> list[Path]:

@@ -1,7 +1,7 @@
 """Row 5h: the real app.py's peak memory while 16 clients send it the hostile corpus.
 
 The server is `python app.py` with the real model; the clients are 16 threads of a
-separate process (`tests/hostile_corpus.py`, the same corpus and sender as the tests),
+separate process (`benchmarks/hostile_corpus.py`, the same corpus and sender as the tests),
 each sending every heavy file (DICOM bombs, a 10 MP and a 36 MP black PNG, ...) to
 /predict, /analyze and /batch at once, then its share of the other files. Peak = the
 server's VmHWM (/proc/PID/status), which includes its start-up.
@@ -16,20 +16,13 @@ import tempfile
 from pathlib import Path
 
 from .common import REPO, Row
+from .readings import peak_rss
 from .server import Server
 
 LIMIT_BYTES = int(2.5 * 2**30)
 CLIENTS = 16
 QUICK_SHARE = 8
 """--quick (CI) sends to /predict only: every heavy file from every client, every 8th of the other files."""
-
-
-def peak_rss(pid: int) -> int:
-    """VmHWM (peak resident memory) of a process, from /proc/PID/status."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise OSError(f"no VmHWM for pid {pid}")
 
 
 def run(image: Path, quick: bool, log) -> Row:
@@ -43,7 +36,7 @@ def run(image: Path, quick: bool, log) -> Row:
         before = peak_rss(server.pid)
         log(f"  {CLIENTS} clients sending the corpus to {' '.join(endpoints)} (1/{share} of the light files)")
         sender = subprocess.run(
-            [sys.executable, str(REPO / "tests" / "hostile_corpus.py"), "--url", server.url,
+            [sys.executable, "-m", "benchmarks.hostile_corpus", "--url", server.url,
              "--dir", str(work / "corpus"), "--clients", str(CLIENTS), "--share", str(share),
              "--endpoints", *endpoints],
             cwd=REPO, capture_output=True, text=True, timeout=3600)

@@ -3,7 +3,7 @@
 `write_corpus(directory)` writes 200+ files and returns what each one should do:
 `ok` (decodes to a result), `error` (refused with an ImageError) or `any` (fuzzed bytes:
 either is fine, a crash or a hang is not). Used by tests/test_hostile_inputs.py and by
-the benchmarks' peak-memory row, so both send exactly the same files.
+the benchmarks' peak-memory row (benchmarks/hostile.py), so both send exactly the same files.
 """
 
 from __future__ import annotations
@@ -596,7 +596,7 @@ def send_corpus(url: str, corpus: list[Path], clients: int = 16, share: int = 1,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python tests/hostile_corpus.py --url URL --dir DIR [--clients N] [--share K] [--endpoints ...]: write the
+    """python -m benchmarks.hostile_corpus --url URL --dir DIR [--clients N] [--share K] [--endpoints ...]: write the
     corpus, send it, print a JSON summary."""
     import argparse
     import json

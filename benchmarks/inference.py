@@ -43,9 +43,9 @@ class InferenceResults:
 
 def run(paths: list[Path], settings: Settings, log) -> InferenceResults:
     from lung_classifier import LungClassifier
-    from lung_classifier.images import load_rgb
-    from lung_classifier.model import Head
-    from lung_classifier.preprocessing import prepare_batch
+    from lung_classifier.decoding.images import load_rgb
+    from lung_classifier.model.network import Head
+    from lung_classifier.model.preprocessing import prepare_batch
 
     from .seed import build_seed_model, seed_predict
 
@@ -200,7 +200,7 @@ def breakdown(classifier, paths: list[Path], repeats: int) -> dict[str, Stats]:
     """predict(path) at batch 1 and its steps, interleaved: decode, resize, the graph, all of it."""
     import tensorflow as tf
 
-    from lung_classifier.preprocessing import prepare_batch
+    from lung_classifier.model.preprocessing import prepare_batch
 
     size = classifier.input_size
     rgbs = [classifier.read(paths[i % len(paths)]).rgb for i in range(repeats + 1)]
@@ -228,8 +228,9 @@ def _breakdown_line(steps: dict[str, Stats], ours: Stats) -> str:
 
 def _precision_row(classifier, groups: list[list[Path]], backbone_flops: int, settings: Settings, log) -> Row:
     """The shipped precision (auto) against the float32 rebuild of the same package, batch of 32."""
-    from lung_classifier import LungClassifier, precision
-    from lung_classifier.images import load_rgb
+    from lung_classifier import LungClassifier
+    from lung_classifier.decoding.images import load_rgb
+    from lung_classifier.model import precision
 
     log("row 8: float32 package build against the shipped precision, batch of 32, and the bf16 GEMM rate")
     float32 = LungClassifier.from_pretrained(precision="float32")

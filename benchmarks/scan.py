@@ -12,7 +12,6 @@ Peak = the server's VmHWM (/proc/PID/status), start-up and every scan included.
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 import time
@@ -21,8 +20,11 @@ from pathlib import Path
 
 from PIL import Image
 
+from lung_classifier.decoding.series import natural_key
+
 from .common import Row, Stats, secs, verdict_at_most, x
-from .hostile import LIMIT_BYTES, peak_rss
+from .hostile import LIMIT_BYTES
+from .readings import peak_rss
 from .server import Server
 
 SLICES = 300
@@ -32,14 +34,10 @@ TARGET = 1.3
 CHUNK = 32
 
 
-def natural_key(path: Path) -> list:
-    """"case (2)" before "case (10)"."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
-
-
 def scan_slices(paths: list[Path], count: int) -> list[Path]:
     """`count` Malignant slices of one size (a scan's slices share theirs), in natural order of names."""
-    malignant = sorted((p for p in paths if p.parent.name.lower().startswith("malignant")), key=natural_key)
+    malignant = sorted((p for p in paths if p.parent.name.lower().startswith("malignant")),
+                       key=lambda path: natural_key(path.name))
     sizes: dict[tuple[int, int], list[Path]] = {}
     for path in malignant:
         with Image.open(path) as image:

@@ -16,8 +16,8 @@ def build_seed_model(head, input_size: int = 224, weights: str | None = None):
     """keras.Model: raw 0..255 RGB -> calibrated probabilities, built like the seed built it."""
     import keras
 
-    from lung_classifier import backbone
-    from lung_classifier.model import build_extractor
+    from lung_classifier.model import backbone
+    from lung_classifier.model.network import build_extractor
 
     resnet = backbone.load_resnet50(backbone.resolve_weights(weights), input_shape=(input_size, input_size, 3))
     extractor = build_extractor(resnet)

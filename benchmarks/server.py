@@ -32,12 +32,12 @@ from .common import (
     Stats,
     ms,
     per_s,
-    rss_bytes,
     secs,
     verdict_at_least,
     verdict_at_most,
     x,
 )
+from .readings import cpu_seconds, rss_bytes
 
 CLIENT_COUNTS = (1, 4, 16)
 CPU_BATCH = 16  # the in-process baseline of row 5c: predict_batch of this many paths
@@ -247,12 +247,6 @@ def load_test(server: Server, clients: int, requests: int, paths: list[Path], ma
                       cpu_per_request=Stats.of(per_request or [server_cpu / requests]))
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _own_cpu_seconds() -> float:
     times = os.times()
     return times.user + times.system
@@ -277,35 +271,12 @@ def in_process_cpu(paths: list[Path], repeats: int) -> Stats:
     return Stats.of(samples)
 
 
-STARTUP_PHASES = """
-import json, sys, time
-marks = [("start", time.perf_counter(), time.process_time())]
-def mark(name):
-    marks.append((name, time.perf_counter(), time.process_time()))
-from demo.startup import lean_tensorflow_import
-lean = lean_tensorflow_import()
-import tensorflow
-mark("import tensorflow" + (" (Keras spared)" if lean else " (with Keras)"))
-import gradio
-mark("import gradio")
-from lung_classifier import LungClassifier
-classifier = LungClassifier.from_pretrained()
-mark("package load (SavedModel)")
-classifier.predict(sys.argv[1])
-mark("first model call")
-import app
-app.build_demo(classifier, app.example_files(app.EXAMPLES))
-mark("page build")
-print(json.dumps([[name, t - t0, c - c0] for (name, t, c), (_, t0, c0) in zip(marks[1:], marks)]))
-"""
-
-
 def startup_phases(image: Path) -> list[tuple[str, float, float]]:
     """Row 6's breakdown: (phase, wall s, CPU s) of app.py's start-up steps, one after another in a fresh process
     (app.py overlaps the first model call with the page build and server start)."""
     import json
 
-    done = subprocess.run([sys.executable, "-c", STARTUP_PHASES, str(image)], cwd=REPO, env=server_env(),
+    done = subprocess.run([sys.executable, "-m", "benchmarks.startup_phases", str(image)], cwd=REPO, env=server_env(),
                           capture_output=True, text=True, timeout=START_TIMEOUT_S, check=True)
     return [tuple(phase) for phase in json.loads(done.stdout.strip().splitlines()[-1])]
 

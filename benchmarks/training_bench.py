@@ -71,7 +71,7 @@ def cv_metrics(package: Path) -> dict[str, float]:
 
 
 def run(warm_repeats: int, seed_epochs: int, log, data: Path = DATA) -> TrainingResults:
-    from lung_classifier import backbone
+    from lung_classifier.model import backbone
 
     weights = backbone.resolve_weights().path
     work = Path(tempfile.mkdtemp(prefix="lung-bench-training-"))

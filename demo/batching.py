@@ -11,8 +11,8 @@ import queue
 import threading
 from concurrent.futures import Future
 
-from .classifier import Analysis, LungClassifier
-from .images import ImageInput, Slice
+from lung_classifier import Analysis, LungClassifier
+from lung_classifier.decoding.images import ImageInput, Slice
 
 
 class BatchingPredictor:
@@ -43,7 +43,7 @@ class BatchingPredictor:
                 except queue.Empty:
                     break
             try:
-                results = self.classifier.analyze_batch([piece for piece, _ in batch])
+                results = self.classifier.analyze_batch([decoded for decoded, _ in batch])
             except Exception as exc:  # a model failure must reach every waiting caller, not kill the thread
                 for _, future in batch:
                     future.set_exception(exc)

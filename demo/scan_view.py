@@ -11,12 +11,10 @@ from typing import Any
 
 import gradio as gr
 import pandas as pd
-from gradio.components.label import LabelConfidence, LabelData
 
 from demo import rendering, texts
 from demo.uploads import unique_png
 from lung_classifier import ImageError, LungClassifier, ScanResult, ScanSlice
-from lung_classifier.classifier import OOD_NOTICE
 
 UPLOAD_LABEL = "CT scan: one .zip of its slices, or the slices' files (DICOM or images)"
 NO_FILES = "No files received: upload one .zip of a scan's slices, or the slices' files."
@@ -48,14 +46,6 @@ def analyze(classifier: LungClassifier, paths: list[str], *, explain: bool = Fal
         return result, (gallery(result) if explain else [])
     except ImageError as exc:  # ScanError included
         raise gr.Error(f"Cannot classify this scan: {exc}", print_exception=False) from None
-
-
-def label_value(result: ScanResult) -> LabelData:
-    """The scan's verdict (its label, or the notice) with its probabilities, as gr.Label shows them."""
-    probabilities = result.probabilities or {}
-    confidences = [LabelConfidence(label=label, confidence=p)
-                   for label, p in sorted(probabilities.items(), key=lambda item: -item[1])]
-    return LabelData(label=result.verdict, confidences=confidences)
 
 
 def headers(labels: Sequence[str]) -> list[str]:
@@ -94,8 +84,7 @@ def note(result: ScanResult, pictures: int | None = None) -> str:
     """The verdict in words, the slices that drove it, what the reader skipped, and any overlay not shown."""
     count = len(result.slices)
     if result.out_of_distribution:
-        text = (f"### ⚠️ {OOD_NOTICE}\nThis scan is {result.ood_reason}, so the model's probabilities are "
-                f"**not meaningful** for it. The model expects {texts.WHAT_THE_MODEL_EXPECTS}.")
+        text = texts.flagged_note("This scan", result.ood_reason)
     else:
         confidence = result.probabilities[result.label]
         text = (f"Scan label **{result.label}** (model confidence {confidence:.0%}) from {count} slices. "

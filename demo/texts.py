@@ -9,8 +9,8 @@ from typing import Any
 
 from gradio.components.label import LabelConfidence, LabelData
 
-from lung_classifier import Analysis
-from lung_classifier.classifier import OOD_NOTICE
+from lung_classifier import Analysis, ScanResult
+from lung_classifier.verdict import OOD_NOTICE
 
 DISCLAIMER = (
     "**Research demo, not a medical device.** Not cleared or validated for clinical use: "
@@ -27,11 +27,18 @@ WHAT_THE_MODEL_EXPECTS = (
     "soft-tissue-to-bone window (width 350-1200 HU, centre 50-600 HU), so the lungs look near black")
 
 
-def label_value(result: Analysis) -> LabelData:
-    """What gr.Label shows: the decided label (not always the top confidence) or the notice, and the confidences."""
+def label_value(result: Analysis | ScanResult) -> LabelData:
+    """What gr.Label shows: the decided label (not always the top confidence) or the notice, and the confidences
+    (none for a flagged scan, which has no probabilities)."""
     confidences = [LabelConfidence(label=label, confidence=p)
-                   for label, p in sorted(result.probabilities.items(), key=lambda item: -item[1])]
+                   for label, p in sorted((result.probabilities or {}).items(), key=lambda item: -item[1])]
     return LabelData(label=result.verdict, confidences=confidences)
+
+
+def flagged_note(what: str, reason: str | None) -> str:
+    """The paragraph for an input that gets no diagnosis: `what` ("This input", "This scan") is `reason`."""
+    return (f"### ⚠️ {OOD_NOTICE}\n{what} is {reason}, so the model's probabilities are "
+            f"**not meaningful** for it. The model expects {WHAT_THE_MODEL_EXPECTS}.")
 
 
 def confidence_title(config: dict[str, Any]) -> str:
@@ -43,8 +50,7 @@ def confidence_title(config: dict[str, Any]) -> str:
 def note(result: Analysis) -> str:
     """One paragraph on the result, with what to do when no diagnosis can be given."""
     if result.out_of_distribution:
-        return (f"### ⚠️ {OOD_NOTICE}\nThis input is {result.ood_reason}, so the model's probabilities are "
-                f"**not meaningful** for it. The model expects {WHAT_THE_MODEL_EXPECTS}.")
+        return flagged_note("This input", result.ood_reason)
     top = max(result.probabilities, key=result.probabilities.get)
     rule = ("" if top == result.label else
             f" The most probable class is {top} ({result.probabilities[top]:.0%}); the label is {result.label} "

@@ -9,67 +9,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
-from . import hub, package, rendering
-from .images import ImageInput, Slice, read_slice
-from .preprocessing import prepare_batch
-
-if TYPE_CHECKING:
-    from .scan import ScanResult
-    from .series import ScanSource
+from . import package
+from .decoding import rendering
+from .decoding.images import ImageInput, Slice, read_slice
+from .decoding.series import ScanSource
+from .model.preprocessing import prepare_batch
+from .package import hub
+from .scan.analysis import ScanResult, analyze_scan
+from .verdict import Analysis, ood_reason
 
 DEFAULT_MODEL = Path(__file__).parent / "default_model"
-OOD_NOTICE = "Unlike the training data: no diagnosis"
-"""What the page, the API and the CLI show instead of a class for a flagged input."""
-
-
-@dataclass(frozen=True)
-class Analysis:
-    """One slice's result: the decided label, the probabilities, and how far to trust them.
-
-    ``label`` is the package's decision rule (Malignant recall first), not always the most
-    probable class. Where ``out_of_distribution`` is true the input is unlike the training
-    slices: show no diagnosis for it.
-    """
-
-    label: str
-    probabilities: dict[str, float]
-    ood_score: float
-    out_of_distribution: bool
-    ood_reason: str | None = None  # why it is out of distribution, for a person
-    heatmap: np.ndarray | None = None  # float32 in [0, 1], the input's height x width
-
-    @property
-    def verdict(self) -> str:
-        """What to show a person: the label, or OOD_NOTICE where the input is out of distribution."""
-        return OOD_NOTICE if self.out_of_distribution else self.label
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready data (no heatmap)."""
-        return {"label": self.label, "probabilities": self.probabilities, "ood_score": self.ood_score,
-                "out_of_distribution": self.out_of_distribution, "ood_reason": self.ood_reason}
-
-
-NON_AXIAL = "a reformatted (coronal, sagittal or oblique) DICOM slice: the model knows only axial slices"
-UNVALIDATED_DICOM = ("a DICOM file: this model was validated only on the IQ-OTH/NCCD slices (JPEG exports of one "
-                     "hospital's scanner), and its guard cannot tell other scanners' or windows' slices from "
-                     "malignant ones (see the model card)")
-
-
-def ood_reason(piece: Slice, feature_flag: bool, score: float, threshold: float, dicom_validated: bool) -> str | None:
-    """The first reason to withhold a diagnosis, or None."""
-    if piece.dicom and piece.axial is False:
-        return NON_AXIAL
-    if feature_flag:
-        return (f"an image whose features are unlike the training slices (score {score:.2f} above the threshold "
-                f"{threshold:.2f})")
-    if piece.dicom and not dicom_validated:
-        return UNVALIDATED_DICOM
-    return None
 
 
 @dataclass(frozen=True)
@@ -111,13 +65,16 @@ class LungClassifier:
     def __init__(self, directory: Path, config: dict[str, Any], origin: str, source_name: str | None = None):
         import tensorflow as tf
 
+        from .model.network import Head
+
         self.directory = directory
         self.config = config
         self.origin = origin
         self.source_name = source_name or origin
         self.labels: tuple[str, ...] = tuple(config["labels"])
         self.input_size: int = config["input"]["size"]
-        self.ood_threshold: float = float(config["ood"]["threshold"])
+        self.ood_threshold: float = float(Head.load(directory / package.HEAD).ood_threshold)
+        """The head's threshold, which the graph's flag uses: messages quote this one."""
         self.dicom_window = rendering.dicom_window(config)
         self.dicom_validated = bool(config["rendering"].get("dicom_validated", False))
         rebuilt = config.get("rebuilt")
@@ -138,7 +95,7 @@ class LungClassifier:
 
         Only the package's config and head arrays are trusted: the graph is rebuilt from
         the head and the standard ImageNet ResNet50 (``weights`` names its file; see
-        lung_classifier.backbone), once per machine. ``trust_saved_model=True`` loads the
+        lung_classifier.model.backbone), once per machine. ``trust_saved_model=True`` loads the
         package's own SavedModel instead: an arbitrary TensorFlow graph, which can read and
         write files, so only for packages you trust. Weights other than those the head was
         trained on are an error unless ``allow_other_weights=True`` (then a warning).
@@ -152,7 +109,7 @@ class LungClassifier:
                                saved_model=trust_saved_model)
         config = package.read_config(found.directory, saved_model=trust_saved_model, root=found.root,
                                      ignore=found.ignore)
-        full, config = package.complete(found.directory, config, weights, trust_saved_model=trust_saved_model,
+        full, config = package.full_package(found.directory, config, weights, trust_saved_model=trust_saved_model,
                                         allow_other_weights=allow_other_weights, precision=precision)
         return cls(full, config, found.origin, found.name)
 
@@ -176,16 +133,16 @@ class LungClassifier:
         """One model call for many slices; a flagged slice carries the reason in ``ood_reason``."""
         import tensorflow as tf
 
-        pieces = [image if isinstance(image, Slice) else self.read(image) for image in images]
-        if not pieces:
+        decoded = [image if isinstance(image, Slice) else self.read(image) for image in images]
+        if not decoded:
             return []
-        batch = tf.constant(prepare_batch([piece.rgb for piece in pieces], self.input_size))
+        batch = tf.constant(prepare_batch([item.rgb for item in decoded], self.input_size))
         signature = self._explain if explain else self._predict
         outputs = {name: tensor.numpy() for name, tensor in signature(images=batch).items()}
         results = []
-        for index, piece in enumerate(pieces):
+        for index, item in enumerate(decoded):
             score = float(outputs["ood_score"][index])
-            reason = ood_reason(piece, bool(outputs["out_of_distribution"][index]), score, self.ood_threshold,
+            reason = ood_reason(item, bool(outputs["out_of_distribution"][index]), score, self.ood_threshold,
                                 self.dicom_validated)
             results.append(Analysis(
                 label=self.labels[int(outputs["label"][index])],
@@ -193,7 +150,7 @@ class LungClassifier:
                 ood_score=score,
                 out_of_distribution=reason is not None,
                 ood_reason=reason,
-                heatmap=_upsample(outputs["heatmap"][index], piece.rgb.shape[:2]) if explain else None,
+                heatmap=_upsample(outputs["heatmap"][index], item.rgb.shape[:2]) if explain else None,
             ))
         return results
 
@@ -206,11 +163,9 @@ class LungClassifier:
         heatmaps with ``explain=True``). Slices are decoded and analysed ``batch_size`` at a
         time, calling ``progress(done, total)`` once the upload is checked (done 0) and after
         each batch. Uploads that cannot be one scan raise series.ScanError (an ImageError);
-        see lung_classifier.series for the checks and lung_classifier.scan for what is
+        see lung_classifier.decoding.series for the checks and lung_classifier.scan.analysis for what is
         skipped with a note. A package without a whole-scan rule raises PackageError.
         """
-        from .scan import analyze_scan
-
         return analyze_scan(self, source, top_k=top_k, explain=explain, batch_size=batch_size, progress=progress)
 
     def save_pretrained(self, directory: str | Path) -> Path:

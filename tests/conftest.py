@@ -43,7 +43,7 @@ def tiny_backbone(seed: int = 0):
     """Three strided convs named like ResNet50's taps: the same graph shape, 1000x cheaper."""
     import keras
 
-    from lung_classifier.model import TAPS
+    from lung_classifier.model.network import TAPS
 
     keras.utils.set_random_seed(seed)
     x = inputs = keras.Input((TINY_SIZE, TINY_SIZE, 3))
@@ -111,7 +111,7 @@ def tiny_standard_backbone(monkeypatch, tmp_path):
     The 'weights file' holds the seed; the stand-in's digest is 'tiny-backbone-seed-<seed>', the digest
     the tiny package records. Call the returned function to switch to another seed's weights.
     """
-    from lung_classifier import backbone
+    from lung_classifier.model import backbone
 
     weights = tmp_path / "tiny-standard-backbone.weights"
     digests: dict[int, str] = {}

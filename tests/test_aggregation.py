@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from lung_classifier.aggregation import POOLS, ScanRule, scan_flagged
+from lung_classifier.scan.aggregation import POOLS, ScanRule, scan_flagged
 from training import cv, scan_cv
 
 LABELS = ("Normal", "Benign", "Malignant")

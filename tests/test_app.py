@@ -21,7 +21,7 @@ from PIL import Image
 
 from app_server import AppServer, local_url_line, start_app
 from conftest import REPO, synthetic_slice
-from hostile_corpus import encode, png_claiming_size
+from benchmarks.hostile_corpus import encode, png_claiming_size
 
 
 LABELS = ["Normal", "Benign", "Malignant"]

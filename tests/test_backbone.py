@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lung_classifier import backbone
-from lung_classifier.backbone import (
+from lung_classifier.model import backbone
+from lung_classifier.model.backbone import (
     BackboneWeightsError,
     SourceUnavailable,
     WeightsImportError,

@@ -14,7 +14,7 @@ from conftest import REPO, need_shared_data, require
 
 def _real_weights() -> str:
     """The real ImageNet ResNet50 notop weights file (a skip or, in CI, a failure saying why)."""
-    from lung_classifier import backbone
+    from lung_classifier.model import backbone
 
     user_cache = Path("~/.cache/lung_classifier").expanduser() / backbone.CACHE_FILE_NAME
     if user_cache.is_file():
@@ -28,7 +28,7 @@ def _real_weights() -> str:
 @pytest.mark.slow
 def test_quick_benchmarks_run_and_report_every_row(tmp_path):
     from benchmarks.__main__ import ROW_NAMES
-    from lung_classifier import backbone
+    from lung_classifier.model import backbone
 
     data = need_shared_data()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",

@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 
 from lung_classifier import package
-from lung_classifier.model import TAPS, Head
+from lung_classifier.model.network import TAPS, Head
 from training import card
 from training import selection
 
@@ -103,7 +103,7 @@ def test_card_front_matter(readme, config, metrics):
         assert values[f"{label} recall"] == pytest.approx(round(cv[f"recall_{label}"]["mean"], 4))
 
 
-def test_card_text(readme, config, metrics):
+def test_card_text(tiny_package, readme, config, metrics):
     assert "not a medical device" in readme
     assert "10.17632/bhmdr45bh2" in readme
     assert "CC BY 4.0" in readme
@@ -117,10 +117,11 @@ def test_card_text(readme, config, metrics):
     assert "test split" not in readme
     # What was compared, how the rule and calibration were chosen, the deletion test and the guard.
     assert readme.count(" **(chosen)** |") == 2  # one head in the selection table, one CAM layer
-    assert f"temperature T = {config['calibration']['temperature']:.3f}" in readme
-    offsets = config["decision_rule"]["offsets"]
+    head = Head.load(tiny_package / "head.npz")
+    assert f"temperature T = {float(head.temperature):.3f}" in readme
+    offsets = dict(zip(config["labels"], head.decision_offsets))
     assert ", ".join(f"{label} {value:+.2f}" for label, value in offsets.items()) in readme
-    assert f"threshold {config['ood']['threshold']:.3f}" in readme
+    assert f"threshold {float(head.ood_threshold):.3f}" in readme
     assert "| random contiguous regions inside the body (3 per slice) |" in readme
     assert "| photographs (matplotlib's sample images) | 3 |" in readme
     assert "| Benign recall >= 0.7 |" in readme
@@ -147,12 +148,13 @@ def test_config_describes_the_model(tiny_package, config):
     assert config["labels"] == ["Normal", "Benign", "Malignant"]
     assert config["input"]["size"] == 64 and config["input"]["channels"] == "RGB"
     assert config["input"]["range"] == [0, 255]
-    assert config["preprocessing"]["decoder"] == "lung_classifier.images.load_rgb"
-    assert config["temperature"] == pytest.approx(float(head.temperature))
-    assert config["ood"]["threshold"] == pytest.approx(float(head.ood_threshold))
+    assert config["preprocessing"]["decoder"] == "lung_classifier.decoding.images.load_rgb"
+    # The rules' numbers live in the head only: config.json describes the rules without repeating them.
+    assert "temperature" not in config and "temperature" not in config["calibration"]
+    assert "threshold" not in config["ood"] and "threshold" not in config["outputs"]["ood_score"]
+    assert "offsets" not in config["decision_rule"]
+    assert np.isfinite(head.ood_threshold) and head.decision_offsets.shape == (3,)
     assert config["ood"]["components"] == head.ood_components.shape[0]
-    assert np.isfinite(config["ood"]["threshold"])
-    assert list(config["decision_rule"]["offsets"].values()) == pytest.approx(head.decision_offsets.tolist())
     assert config["gradcam"]["layers"] in ("conv4", "conv5", "conv4+conv5")
     assert config["rendering"]["window_width_hu"] == [350, 1200]
     assert config["rendering"]["window_centre_hu"] == [50, 600]

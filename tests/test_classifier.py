@@ -62,14 +62,14 @@ def test_predictions_follow_the_training_classes(classifier):
 
 
 def test_the_label_is_the_packages_decision_rule(classifier):
-    from lung_classifier.model import Head
-    from training import decision
+    from lung_classifier.model.network import Head
+    from lung_classifier.verdict import decide
 
     offsets = Head.load(classifier.directory / "head.npz").decision_offsets
     images = [np.asarray(synthetic_slice(label, index)) for label in LABELS for index in range(1, 30, 4)]
     results = classifier.analyze_batch(images)
     probabilities = np.array([[r.probabilities[label] for label in LABELS] for r in results])
-    assert [r.label for r in results] == [LABELS[i] for i in decision.apply(probabilities, offsets)]
+    assert [r.label for r in results] == [LABELS[i] for i in decide(probabilities, offsets)]
 
 
 def test_a_photo_is_flagged_on_predict_and_predict_batch(classifier):
@@ -131,6 +131,19 @@ def test_ood_flag_is_the_score_against_the_threshold(classifier):
         assert result.out_of_distribution == (result.ood_score > classifier.ood_threshold)
 
 
+def test_the_threshold_is_the_heads_and_older_configs_repeating_it_still_load(tiny_package, tmp_path):
+    from lung_classifier import package
+    from lung_classifier.model.network import Head
+
+    older = tmp_path / "older"
+    shutil.copytree(tiny_package, older)
+    config = json.loads((older / package.CONFIG).read_text())
+    config["ood"]["threshold"] = 123.0  # older packages repeat it here; the head's copy is the one used
+    package.write_config(older, config)
+    loaded = LungClassifier.from_pretrained(older, trust_saved_model=True)
+    assert loaded.ood_threshold == float(Head.load(older / package.HEAD).ood_threshold) != 123.0
+
+
 def test_training_like_slices_are_less_out_of_distribution_than_junk(classifier):
     rng = np.random.default_rng(1)
     slices = [np.asarray(synthetic_slice(label, index)) for label in LABELS for index in (8, 12, 18, 23)]
@@ -188,8 +201,8 @@ def test_save_pretrained_refuses_a_non_empty_foreign_directory(classifier, tmp_p
 def test_plain_saved_model_gives_the_classifier_probabilities(classifier, tiny_package):
     import tensorflow as tf
 
-    from lung_classifier.images import load_rgb
-    from lung_classifier.preprocessing import prepare_batch
+    from lung_classifier.decoding.images import load_rgb
+    from lung_classifier.model.preprocessing import prepare_batch
 
     images = [np.asarray(synthetic_slice(label, 14)) for label in LABELS]
     loaded = tf.saved_model.load(str(tiny_package / "saved_model"))
@@ -273,7 +286,7 @@ def test_dicom_input_is_never_diagnosed_and_reformats_say_why(classifier, tmp_pa
     assert reason in result.ood_reason
     assert classifier.predict(path)["out_of_distribution"] is True
     # Rendered at the package's window, which the config records.
-    from lung_classifier.images import load_rgb
+    from lung_classifier.decoding.images import load_rgb
 
     window = classifier.config["rendering"]["dicom_window"]
     np.testing.assert_array_equal(classifier.read(path).rgb,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lung_classifier.verdict import decide
 from training import calibration, cv, decision
 
 
@@ -97,7 +98,7 @@ def test_decision_offsets_reach_the_malignant_recall_target_at_the_best_macro_f1
     plain = probabilities.argmax(axis=1)
     assert np.mean(plain[y == 2] == 2) < 0.9
     offsets = decision.choose_offsets(probabilities, y, malignant=2, min_recall=0.99)
-    predicted = decision.apply(probabilities, offsets)
+    predicted = decide(probabilities, offsets)
     assert offsets[0] == 0.0
     assert np.mean(predicted[y == 2] == 2) >= 0.99
     # No other grid point meeting the target has a better macro-F1.
@@ -105,7 +106,7 @@ def test_decision_offsets_reach_the_malignant_recall_target_at_the_best_macro_f1
     best = macro_f1(y, predicted, 3)
     for b in decision.OFFSET_GRID[::4]:
         for m in decision.OFFSET_GRID[::4]:
-            other = decision.apply(probabilities, np.array([0.0, b, m]))
+            other = decide(probabilities, np.array([0.0, b, m]))
             if np.mean(other[y == 2] == 2) >= 0.99:
                 assert macro_f1(y, other, 3) <= best + 1e-12
 
@@ -113,7 +114,7 @@ def test_decision_offsets_reach_the_malignant_recall_target_at_the_best_macro_f1
 def test_decision_rule_in_the_graph_matches_the_numpy_rule():
     import tensorflow as tf
 
-    from lung_classifier.model import Head, HeadVariables, head_outputs
+    from lung_classifier.model.network import Head, HeadVariables, head_outputs
 
     rng = np.random.default_rng(5)
     dims = 6
@@ -124,6 +125,6 @@ def test_decision_rule_in_the_graph_matches_the_numpy_rule():
     x = rng.normal(size=(500, dims)).astype(np.float32)
     outputs = head_outputs(tf.constant(x), HeadVariables(head))
     probabilities = outputs["probabilities"].numpy()
-    np.testing.assert_array_equal(outputs["label"].numpy(), decision.apply(probabilities, head.decision_offsets))
+    np.testing.assert_array_equal(outputs["label"].numpy(), decide(probabilities, head.decision_offsets))
     assert (outputs["label"].numpy() != probabilities.argmax(axis=1)).any()  # the offsets matter here
     np.testing.assert_array_equal(outputs["out_of_distribution"].numpy(), outputs["ood_score"].numpy() > 2.0)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lung_classifier.images import load_rgb
+from lung_classifier.decoding.images import load_rgb
+from benchmarks.seed_training import grouped_split
 from training import data
 from training.data import (
     LABELS,
@@ -18,9 +19,7 @@ from training.data import (
     canonical_label,
     group_items,
     group_summary,
-    grouped_split,
     scan_folder,
-    similarity_stats,
 )
 from conftest import require
 
@@ -186,7 +185,8 @@ def test_unusual_but_valid_images_are_read(tmp_path: Path) -> None:
 
 def test_progress_goes_to_stderr_and_can_be_silenced(iqoth: Path, capsys: pytest.CaptureFixture) -> None:
     scan_folder(iqoth, progress=True)
-    assert "reading images: 54/54" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "reading images" in err and "54/54" in err
     scan_folder(iqoth, progress=False)
     assert capsys.readouterr().err == ""
 
@@ -241,6 +241,36 @@ def test_near_duplicates_far_apart_in_numbering_share_a_group(tmp_path: Path) ->
     group_of = groups_by_path(dataset, group_items(dataset))
     assert group_of["Normal case (40).png"] == group_of["Normal case (1).jpg"]
     assert group_of["Normal case (40).png"] != group_of["Normal case (4).jpg"]
+
+
+def similarity_stats(dataset: Dataset, seed: int = 0) -> dict[str, dict[str, list[float]]]:
+    """Quantiles (10/50/90%) of fingerprint similarity, the evidence behind the thresholds.
+
+    Per class: numbered neighbours of one size, and random pairs; plus pairs from
+    different classes, which are surely different patients.
+    """
+    rng = np.random.default_rng(seed)
+    prints = np.stack([item.fingerprint for item in dataset.items])
+    labels = np.array([item.label for item in dataset.items])
+    first, second = rng.integers(0, len(dataset.items), size=(2, 20_000))
+    random_pairs = np.einsum("ij,ij->i", prints[first], prints[second])
+    stats: dict[str, dict[str, list[float]]] = {}
+    for label in dataset.labels:
+        neighbours = [
+            data._similarity(dataset.items[a], dataset.items[b])
+            for run in data._numbered_runs(dataset.items)
+            if dataset.items[run[0]].label == label
+            for a, b in zip(run, run[1:])
+        ]
+        within = (labels[first] == label) & (labels[second] == label) & (first != second)
+        stats[label] = {"neighbours": _quantiles(neighbours), "random": _quantiles(random_pairs[within])}
+    stats["different classes"] = {"random": _quantiles(random_pairs[labels[first] != labels[second]])}
+    return stats
+
+
+def _quantiles(values) -> list[float]:
+    values = np.asarray(values, dtype=float)
+    return [round(float(q), 3) for q in np.quantile(values, [0.1, 0.5, 0.9])] if values.size else []
 
 
 def test_similarity_stats_separate_neighbours_from_other_classes(iqoth: Path) -> None:

@@ -14,7 +14,7 @@ SLICES = 60
 @pytest.mark.slow
 def test_deleting_the_heatmaps_top_region_hurts_more_than_random_regions(tmp_path_factory):
     from lung_classifier import LungClassifier
-    from lung_classifier.images import load_rgb
+    from lung_classifier.decoding.images import load_rgb
     from training.data import scan_folder
 
     dataset = scan_folder(need_shared_data(), progress=False)
@@ -58,8 +58,8 @@ def test_grad_cam_at_conv4_depends_on_conv5(tiny_package):
     import tensorflow as tf
 
     from conftest import synthetic_slice, tiny_backbone
-    from lung_classifier.model import TAPS, Head, LungModel, build_extractor
-    from lung_classifier.preprocessing import prepare_batch
+    from lung_classifier.model.network import TAPS, Head, LungModel, build_extractor
+    from lung_classifier.model.preprocessing import prepare_batch
 
     head = Head.load(tiny_package / "head.npz")
     images = tf.constant(prepare_batch([np.asarray(synthetic_slice("Malignant", 7).convert("RGB"))], 64))

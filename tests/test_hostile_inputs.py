@@ -1,4 +1,4 @@
-"""The hostile corpus (tests/hostile_corpus.py, 200+ files generated here) through the library and the app.
+"""The hostile corpus (benchmarks/hostile_corpus.py, 200+ files generated here) through the library and the app.
 
 Every file gets a result or a clear ImageError, never another exception, a hang or a dead
 server; the running app keeps its peak memory under 2.5 GiB while 16 clients send it all.
@@ -18,8 +18,10 @@ from gradio_client import Client, handle_file
 
 from app_server import start_app
 from conftest import REPO, synthetic_slice
-from hostile_corpus import HEAVY, HostileFile, send_corpus, write_corpus
-from lung_classifier.images import MAX_SIDE, MIN_SIDE, ImageError, load_rgb
+from benchmarks.hostile_corpus import HEAVY, HostileFile, send_corpus, write_corpus
+from benchmarks.readings import peak_rss
+from lung_classifier.decoding.images import load_rgb
+from lung_classifier.decoding.limits import MAX_SIDE, MIN_SIDE, ImageError
 
 PEAK_RSS_LIMIT = 2.5 * 2**30
 KINDS = ["truncated-", "bitflip-", "bomb-", "deflate", "rle", "animated", "cmyk", "palette", "16bit", "exif-",
@@ -122,14 +124,6 @@ def test_every_file_through_predict_analyze_and_batch_gets_a_result_or_a_clear_e
         server.stop()
 
 
-def peak_rss(pid: int) -> int:
-    """VmHWM: the process's peak resident memory so far, from /proc/PID/status."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmHWM for pid {pid}")
-
-
 @pytest.mark.slow
 def test_peak_server_memory_under_16_hostile_clients_stays_under_2_5_gib(
         tiny_package, cache_root, library, tmp_path):
@@ -137,7 +131,7 @@ def test_peak_server_memory_under_16_hostile_clients_stays_under_2_5_gib(
     server = start_app(tiny_package, cache_root, tmp_path / "app")
     try:
         sender = subprocess.run(
-            [sys.executable, str(REPO / "tests" / "hostile_corpus.py"), "--url", server.url,
+            [sys.executable, "-m", "benchmarks.hostile_corpus", "--url", server.url,
              "--dir", str(tmp_path / "corpus"), "--clients", "16"],
             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=1800)
         assert sender.returncode == 0, sender.stderr[-3000:]

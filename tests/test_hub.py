@@ -13,7 +13,8 @@ import pytest
 
 from conftest import synthetic_slice
 from fake_hub import fake_hub, hub_env  # noqa: F401  (fixtures)
-from lung_classifier import HubError, LungClassifier, PackageError, hub, package
+from lung_classifier import HubError, LungClassifier, PackageError, package
+from lung_classifier.package import hub
 
 REPO = "fake-user/lung-tiny"
 SHA = re.compile(r"^[0-9a-f]{40}$")

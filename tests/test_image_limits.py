@@ -11,11 +11,13 @@ import pytest
 from PIL import Image, ImageOps
 
 from conftest import need_shared_data
-from hostile_corpus import (DEFLATED, EXPLICIT_LE, JPEG_BASELINE, _dataset_bytes, _file_meta, ct_pixels,
-                            deflated_dicom, dicom_file, dicom_header, encapsulated, encode, rle_dicom, slice_image)
-from lung_classifier import images
-from lung_classifier.images import MAX_SIDE, ImageError, load_rgb
-from lung_classifier.rendering import DICOM_WINDOW
+from benchmarks.hostile_corpus import (DEFLATED, EXPLICIT_LE, JPEG_BASELINE, _dataset_bytes, _file_meta,
+                                       ct_pixels, deflated_dicom, dicom_file, dicom_header, encapsulated, encode,
+                                       rle_dicom, slice_image)
+from lung_classifier.decoding import dicom, images, limits
+from lung_classifier.decoding.images import load_rgb
+from lung_classifier.decoding.limits import MAX_SIDE, ImageError
+from lung_classifier.decoding.rendering import DICOM_WINDOW
 
 
 def test_large_images_are_downscaled_to_max_side_keeping_the_aspect():
@@ -150,14 +152,14 @@ def test_only_geometry_and_rescale_tags_are_read(monkeypatch):
     assert b"Doe^Jane" in data
     monkeypatch.setattr(Dataset, "__getitem__", spy)
     load_rgb(data)
-    assert seen and set(seen) <= set(images._GEOMETRY_TAGS) | {"TransferSyntaxUID"}, seen
+    assert seen and set(seen) <= set(dicom._GEOMETRY_TAGS) | {"TransferSyntaxUID"}, seen
 
 
 # --- the memory budget ------------------------------------------------------------------------------
 
 
 def test_budget_never_lets_reservations_add_up_past_it():
-    budget = images._DecodeBudget(100)
+    budget = limits.DecodeBudget(100)
     held, peak, lock = [0], [0], threading.Lock()
     sizes = [random.Random(seed).randint(1, 100) for seed in range(64)]
 
@@ -183,33 +185,31 @@ def test_budget_never_lets_reservations_add_up_past_it():
 
 def test_the_largest_common_images_fit_the_budget():
     """40 MP grey, RGBA or palette PNGs and 40 MP 16-bit uncompressed DICOMs are decoded, not refused for memory."""
-    side = int(images.MAX_PIXELS ** 0.5)
+    side = int(limits.MAX_PIXELS ** 0.5)
     for mode in ("L", "RGB", "RGBA", "P", "I;16"):
         pil = Image.new(mode, (1, 1))
         pil._size = (side, side)  # the estimate reads the declared size only
         pil.format = "PNG"
-        assert images._pil_bytes(pil) <= images.DECODE_BUDGET_BYTES, mode
-    geometry = images._Geometry(side, side, 16, 12, True, False, 1.0, 0.0)
-    assert images._dicom_bytes(geometry, "1.2.840.10008.1.2.1", 2 * side * side) <= images.DECODE_BUDGET_BYTES
+        assert images._pil_bytes(pil) <= limits.DECODE_BUDGET_BYTES, mode
+    geometry = dicom._Geometry(side, side, 16, 12, True, False, 1.0, 0.0)
+    assert dicom._dicom_bytes(geometry, "1.2.840.10008.1.2.1", 2 * side * side) <= limits.DECODE_BUDGET_BYTES
 
 
 MEASURE_PEAK = """
 import sys
 import numpy as np
-from lung_classifier import images
-from lung_classifier.images import load_rgb
+from benchmarks.readings import peak_rss, reset_peak_rss, rss_bytes
+from lung_classifier.decoding import limits
+from lung_classifier.decoding.images import load_rgb
 small, large = sys.argv[1], sys.argv[2]
 load_rgb(small)  # the same kind of file, small: imports and decoder set-up are not counted
 reserved = []
-original = images._BUDGET.reserve
-images._BUDGET.reserve = lambda nbytes, name: reserved.append(nbytes) or original(nbytes, name)
-def status(field):
-    line = next(l for l in open("/proc/self/status") if l.startswith(field + ":"))
-    return int(line.split()[1]) * 1024
-open("/proc/self/clear_refs", "w").write("5")  # resets the peak (VmHWM) to the current RSS
-before = status("VmRSS")
+original = limits.BUDGET.reserve
+limits.BUDGET.reserve = lambda nbytes, name: reserved.append(nbytes) or original(nbytes, name)
+reset_peak_rss()
+before = rss_bytes()
 load_rgb(large)
-print(status("VmHWM") - before, max(reserved))
+print(peak_rss() - before, max(reserved))
 """
 
 
@@ -220,7 +220,7 @@ def test_estimates_bound_what_a_decode_really_uses(kind, tmp_path):
     import sys
 
     from conftest import REPO
-    from hostile_corpus import black_png, zero_runs
+    from benchmarks.hostile_corpus import black_png, zero_runs
 
     make = {"png": lambda side: black_png(side, side),
             "rle": lambda side: rle_dicom(rows=side, columns=side, segments=[zero_runs(side * side)] * 2),

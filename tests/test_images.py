@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lung_classifier.images import MAX_PIXELS, MIN_SIDE, ImageError, load_rgb
+from lung_classifier.decoding.images import load_rgb
+from lung_classifier.decoding.limits import MAX_PIXELS, MIN_SIDE, ImageError
 
 
 def grey_pattern(height: int = 60, width: int = 80) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lung_classifier import package
-from lung_classifier.rendering import IQ_OTH_RENDERING
+from lung_classifier.decoding.rendering import IQ_OTH_RENDERING
 from lung_classifier.package import PackageError
 from conftest import require
 
@@ -56,7 +56,7 @@ def test_a_copy_of_a_package_verifies(package_copy):
     assert config["labels"] == ["Normal", "Benign", "Malignant"]
     assert package.has_saved_model(config)
     # A full package whose SavedModel is trusted is complete as it is: no rebuild, no copy.
-    assert package.complete(package_copy, config, trust_saved_model=True) == (package_copy, config)
+    assert package.full_package(package_copy, config, trust_saved_model=True) == (package_copy, config)
 
 
 def test_tampered_head_is_refused_naming_the_file(package_copy):
@@ -154,7 +154,7 @@ def test_write_config_overrides_format_and_checksums_given_by_the_caller(tmp_pat
     (tmp_path / package.HEAD).write_bytes(b"head")
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "a.txt").write_text("a")
-    minimal = {"labels": ["x"], "input": {"size": 8}, "ood": {"threshold": 1.0}, "backbone": {"weights_sha256": "0"},
+    minimal = {"labels": ["x"], "input": {"size": 8}, "backbone": {"weights_sha256": "0"},
                "gradcam": {"layers": "conv4+conv5"}, "rendering": IQ_OTH_RENDERING}
     written = package.write_config(tmp_path, {**minimal, "format_version": 99,
                                               "files": {"stale": "0"}, "saved_model_files": {"s": "0"}})
@@ -164,7 +164,7 @@ def test_write_config_overrides_format_and_checksums_given_by_the_caller(tmp_pat
     assert package.read_config(tmp_path) == written
 
 
-@pytest.mark.parametrize("field", ["labels", "input", "ood", "backbone"])
+@pytest.mark.parametrize("field", ["labels", "input", "backbone", "gradcam"])
 def test_a_package_missing_a_required_field_is_refused(tiny_package, tmp_path, field):
     copy = tmp_path / "copy"
     shutil.copytree(tiny_package, copy)
@@ -297,7 +297,7 @@ def test_complete_builds_head_only_package_once_into_the_cache(tiny_package, tmp
     head_only = tmp_path / "head-only"
     config = make_head_only(tiny_package, head_only)
 
-    target, full = package.complete(head_only, config, precision="float32")
+    target, full = package.full_package(head_only, config, precision="float32")
     assert "building the full model" in capsys.readouterr().err
     assert target.parent == tmp_path / "cache" / "packages"
     assert re.fullmatch(r"tiny-test-[0-9a-f]{16}-[0-9a-f]{16}-float32", target.name)
@@ -309,19 +309,19 @@ def test_complete_builds_head_only_package_once_into_the_cache(tiny_package, tmp
     assert [p.name for p in target.parent.iterdir()] == [target.name]  # no staging left behind
 
     # Second use: the cached build is verified and reused.
-    again, again_config = package.complete(head_only, config, precision="float32")
+    again, again_config = package.full_package(head_only, config, precision="float32")
     assert (again, again_config) == (target, full)
     assert "building" not in capsys.readouterr().err
 
     # Another precision is another build, beside it.
-    other, other_config = package.complete(head_only, config, precision="bfloat16")
+    other, other_config = package.full_package(head_only, config, precision="bfloat16")
     assert other == target.with_name(target.name.replace("float32", "bfloat16"))
     assert other_config["rebuilt"]["precision"] == "bfloat16"
     capsys.readouterr()
 
     # A damaged cached build is rebuilt, not used.
     flip_last_byte(next((target / "saved_model" / "variables").glob("variables.data-*")))
-    rebuilt, _ = package.complete(head_only, config, precision="float32")
+    rebuilt, _ = package.full_package(head_only, config, precision="float32")
     assert rebuilt == target
     assert "rebuilding damaged cached model" in capsys.readouterr().err
     assert package.has_saved_model(package.read_config(target))
@@ -350,7 +350,7 @@ def test_completed_head_only_package_predicts_like_the_full_one(tiny_package, tm
 
 def with_other_head(source: Path, destination: Path) -> dict:
     """The package with its SavedModel as trained but another head: what a hostile upload could look like."""
-    from lung_classifier.model import Head
+    from lung_classifier.model.network import Head
 
     shutil.copytree(source, destination)
     head = Head.load(destination / package.HEAD)
@@ -435,7 +435,7 @@ def test_a_name_that_climbs_out_stays_in_the_cache(tiny_package, tmp_path, monke
         source = work / f"named-{prefix}"
         config = make_head_only(tiny_package, source)
         config = package.write_config(source, {**config, "name": name})
-        target, _ = package.complete(source, config)
+        target, _ = package.full_package(source, config)
         assert target.parent == cache / "packages" and target.name.startswith(prefix), (name, target)
     assert sorted(p.name for p in work.iterdir()) == sorted(["deep"] + [f"named-{p}" for p in prefixes.values()])
     assert [p.name for p in (work / "deep").iterdir()] == ["cache"]
@@ -473,7 +473,7 @@ def test_other_weights_are_an_error_unless_allowed_and_key_the_cache(tiny_packag
 
 
 def test_failed_build_leaves_no_cache_entry(tiny_package, tmp_path, monkeypatch, tiny_standard_backbone):
-    from lung_classifier import backbone
+    from lung_classifier.model import backbone
 
     monkeypatch.setenv("LUNG_CLASSIFIER_CACHE", str(tmp_path / "cache"))
     config = make_head_only(tiny_package, tmp_path / "head-only")
@@ -483,7 +483,7 @@ def test_failed_build_leaves_no_cache_entry(tiny_package, tmp_path, monkeypatch,
 
     monkeypatch.setattr(backbone, "load_resnet50", broken)
     with pytest.raises(RuntimeError, match="no weights today"):
-        package.complete(tmp_path / "head-only", config)
+        package.full_package(tmp_path / "head-only", config)
     assert list((tmp_path / "cache" / "packages").iterdir()) == []
 
 
@@ -492,7 +492,7 @@ def test_failed_build_leaves_no_cache_entry(tiny_package, tmp_path, monkeypatch,
 
 def real_weights(monkeypatch) -> str:
     """The real ImageNet ResNet50 notop weights (a skip or, in CI, a failure saying why)."""
-    from lung_classifier import backbone
+    from lung_classifier.model import backbone
 
     user_cache = Path("~/.cache/lung_classifier").expanduser() / backbone.CACHE_FILE_NAME
     if user_cache.is_file():
@@ -505,7 +505,7 @@ def real_weights(monkeypatch) -> str:
 
 def random_resnet_head_package(directory: Path, weights_sha256: str, seed: int = 0) -> dict:
     """A head-only package with a random but valid head for ResNet50's 3584 pooled features."""
-    from lung_classifier.model import TAPS, Head
+    from lung_classifier.model.network import TAPS, Head
 
     rng = np.random.default_rng(seed)
     features, classes, components = 3584, 3, 32
@@ -530,12 +530,10 @@ def random_resnet_head_package(directory: Path, weights_sha256: str, seed: int =
         "model_version": "0.0.0",
         "labels": ["Normal", "Benign", "Malignant"],
         "input": {"size": 224, "channels": "RGB", "dtype": "float32", "range": [0, 255]},
-        "preprocessing": {"decoder": "lung_classifier.images.load_rgb", "resize": "bilinear"},
+        "preprocessing": {"decoder": "lung_classifier.decoding.images.load_rgb", "resize": "bilinear"},
         "backbone": {"architecture": "keras.applications.ResNet50", "weights": "imagenet", "include_top": False,
                      "frozen": True, "taps": list(TAPS), "weights_sha256": weights_sha256},
         "head": {"file": package.HEAD},
-        "temperature": 1.5,
-        "ood": {"threshold": 3.0},
         "gradcam": {"layers": "conv4+conv5"},
         "rendering": IQ_OTH_RENDERING,
     }
@@ -583,7 +581,7 @@ def test_embedded_default_model_loads_and_predicts(tmp_path, monkeypatch, capfd)
     from lung_classifier.classifier import DEFAULT_MODEL
 
     require(DEFAULT_MODEL.is_dir(), f"no embedded default model at {DEFAULT_MODEL} yet")
-    from lung_classifier import backbone
+    from lung_classifier.model import backbone
 
     monkeypatch.setenv("LUNG_CLASSIFIER_CACHE", str(tmp_path / "cache"))
     weights = real_weights(monkeypatch)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import need_shared_data
-from lung_classifier import precision
+from lung_classifier.model import precision
 
 BATCH = 64
 HEATMAP_SLICES = 8
@@ -32,7 +32,7 @@ def test_bfloat16_agrees_with_float32_on_every_development_slice():
     import tensorflow as tf
 
     from lung_classifier import LungClassifier
-    from lung_classifier.preprocessing import prepare_batch
+    from lung_classifier.model.preprocessing import prepare_batch
     from training.data import scan_folder
 
     items = scan_folder(need_shared_data(), progress=False).items

@@ -12,8 +12,8 @@ from conftest import synthetic_slice
 from test_scan_series import dicom_slice
 
 from lung_classifier import LungClassifier, PackageError, ScanError
-from lung_classifier.aggregation import ScanRule
-from lung_classifier.classifier import OOD_NOTICE
+from lung_classifier.scan.aggregation import ScanRule
+from lung_classifier.verdict import OOD_NOTICE
 
 # Scan 3 of each class (slices 11-15 of the synthetic set), named so that file-name order matters.
 SCAN = [("Normal", 11), ("Normal", 12), ("Malignant", 13), ("Malignant", 14), ("Normal", 15),

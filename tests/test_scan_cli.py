@@ -14,7 +14,7 @@ from conftest import synthetic_slice
 from test_scan_series import dicom_slice, png
 
 from lung_classifier.__main__ import main
-from lung_classifier.classifier import OOD_NOTICE
+from lung_classifier.verdict import OOD_NOTICE
 
 LABELS = ["Normal", "Benign", "Malignant"]
 SCAN = [("Normal", 11), ("Malignant", 13), ("Malignant", 14), ("Normal", 12), ("Normal", 15), ("Malignant", 12)]

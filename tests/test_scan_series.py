@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lung_classifier import series
-from lung_classifier.series import ScanError, natural_key, open_series
+from lung_classifier.decoding import series
+from lung_classifier.decoding.series import ScanError, natural_key, open_series
 
 SERIES_UID = "1.2.826.0.1.3680043.8.498.1"
 

@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from lung_classifier import backbone
+    from lung_classifier.model import backbone
     from training.data import DatasetError, require_class_folders
 
     try:
@@ -68,7 +68,7 @@ def train(args: argparse.Namespace, resnet: "keras.Model", digest: str) -> int:
     """Everything after the backbone is loaded (tests pass a tiny stand-in backbone)."""
     import tensorflow as tf
 
-    from lung_classifier.model import LungModel, build_extractor
+    from lung_classifier.model.network import LungModel, build_extractor
     from training import cv, data, decision, faithfulness, features, fit, guard, packaging, scan_cv, selection
 
     started = time.perf_counter()
@@ -148,7 +148,7 @@ def train(args: argparse.Namespace, resnet: "keras.Model", digest: str) -> int:
     if status:
         return status
     if args.push_to_hub:
-        from lung_classifier import hub
+        from lung_classifier.package import hub
         print(f"   pushed to {args.push_to_hub} at commit {hub.upload(args.output, args.push_to_hub)}")
     print(f"Done in {time.perf_counter() - started:.0f} s: {args.output}")
     return 0

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from lung_classifier.verdict import decide
 from training import calibration, decision, evaluate, workers
 
 K_FOLDS = 5
@@ -112,7 +113,7 @@ def cross_fit(oof: OutOfFold, y: np.ndarray, labels: list[str], malignant: int,
         logits, scores = oof.logits[fold.repeat], oof.ood_scores[fold.repeat]
         pipeline = fit_pipeline(logits[others], scores[others], y[others], malignant, min_malignant_recall)
         p = pipeline.calibration.probabilities(logits[fold.test])
-        labelled = decision.apply(p, pipeline.offsets)
+        labelled = decide(p, pipeline.offsets)
         probabilities[fold.repeat, fold.test], predicted[fold.repeat, fold.test] = p, labelled
         flagged[fold.repeat, fold.test] = scores[fold.test] > pipeline.ood_threshold
         report = evaluate.report(p, y[fold.test], labels, predicted=labelled)

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
-from lung_classifier.images import ImageError, load_rgb
+from lung_classifier.decoding.images import load_rgb
+from lung_classifier.decoding.limits import ImageError
 
 LABELS = ("Normal", "Benign", "Malignant")
 """Canonical class order: index i of a model output is LABELS[i]."""
 
-SPLITS = ("train", "val", "test")
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".dcm"})
 """A directory holding a file with one of these suffixes is a class folder."""
@@ -117,16 +118,13 @@ def scan_folder(root: str | Path, progress: bool = True) -> Dataset:
     files = [(path, canonical_label(folder.name)) for folder in folders for path in _folder_files(folder)]
     items: list[Item] = []
     skipped: list[tuple[Path, str]] = []
-    for count, (path, label) in enumerate(files, start=1):
+    for path, label in tqdm(files, desc="reading images", unit="image", file=sys.stderr, disable=not progress):
         try:
             items.append(read_item(path, label))
         except (ImageError, OSError) as error:
             _skip(skipped, path, str(error))
         except Exception as error:  # a decoder bug on one odd file must not end a long scan
             _skip(skipped, path, f"{path.name} could not be decoded ({type(error).__name__}: {error})")
-        if progress and (count % 50 == 0 or count == len(files)):
-            print(f"\rreading images: {count}/{len(files)}", end="\n" if count == len(files) else "",
-                  file=sys.stderr, flush=True)
     return Dataset(items=items, skipped=skipped)
 
 
@@ -233,60 +231,6 @@ def group_summary(dataset: Dataset, groups: list[int]) -> dict[str, dict]:
     }
 
 
-def similarity_stats(dataset: Dataset, seed: int = 0) -> dict[str, dict[str, list[float]]]:
-    """Quantiles (10/50/90%) of fingerprint similarity, the evidence behind the thresholds.
-
-    Per class: numbered neighbours of one size, and random pairs; plus pairs from
-    different classes, which are surely different patients.
-    """
-    rng = np.random.default_rng(seed)
-    prints = np.stack([item.fingerprint for item in dataset.items])
-    labels = np.array([item.label for item in dataset.items])
-    first, second = rng.integers(0, len(dataset.items), size=(2, 20_000))
-    random_pairs = np.einsum("ij,ij->i", prints[first], prints[second])
-    stats: dict[str, dict[str, list[float]]] = {}
-    for label in dataset.labels:
-        neighbours = [
-            _similarity(dataset.items[a], dataset.items[b])
-            for run in _numbered_runs(dataset.items)
-            if dataset.items[run[0]].label == label
-            for a, b in zip(run, run[1:])
-        ]
-        within = (labels[first] == label) & (labels[second] == label) & (first != second)
-        stats[label] = {"neighbours": _quantiles(neighbours), "random": _quantiles(random_pairs[within])}
-    stats["different classes"] = {"random": _quantiles(random_pairs[labels[first] != labels[second]])}
-    return stats
-
-
-def grouped_split(
-    dataset: Dataset,
-    groups: list[int],
-    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-    seed: int = 0,
-    tries: int = 200,
-) -> list[str]:
-    """A split name ("train", "val" or "test") per item, by whole groups, class by class.
-
-    Each class's groups are dealt separately (so every split gets every class when the
-    class has a group for it), greedily to the split furthest below its share of
-    images; of `tries` seeded shuffles, the one closest to the fractions in both images
-    and groups wins (so a test split is not one big scan).
-    """
-    targets = np.asarray(fractions, dtype=float)
-    if targets.shape != (len(SPLITS),) or (targets < 0).any() or not np.isclose(targets.sum(), 1.0):
-        raise ValueError(f"fractions must be {len(SPLITS)} non-negative numbers summing to 1, got {fractions}")
-    rng = np.random.default_rng(seed)
-    split_of_group: dict[int, str] = {}
-    for label, members in _groups_by_class(dataset, groups).items():
-        ids = sorted(members)
-        sizes = np.array([members[group] for group in ids])
-        assignment = _best_assignment(sizes, targets, rng, tries)
-        if len(set(assignment.tolist())) < np.count_nonzero(targets):
-            print(f"warning: {label} has only {len(ids)} group(s): some split gets none of it", file=sys.stderr)
-        split_of_group.update((group, SPLITS[split]) for group, split in zip(ids, assignment))
-    return [split_of_group[group] for group in groups]
-
-
 def _subdirectories(folder: Path) -> list[Path]:
     return sorted(path for path in folder.iterdir() if path.is_dir() and not _hidden(path))
 
@@ -342,58 +286,6 @@ def _numbered_runs(items: list[Item]) -> list[list[int]]:
             else:
                 runs.append([index])
     return runs
-
-
-def _groups_by_class(dataset: Dataset, groups: list[int]) -> dict[str, dict[int, int]]:
-    """Class -> {group: images}; a group whose duplicates carry two labels goes with its majority."""
-    labels_of: dict[int, Counter] = defaultdict(Counter)
-    for item, group in zip(dataset.items, groups):
-        labels_of[group][item.label] += 1
-    order = {label: rank for rank, label in enumerate(dataset.labels)}
-    by_class: dict[str, dict[int, int]] = {label: {} for label in dataset.labels}
-    for group, counts in labels_of.items():
-        label = min(counts, key=lambda name: (-counts[name], order[name]))
-        by_class[label][group] = sum(counts.values())
-    return {label: members for label, members in by_class.items() if members}
-
-
-def _best_assignment(sizes: np.ndarray, targets: np.ndarray, rng: np.random.Generator, tries: int) -> np.ndarray:
-    best, best_cost = None, np.inf
-    for _ in range(tries):
-        assignment = _greedy_assignment(sizes, targets, rng.permutation(len(sizes)))
-        cost = _misfit(np.bincount(assignment, weights=sizes, minlength=len(targets)), targets * sizes.sum())
-        cost += _misfit(np.bincount(assignment, minlength=len(targets)), targets * len(sizes))
-        if cost < best_cost:
-            best, best_cost = assignment, cost
-    return best
-
-
-def _misfit(counts: np.ndarray, goal: np.ndarray) -> float:
-    """Chi-square distance, so a miss of 5 images weighs more in test than in train."""
-    wanted = goal > 0
-    return float(np.sum((counts[wanted] - goal[wanted]) ** 2 / goal[wanted]))
-
-
-def _greedy_assignment(sizes: np.ndarray, targets: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Each group in turn to the split with the largest unfilled fraction of its target.
-
-    An empty split has the largest possible (1), so with three groups or more every split
-    with a non-zero fraction gets one.
-    """
-    goal = targets * sizes.sum()
-    filled = np.zeros(len(targets))
-    assignment = np.zeros(len(sizes), dtype=int)
-    for group in order:
-        unfilled = np.where(goal > 0, 1.0 - filled / np.where(goal > 0, goal, 1.0), -np.inf)
-        split = int(np.argmax(unfilled))
-        assignment[group] = split
-        filled[split] += sizes[group]
-    return assignment
-
-
-def _quantiles(values) -> list[float]:
-    values = np.asarray(values, dtype=float)
-    return [round(float(q), 3) for q in np.quantile(values, [0.1, 0.5, 0.9])] if values.size else []
 
 
 class _UnionFind:

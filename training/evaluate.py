@@ -157,18 +157,16 @@ def plot_reliability(before: np.ndarray, after: np.ndarray, y_true: np.ndarray, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lung_classifier import LungClassifier
+    from lung_classifier.options import load, model_options
     from training.data import scan_folder
 
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="package directory or Hub repo id (default: embedded model)")
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0],
+                                     parents=[model_options()])
     parser.add_argument("--data", required=True, type=Path, help="class-per-folder image directory")
     parser.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
-    parser.add_argument("--trust-saved-model", action="store_true",
-                        help="load the package's own SavedModel graph (only for packages you trust)")
     args = parser.parse_args(argv)
 
-    classifier = LungClassifier.from_pretrained(args.model, trust_saved_model=args.trust_saved_model)
+    classifier = load(args)
     dataset = scan_folder(args.data)
     labels = list(classifier.labels)
     unknown = sorted({item.label for item in dataset.items} - set(labels))

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 from scipy import ndimage
 
-from lung_classifier.model import CAM_CHOICES, LungModel, head_outputs
+from lung_classifier.model.network import CAM_CHOICES, LungModel, head_outputs
 
 FRACTION = 0.2
 """Share of the body's pixels deleted."""

@@ -10,17 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 import keras
+from tqdm import tqdm
 
-from lung_classifier.backbone import cache_dir
-from lung_classifier.images import load_rgb
-from lung_classifier.model import TAPS, pool
-from lung_classifier.preprocessing import RESAMPLE, prepare_batch
+from lung_classifier.decoding.images import load_rgb
+from lung_classifier.model.backbone import cache_dir
+from lung_classifier.model.network import TAPS, pool
+from lung_classifier.model.preprocessing import RESAMPLE, prepare_batch
 
 BATCH = 32
 
@@ -64,16 +64,13 @@ def extract(extractor: keras.Model, paths: list[Path], md5s: list[str], input_si
             lambda images: pool(extractor(images)),
             input_signature=[tf.TensorSpec([None, input_size, input_size, 3], tf.float32)],
         )
-        start = time.perf_counter()
-        for first in range(0, len(todo), BATCH):
-            chunk = todo[first:first + BATCH]
-            batch = prepare_batch([_view(load_rgb(path), view) for _, path in chunk], input_size)
-            for (md5, _), vector in zip(chunk, features_of(tf.constant(batch)).numpy()):
-                cache.vectors[md5] = vector
-            done = first + len(chunk)
-            rate = done / (time.perf_counter() - start)
-            print(f"\r  backbone features ({view}): {done}/{len(todo)} images ({rate:.1f}/s)", end="", file=sys.stderr)
-        print(file=sys.stderr)
+        with tqdm(total=len(todo), desc=f"backbone features ({view})", unit="image", file=sys.stderr) as bar:
+            for first in range(0, len(todo), BATCH):
+                chunk = todo[first:first + BATCH]
+                batch = prepare_batch([_view(load_rgb(path), view) for _, path in chunk], input_size)
+                for (md5, _), vector in zip(chunk, features_of(tf.constant(batch)).numpy()):
+                    cache.vectors[md5] = vector
+                bar.update(len(chunk))
         cache.save()
     return np.stack([cache.vectors[md5] for md5 in md5s])
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from lung_classifier.model import Head
+from lung_classifier.model.network import Head
 from training.calibration import Calibration
 
 OOD_COMPONENTS = 32
@@ -81,7 +81,7 @@ class OodStatistics:
     residual: float  # mean squared off-subspace residual on training features
 
     def scores(self, z: np.ndarray) -> np.ndarray:
-        """The same score as lung_classifier.model.head_outputs: ~1 on training data."""
+        """The same score as lung_classifier.model.network.head_outputs: ~1 on training data."""
         projected = z @ self.components.T
         inside = np.mean((projected / self.scale) ** 2, axis=-1)
         residual = np.mean((z - projected @ self.components) ** 2, axis=-1)

@@ -2,7 +2,8 @@
 
 The guard must let training-like slices through and stop what the model was never
 trained on. (DICOM input is flagged by the library whatever its score, see
-lung_classifier.rendering; this measures the feature-space guard alone.) Each shift here is something a user could plausibly send: another display
+lung_classifier.verdict.ood_reason; this measures the feature-space guard alone.) Each
+shift here is something a user could plausibly send: another display
 window, an inverted or blurred slice, a zoomed crop, a slice turned on its side, the CT
 that ships with pydicom, ordinary photographs, noise.
 """
@@ -16,10 +17,10 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageFilter
 
-from lung_classifier.images import load_rgb
-from lung_classifier.model import LungModel, head_outputs
-from lung_classifier.rendering import DICOM_WINDOW
-from lung_classifier.preprocessing import prepare_batch
+from lung_classifier.decoding.images import load_rgb
+from lung_classifier.decoding.rendering import DICOM_WINDOW
+from lung_classifier.model.network import LungModel, head_outputs
+from lung_classifier.model.preprocessing import prepare_batch
 
 PROBE_PER_CLASS = 20
 

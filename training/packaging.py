@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from lung_classifier import package
-from lung_classifier.aggregation import MAX_FLAGGED_FRACTION
-from lung_classifier.rendering import IQ_OTH_RENDERING
-from lung_classifier.model import CAM_CHOICES, SERVED, TAPS, Head, LungModel
-from lung_classifier.preprocessing import RESAMPLE
+from lung_classifier.decoding.rendering import IQ_OTH_RENDERING
+from lung_classifier.model.network import CAM_CHOICES, SERVED, TAPS, Head, LungModel
+from lung_classifier.model.preprocessing import RESAMPLE
+from lung_classifier.scan.aggregation import MAX_FLAGGED_FRACTION
 from training import calibration, card, cv, data, decision, evaluate, faithfulness, guard, scan_cv, selection
 from training.cv import Pipeline
 
@@ -83,7 +83,7 @@ def write(out: Path, model: LungModel, head: Head, record: TrainingRecord) -> in
     summary = record.chosen.summary
     (out / "metrics.json").write_text(json.dumps(metrics(record), indent=2) + "\n")
     config = package_config(record, head)
-    card.write_card(out, card_values(record, config, summary, head.kernel.shape[0]))
+    card.write_card(out, card_values(record, config, summary, head))
     if not record.args.head_only:
         model.export(out / package.SAVED_MODEL)
     package.write_config(out, config)
@@ -96,8 +96,8 @@ def check_export(out: Path, model: LungModel, record: TrainingRecord, count: int
     """The exported SavedModel must give the in-memory model's probabilities and labels."""
     import tensorflow as tf
 
-    from lung_classifier.images import load_rgb
-    from lung_classifier.preprocessing import prepare_batch
+    from lung_classifier.decoding.images import load_rgb
+    from lung_classifier.model.preprocessing import prepare_batch
 
     print("   checking the exported SavedModel against the in-memory model")
     paths = [item.path for item in record.dataset.items[:count]]
@@ -117,6 +117,12 @@ def calibrated(summary: dict[str, dict[str, float]]) -> bool:
     return summary["ece"]["high"] <= CALIBRATED_ECE
 
 
+HEAD_NUMBERS = ("the one copy of the numbers the rules use: temperature, decision_offsets (the decision rule) "
+                "and ood_threshold; config.json describes the rules and does not repeat them")
+OOD_RULE = ("out_of_distribution = ood_score > ood_threshold (head.npz), or a DICOM slice that is not axial, or any "
+            "DICOM slice while rendering.dicom_validated is false; no diagnosis is given for a flagged input")
+
+
 def package_config(record: TrainingRecord, head: Head) -> dict[str, Any]:
     """What the package says about itself: inputs, outputs, rendering, rule, provenance."""
     labels, pipeline = record.labels, record.pipeline
@@ -132,26 +138,23 @@ def package_config(record: TrainingRecord, head: Head) -> dict[str, Any]:
                   "shape": ["N", size, size, 3],
                   "modality": "axial chest CT slice, windowed greyscale as the training slices were rendered"},
         "rendering": IQ_OTH_RENDERING,
-        "preprocessing": {"decoder": "lung_classifier.images.load_rgb", "resize": RESAMPLE,
+        "preprocessing": {"decoder": "lung_classifier.decoding.images.load_rgb", "resize": RESAMPLE,
                           "normalisation": "inside the model (ResNet50 caffe mode)"},
         "backbone": {"architecture": "keras.applications.ResNet50", "weights": "imagenet", "include_top": False,
                      "frozen": True, "taps": list(TAPS), "weights_sha256": record.digest},
         "head": {"file": package.HEAD, "type": "standardise + multinomial L2 logistic regression",
-                 "settings": record.chosen.settings.as_dict()},
-        "temperature": float(head.temperature),
-        "calibration": {"method": "temperature and per-class bias fitted on out-of-fold logits (unweighted NLL), "
-                                  "folded into the head's bias",
-                        "temperature": pipeline.calibration.temperature,
+                 "settings": record.chosen.settings.as_dict(), "numbers": HEAD_NUMBERS},
+        "calibration": {"method": "temperature (head.npz: temperature) and per-class bias fitted on out-of-fold "
+                                  "logits (unweighted NLL), the bias folded into the head's bias",
                         "bias": dict(zip(labels, pipeline.calibration.bias.tolist())),
                         "calibrated": calibrated(record.chosen.summary),
                         "cv_ece": record.chosen.summary["ece"]},
-        "decision_rule": {"rule": "label = argmax over classes of log(probability) + offset[class]",
-                          "offsets": dict(zip(labels, pipeline.offsets.tolist())),
+        "decision_rule": {"rule": "label = argmax over classes of log(probability) + offset[class] "
+                                  "(head.npz: decision_offsets)",
                           "chosen_for": f"out-of-fold Malignant recall >= {decision.MIN_MALIGNANT_RECALL}, "
                                         "then the highest macro-F1"},
-        "ood": {"threshold": float(head.ood_threshold), "quantile_of_out_of_fold": decision.OOD_QUANTILE,
-                "components": int(head.ood_components.shape[0]),
-                "rule": "out_of_distribution = ood_score > threshold; no diagnosis is given for a flagged input"},
+        "ood": {"quantile_of_out_of_fold": decision.OOD_QUANTILE, "components": int(head.ood_components.shape[0]),
+                "rule": OOD_RULE},
         "gradcam": {"layers": record.faithfulness["chosen"], "taps": list(CAM_CHOICES[record.faithfulness["chosen"]])},
         "scan": scan_config(record),
         "outputs": {
@@ -159,7 +162,7 @@ def package_config(record: TrainingRecord, head: Head) -> dict[str, Any]:
                               "value_range": [0, 1], "channel_def": channel_def},
             "label": {"type": "class index by the decision rule", "dtype": "int32", "shape": ["N"],
                       "channel_def": channel_def},
-            "ood_score": {"type": "score", "dtype": "float32", "shape": ["N"], "threshold": float(head.ood_threshold)},
+            "ood_score": {"type": "score", "dtype": "float32", "shape": ["N"]},
             "out_of_distribution": {"type": "flag", "dtype": "bool", "shape": ["N"]},
             "heatmap": {"type": "Grad-CAM", "dtype": "float32", "shape": ["N", "h", "w"], "value_range": [0, 1],
                         "signature": "explain"},
@@ -175,7 +178,7 @@ def package_config(record: TrainingRecord, head: Head) -> dict[str, Any]:
 
 
 def scan_config(record: TrainingRecord) -> dict[str, Any]:
-    """The whole-scan rule (lung_classifier.aggregation.ScanRule.from_config reads it) and its evidence."""
+    """The whole-scan rule (lung_classifier.scan.aggregation.ScanRule.from_config reads it) and its evidence."""
     chosen = record.scan_chosen
     return {**chosen.rule.as_config(), "rule": chosen.rule.describe(),
             "max_flagged_fraction": MAX_FLAGGED_FRACTION,
@@ -229,7 +232,8 @@ def targets_table(summary: dict[str, dict[str, float]]) -> str:
 
 
 def card_values(record: TrainingRecord, config: dict[str, Any], summary: dict[str, dict[str, float]],
-                feature_dim: int) -> dict:
+                head: Head) -> dict:
+    """The card's numbers: the rules' numbers as the head stores them, the rest from the training record."""
     labels, pipeline, args = record.labels, record.pipeline, record.args
     classes = config["training"]["classes"]
     group_rows = ["| class | images | pseudo-patients |", "| --- | --- | --- |"]
@@ -239,16 +243,16 @@ def card_values(record: TrainingRecord, config: dict[str, Any], summary: dict[st
         "metadata": card.metadata(config, summary),
         "name": args.name, "labels": ", ".join(labels), "intended_use": INTENDED_USE,
         "backbone_digest": record.digest, "taps": ", ".join(TAPS),
-        "feature_dim": feature_dim,
+        "feature_dim": head.kernel.shape[0],
         "input_size": args.input_size, "head_settings": record.chosen.settings.describe(),
-        "temperature": f"{pipeline.calibration.temperature:.3f}",
+        "temperature": f"{float(head.temperature):.3f}",
         "calibration_bias": ", ".join(f"{l} {b:+.3f}" for l, b in zip(labels, pipeline.calibration.bias)),
         "calibration_wording": ("calibrated" if calibrated(summary) else
                                 f"not called calibrated (the CV ECE's upper bound is above {CALIBRATED_ECE}): "
                                 "the page says \"model confidence\""),
-        "offsets": ", ".join(f"{l} {o:+.2f}" for l, o in zip(labels, pipeline.offsets)),
+        "offsets": ", ".join(f"{l} {o:+.2f}" for l, o in zip(labels, head.decision_offsets)),
         "min_recall": decision.MIN_MALIGNANT_RECALL,
-        "ood_components": config["ood"]["components"], "ood_threshold": f"{config['ood']['threshold']:.3f}",
+        "ood_components": config["ood"]["components"], "ood_threshold": f"{float(head.ood_threshold):.3f}",
         "ood_quantile": decision.OOD_QUANTILE,
         "training_window": f"width {rendering['window_width_hu'][0]}-{rendering['window_width_hu'][1]} HU, "
                            f"centre {rendering['window_centre_hu'][0]}-{rendering['window_centre_hu'][1]} HU",

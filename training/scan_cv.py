@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from lung_classifier.aggregation import MALIGNANT, ScanRule, scan_flagged
+from lung_classifier.scan.aggregation import MALIGNANT, ScanRule, scan_flagged
 from training import calibration, cv, decision, evaluate
 
 CONFIDENT_MIN, CONFIDENT_MAX, CONFIDENT_STEP = 0.5, 0.9, 0.05

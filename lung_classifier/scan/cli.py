@@ -15,15 +15,18 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
+from ..decoding.limits import ImageError
+from ..package.format import PackageError
 from .aggregation import NORMAL
-from .scan import ScanResult, slice_row
+from .analysis import ScanResult, slice_row
 
 if TYPE_CHECKING:
-    from .classifier import LungClassifier
+    from ..classifier import LungClassifier
 
 
-def add_parser(commands: Any) -> None:
-    scan = commands.add_parser("scan", help="classify a whole CT scan (folder, zip, or the slice files of one series)")
+def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+    scan = commands.add_parser("scan", parents=parents,
+                               help="classify a whole CT scan (folder, zip, or the slice files of one series)")
     scan.add_argument("paths", nargs="+", metavar="PATH",
                       help="a folder or zip file of one scan, or its slice files (DICOM of one series, or images)")
     output = scan.add_mutually_exclusive_group()
@@ -31,10 +34,6 @@ def add_parser(commands: Any) -> None:
     output.add_argument("--csv", metavar="OUT", default=None, help="also write the per-slice table to this CSV file")
     scan.add_argument("--top", type=_positive, default=3, metavar="K", help="how many top slices to list (default 3)")
     scan.add_argument("--batch-size", type=_positive, default=16, help="slices decoded and analysed at a time")
-    scan.add_argument("--model", default=None, help="package directory or Hub repo id (default: embedded model)")
-    scan.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit sha)")
-    scan.add_argument("--trust-saved-model", action="store_true",
-                      help="load the package's own SavedModel graph (only for packages you trust)")
 
 
 def _positive(text: str) -> int:
@@ -45,8 +44,6 @@ def _positive(text: str) -> int:
 
 
 def run_scan(classifier: LungClassifier, args: argparse.Namespace) -> int:
-    from . import ImageError, PackageError
-
     source = args.paths[0] if len(args.paths) == 1 else args.paths
     bar = _ProgressBar() if sys.stderr.isatty() else None
     try:
@@ -82,10 +79,10 @@ def print_summary(result: ScanResult, out: TextIO) -> None:
         why = "closest to changing the verdict" if result.label == NORMAL else "drove the verdict"
         print(f"top slices ({why}):", file=out)
     for index in result.top:
-        piece = result.slices[index]
-        where = f" at {piece.position:.1f} mm" if piece.position is not None else ""
-        scores = "  ".join(f"{k} {p:.3f}" for k, p in piece.analysis.probabilities.items())
-        print(f"  #{index} {piece.name}{where}: {piece.analysis.verdict}  ({scores})", file=out)
+        scan_slice = result.slices[index]
+        where = f" at {scan_slice.position:.1f} mm" if scan_slice.position is not None else ""
+        scores = "  ".join(f"{k} {p:.3f}" for k, p in scan_slice.analysis.probabilities.items())
+        print(f"  #{index} {scan_slice.name}{where}: {scan_slice.analysis.verdict}  ({scores})", file=out)
     for note in result.notes:
         print(f"note: {note}", file=out)
 
@@ -96,8 +93,8 @@ def write_csv(result: ScanResult, path: str, labels: tuple[str, ...]) -> None:
         writer = csv.writer(stream)
         writer.writerow(["index", "name", "position", "label", *(f"p_{label}" for label in labels),
                          "out_of_distribution"])
-        for piece in result.slices:
-            row = slice_row(piece)
+        for scan_slice in result.slices:
+            row = slice_row(scan_slice)
             writer.writerow([row["index"], row["name"], "" if row["position"] is None else f"{row['position']:.3f}",
                              row["label"] or "", *(f"{row['probabilities'][label]:.6f}" for label in labels),
                              row["out_of_distribution"]])

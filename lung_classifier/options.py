@@ -1,0 +1,38 @@
+"""The command-line flags of every program that loads a model (the CLI's commands, the demo, evaluation).
+
+One argparse parent, so `--model`, `--revision`, `--trust-saved-model` and `--precision`
+mean the same everywhere; :func:`load` turns them into a LungClassifier.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from .model.precision import CHOICES
+
+if TYPE_CHECKING:
+    from .classifier import LungClassifier
+
+
+def model_options() -> argparse.ArgumentParser:
+    """A parent parser (``parents=[model_options()]``) with the model-loading flags."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default=None, help="package directory or Hub repo id (default: embedded model)")
+    group.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit sha)")
+    group.add_argument("--trust-saved-model", action="store_true",
+                       help="load the package's own SavedModel graph (only for packages you trust) instead of "
+                            "rebuilding it from the head and the standard ResNet50")
+    group.add_argument("--precision", choices=CHOICES, default="auto",
+                       help="the rebuilt backbone's number format (default: bfloat16 where the CPU has "
+                            "AVX-512 BF16 or AMX, else float32)")
+    return parser
+
+
+def load(args: argparse.Namespace) -> LungClassifier:
+    """The classifier the flags name."""
+    from .classifier import LungClassifier
+
+    return LungClassifier.from_pretrained(args.model, revision=args.revision,
+                                          trust_saved_model=args.trust_saved_model, precision=args.precision)

@@ -1,0 +1,71 @@
+"""What the model says of one slice, in words a person and a script can act on.
+
+The one numpy decision rule lives here (training chooses its offsets with it, the scan
+rule applies it, tests hold the graph's version to it), beside the Analysis that
+carries its label, the notice shown instead of a label, and the reasons to withhold one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .decoding.images import Slice
+
+OOD_NOTICE = "Unlike the training data: no diagnosis"
+"""What the page, the API and the CLI show instead of a class for a flagged input."""
+LOG_FLOOR = 1e-12
+"""Probabilities are clipped to this before the log, so a zero probability keeps a finite score."""
+
+
+def decide(probabilities: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The decision rule: label index = argmax over classes of log(probability) + offset, per row (or for one row)."""
+    return np.argmax(np.log(np.clip(probabilities, LOG_FLOOR, 1.0)) + offsets, axis=-1)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One slice's result: the decided label, the probabilities, and how far to trust them.
+
+    ``label`` is the package's decision rule (Malignant recall first), not always the most
+    probable class. Where ``out_of_distribution`` is true the input is unlike the training
+    slices: show no diagnosis for it.
+    """
+
+    label: str
+    probabilities: dict[str, float]
+    ood_score: float
+    out_of_distribution: bool
+    ood_reason: str | None = None  # why it is out of distribution, for a person
+    heatmap: np.ndarray | None = None  # float32 in [0, 1], the input's height x width
+
+    @property
+    def verdict(self) -> str:
+        """What to show a person: the label, or OOD_NOTICE where the input is out of distribution."""
+        return OOD_NOTICE if self.out_of_distribution else self.label
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data (no heatmap)."""
+        return {"label": self.label, "probabilities": self.probabilities, "ood_score": self.ood_score,
+                "out_of_distribution": self.out_of_distribution, "ood_reason": self.ood_reason}
+
+
+NON_AXIAL = "a reformatted (coronal, sagittal or oblique) DICOM slice: the model knows only axial slices"
+UNVALIDATED_DICOM = ("a DICOM file: this model was validated only on the IQ-OTH/NCCD slices (JPEG exports of one "
+                     "hospital's scanner), and its guard cannot tell other scanners' or windows' slices from "
+                     "malignant ones (see the model card)")
+
+
+def ood_reason(decoded: Slice, feature_flag: bool, score: float, threshold: float,
+               dicom_validated: bool) -> str | None:
+    """The first reason to withhold a diagnosis, or None."""
+    if decoded.dicom and decoded.axial is False:
+        return NON_AXIAL
+    if feature_flag:
+        return (f"an image whose features are unlike the training slices (score {score:.2f} above the threshold "
+                f"{threshold:.2f})")
+    if decoded.dicom and not dicom_validated:
+        return UNVALIDATED_DICOM
+    return None
