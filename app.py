@@ -212,7 +212,8 @@ def build_demo(classifier: LungClassifier, examples: list[str] | None = None, ba
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ
-    parser = argparse.ArgumentParser(description="Serve the lung CT classifier demo and API.", parents=[model_options()],
+    parser = argparse.ArgumentParser(description="Serve the lung CT classifier demo and API.",
+                                     parents=[model_options()],
                                      epilog="The model flags' defaults come from LUNG_MODEL, LUNG_MODEL_REVISION, "
                                             "LUNG_TRUST_SAVED_MODEL=1 and LUNG_PRECISION where set.")
     parser.set_defaults(model=env.get("LUNG_MODEL"), revision=env.get("LUNG_MODEL_REVISION"),

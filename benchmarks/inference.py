@@ -44,7 +44,7 @@ class InferenceResults:
 def run(paths: list[Path], settings: Settings, log) -> InferenceResults:
     from lung_classifier import LungClassifier
     from lung_classifier.decoding.images import load_rgb
-    from lung_classifier.model.network import Head
+    from lung_classifier.model.head import Head
     from lung_classifier.model.preprocessing import prepare_batch
 
     from .seed import build_seed_model, seed_predict

@@ -11,7 +11,8 @@ Scored fairly against `python -m training`: it trains on the training slices of 
 first fold of the same patient-grouped CV (`training.cv.grouped_folds` with the same
 K, repeats and seed; a grouped 15% of them held back as the seed's validation set by
 :func:`grouped_split`) and is scored on that fold's test slices, the very slices
-`python -m training` reports as its first CV fold (metrics.json `cv_folds[0]`). Prints one JSON line: timings and test metrics.
+`python -m training` reports as its first CV fold (metrics.json `cv_folds[0]`). Prints one
+JSON line: timings and test metrics.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ class LungClassifier:
     def __init__(self, directory: Path, config: dict[str, Any], origin: str, source_name: str | None = None):
         import tensorflow as tf
 
-        from .model.network import Head
+        from .model.head import Head
 
         self.directory = directory
         self.config = config

@@ -54,7 +54,8 @@ def compute(precision: str = "auto", data: Path = DATA) -> dict[str, Any]:
 def main() -> int:
     record = compute()
     RECORD.parent.mkdir(exist_ok=True)
-    files = ",\n".join(f"{json.dumps(key)}: {json.dumps(value, sort_keys=True)}" for key, value in record["files"].items())
+    files = ",\n".join(f"{json.dumps(key)}: {json.dumps(value, sort_keys=True)}"
+                        for key, value in record["files"].items())
     RECORD.write_text(f'{{"precision": "{record["precision"]}", "batch": {record["batch"]}, "files": {{\n{files}}}}}\n')
     print(f"{len(record['files'])} answers ({record['precision']}) -> {RECORD}")
     return 0

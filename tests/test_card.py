@@ -11,7 +11,8 @@ import yaml
 from PIL import Image
 
 from lung_classifier import package
-from lung_classifier.model.network import TAPS, Head
+from lung_classifier.model.head import Head
+from lung_classifier.model.network import TAPS
 from training import card
 from training import selection
 

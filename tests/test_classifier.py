@@ -62,7 +62,7 @@ def test_predictions_follow_the_training_classes(classifier):
 
 
 def test_the_label_is_the_packages_decision_rule(classifier):
-    from lung_classifier.model.network import Head
+    from lung_classifier.model.head import Head
     from lung_classifier.verdict import decide
 
     offsets = Head.load(classifier.directory / "head.npz").decision_offsets
@@ -133,7 +133,7 @@ def test_ood_flag_is_the_score_against_the_threshold(classifier):
 
 def test_the_threshold_is_the_heads_and_older_configs_repeating_it_still_load(tiny_package, tmp_path):
     from lung_classifier import package
-    from lung_classifier.model.network import Head
+    from lung_classifier.model.head import Head
 
     older = tmp_path / "older"
     shutil.copytree(tiny_package, older)

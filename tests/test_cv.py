@@ -114,7 +114,8 @@ def test_decision_offsets_reach_the_malignant_recall_target_at_the_best_macro_f1
 def test_decision_rule_in_the_graph_matches_the_numpy_rule():
     import tensorflow as tf
 
-    from lung_classifier.model.network import Head, HeadVariables, head_outputs
+    from lung_classifier.model.head import Head
+    from lung_classifier.model.network import HeadVariables, head_outputs
 
     rng = np.random.default_rng(5)
     dims = 6

@@ -196,7 +196,8 @@ def test_ood_statistics_on_gaussian_data():
 def test_ood_score_is_about_one_on_training_data_and_large_off_it():
     import tensorflow as tf
 
-    from lung_classifier.model.network import Head, HeadVariables, head_outputs
+    from lung_classifier.model.head import Head
+    from lung_classifier.model.network import HeadVariables, head_outputs
 
     rng = np.random.default_rng(1)
     dims, n = 64, 4000

@@ -58,7 +58,8 @@ def test_grad_cam_at_conv4_depends_on_conv5(tiny_package):
     import tensorflow as tf
 
     from conftest import synthetic_slice, tiny_backbone
-    from lung_classifier.model.network import TAPS, Head, LungModel, build_extractor
+    from lung_classifier.model.head import Head
+    from lung_classifier.model.network import TAPS, LungModel, build_extractor
     from lung_classifier.model.preprocessing import prepare_batch
 
     head = Head.load(tiny_package / "head.npz")

@@ -350,7 +350,7 @@ def test_completed_head_only_package_predicts_like_the_full_one(tiny_package, tm
 
 def with_other_head(source: Path, destination: Path) -> dict:
     """The package with its SavedModel as trained but another head: what a hostile upload could look like."""
-    from lung_classifier.model.network import Head
+    from lung_classifier.model.head import Head
 
     shutil.copytree(source, destination)
     head = Head.load(destination / package.HEAD)
@@ -505,7 +505,8 @@ def real_weights(monkeypatch) -> str:
 
 def random_resnet_head_package(directory: Path, weights_sha256: str, seed: int = 0) -> dict:
     """A head-only package with a random but valid head for ResNet50's 3584 pooled features."""
-    from lung_classifier.model.network import TAPS, Head
+    from lung_classifier.model.head import Head
+    from lung_classifier.model.network import TAPS
 
     rng = np.random.default_rng(seed)
     features, classes, components = 3584, 3, 32

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from lung_classifier.model.network import Head
+from lung_classifier.model.head import Head
 from training.calibration import Calibration
 
 OOD_COMPONENTS = 32

@@ -21,7 +21,8 @@ import numpy as np
 
 from lung_classifier import package
 from lung_classifier.decoding.rendering import IQ_OTH_RENDERING
-from lung_classifier.model.network import CAM_CHOICES, SERVED, TAPS, Head, LungModel
+from lung_classifier.model.head import Head
+from lung_classifier.model.network import CAM_CHOICES, SERVED, TAPS, LungModel
 from lung_classifier.model.preprocessing import RESAMPLE
 from lung_classifier.scan.aggregation import MAX_FLAGGED_FRACTION
 from training import calibration, card, cv, data, decision, evaluate, faithfulness, guard, scan_cv, selection

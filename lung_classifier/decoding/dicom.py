@@ -217,7 +217,8 @@ def _dicom_bytes(geometry: "_Geometry", syntax: str, remaining: int) -> int:
     """Upper bound of decoding the pixels: the stored bytes (and RLE input), a masked copy, the grey image."""
     stored = geometry.pixels * geometry.bytes_per_pixel
     if syntax == _RLE:  # the encapsulated frame (at most what the file holds), one decoded segment
-        return min(remaining, rle.frame_limit(geometry.pixels, geometry.bytes_per_pixel)) + stored + 2 * geometry.pixels + SLACK
+        encapsulated = min(remaining, rle.frame_limit(geometry.pixels, geometry.bytes_per_pixel))
+        return encapsulated + stored + 2 * geometry.pixels + SLACK
     return 2 * stored + geometry.pixels + SLACK
 
 

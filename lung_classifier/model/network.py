@@ -2,18 +2,20 @@
 
 The model takes raw RGB pixels (0..255, already resized by :mod:`preprocessing`), so
 ResNet50's own input normalisation lives inside the graph and no caller can get it wrong.
-The head's arrays (:class:`Head`) are the only trained parts; everything else is the
+The head's arrays (:class:`.head.Head`) are the only trained parts; everything else is the
 standard frozen ImageNet ResNet50.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 import keras
+
+from .head import Head
 
 TAPS = ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out")
 """ResNet50 stage outputs whose pooled activations feed the head (512 + 1024 + 2048 = 3584)."""
@@ -23,38 +25,6 @@ DEFAULT_CAM = "conv4+conv5"
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 """keras.applications.resnet50.preprocess_input ("caffe" mode): RGB->BGR, minus ImageNet mean."""
 UPPER_STAGE = "resnet50_conv5"
-
-
-@dataclass(frozen=True)
-class Head:
-    """Trained parts: standardisation, calibrated linear classifier, decision rule, OOD statistics."""
-
-    feature_mean: np.ndarray  # (D,)
-    feature_scale: np.ndarray  # (D,)
-    kernel: np.ndarray  # (D, C)
-    bias: np.ndarray  # (C,) calibration's per-class bias folded in
-    temperature: np.ndarray  # () softmax temperature fitted on out-of-fold logits
-    decision_offsets: np.ndarray  # (C,) label = argmax(log probability + offset)
-    ood_components: np.ndarray  # (K, D) principal axes of standardised training features
-    ood_scale: np.ndarray  # (K,) their standard deviations
-    ood_residual: np.ndarray  # () mean squared off-subspace residual on training features
-    ood_threshold: np.ndarray  # () score above which an input is out of distribution
-
-    def save(self, path: Path) -> None:
-        """Plain float arrays in an .npz: loadable without pickle."""
-        np.savez(path, **{f.name: np.asarray(getattr(self, f.name), np.float32) for f in fields(self)})
-
-    @classmethod
-    def load(cls, path: Path) -> "Head":
-        with np.load(path, allow_pickle=False) as arrays:
-            missing = [f.name for f in fields(cls) if f.name not in arrays]
-            if missing:
-                raise ValueError(f"{path.name}: head arrays missing: {', '.join(missing)} "
-                                 "(a package from an older version: retrain it with python -m training)")
-            return cls(**{f.name: arrays[f.name].astype(np.float32) for f in fields(cls)})
-
-    def as_float32(self) -> "Head":
-        return Head(**{f.name: np.asarray(getattr(self, f.name), np.float32) for f in fields(self)})
 
 
 def build_extractor(backbone: keras.Model) -> keras.Model:

@@ -53,7 +53,8 @@ def export_saved_model(directory: Path, config: dict[str, Any], source: WeightsS
     float32 backbone, for the images it must recheck (see LungModel).
     """
     from ..model import backbone
-    from ..model.network import Head, LungModel, build_extractor, fold_batch_norm
+    from ..model.head import Head
+    from ..model.network import LungModel, build_extractor, fold_batch_norm
 
     size = config["input"]["size"]
     resnet = backbone.load_resnet50(source, input_shape=(size, size, 3))
