@@ -24,7 +24,6 @@ from lung_classifier.decoding.rendering import IQ_OTH_RENDERING
 from lung_classifier.model.head import Head
 from lung_classifier.model.network import CAM_CHOICES, SERVED, TAPS, LungModel
 from lung_classifier.model.preprocessing import RESAMPLE
-from lung_classifier.scan.aggregation import MAX_FLAGGED_FRACTION
 from training import calibration, card, cv, data, decision, evaluate, faithfulness, guard, scan_cv, selection
 from training.cv import Pipeline
 
@@ -182,7 +181,6 @@ def scan_config(record: TrainingRecord) -> dict[str, Any]:
     """The whole-scan rule (lung_classifier.scan.aggregation.ScanRule.from_config reads it) and its evidence."""
     chosen = record.scan_chosen
     return {**chosen.rule.as_config(), "rule": chosen.rule.describe(),
-            "max_flagged_fraction": MAX_FLAGGED_FRACTION,
             "chosen_for": "scan-level CV over pseudo-patients: no malignant scan called Normal, then the highest "
                           "mean macro-F1",
             "cv": {name: chosen.summary[name] for name in ("accuracy", "macro_f1", "recall_Malignant")},
