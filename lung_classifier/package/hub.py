@@ -12,8 +12,12 @@ import contextlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .format import CONFIG, PackageError, listed_files, parse_config
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_FILES = frozenset({".gitattributes"})
@@ -98,16 +102,28 @@ def _errors(repo_id: str, revision: str | None, where: str) -> Iterator[None]:
 
 
 def upload(directory: Path, repo_id: str, *, token: str | None = None, private: bool | None = None,
-           commit_message: str = "Upload lung CT classifier package") -> str:
-    """Create the repo if needed and upload the package directory as one commit; returns its sha."""
+           commit_message: str = "Upload lung CT classifier package", branch: str | None = None,
+           create_pr: bool = False) -> CommitInfo:
+    """Create the repo if needed and upload the package directory as one commit, as ModelHubMixin.push_to_hub does.
+
+    ``branch`` is created from main if it does not exist yet (or names a pull request's ``refs/pr/N``
+    to add to it); ``create_pr`` opens a pull request against main instead of committing to it.
+    Returns huggingface_hub's CommitInfo: ``.oid`` is the commit sha, ``.pr_url``/``.pr_num`` name the
+    pull request.
+    """
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
+    if create_pr and branch is not None:
+        raise ValueError(f"create_pr opens a pull request against main (huggingface_hub's upload_folder cannot "
+                         f"target another branch): pass branch={branch!r} or create_pr=True, not both")
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        commit = api.upload_folder(folder_path=str(directory), repo_id=repo_id, repo_type="model",
-                                   commit_message=commit_message)
+        if branch is not None and not branch.startswith("refs/pr/"):
+            api.create_branch(repo_id, branch=branch, repo_type="model", exist_ok=True)
+        return api.upload_folder(folder_path=str(directory), repo_id=repo_id, repo_type="model",
+                                 commit_message=commit_message, revision=branch, create_pr=create_pr)
     except (HfHubHTTPError, OSError) as exc:
-        raise HubError(f"uploading to Hub repo {repo_id!r} failed: {exc}") from None
-    return commit.oid
+        where = f"{repo_id}@{branch}" if branch else repo_id
+        raise HubError(f"uploading to Hub repo {where!r} failed: {exc}") from None
