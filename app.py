@@ -102,28 +102,16 @@ def build_demo(classifier: LungClassifier, examples: list[str] | None = None, ba
             if len(paths) > MAX_BATCH_FILES:
                 raise gr.Error(f"Too many files: {len(paths)} sent, at most {MAX_BATCH_FILES} per batch. "
                                "Send them in several batches.", print_exception=False)
-            rows = [[Path(path).name, "error", None, None, None, ""] for path in paths]
-            pixels = 0
-            for first in range(0, len(paths), MAX_BATCH):  # at most MAX_BATCH decoded images at a time
-                decoded = []
-                for row in range(first, min(first + MAX_BATCH, len(paths))):
-                    try:
-                        piece = classifier.read(paths[row]) if pixels < MAX_BATCH_PIXELS else None
-                    except ImageError as exc:
-                        rows[row][-1] = refusal(exc)
-                        continue
-                    size = 0 if piece is None else piece.rgb.shape[0] * piece.rgb.shape[1]
-                    if piece is None or pixels + size > MAX_BATCH_PIXELS:
-                        rows[row][-1] = (f"not classified: one batch takes at most {MAX_BATCH_PIXELS:,} decoded "
-                                         "pixels in all; send this file in another batch")
-                        continue
-                    pixels += size
-                    decoded.append((row, piece))
-                results = classifier.analyze_batch([piece for _, piece in decoded]) if decoded else []
-                for (row, _), result in zip(decoded, results):
-                    rows[row][1:] = [result.verdict,
-                                     *(round(result.probabilities[label], 4) for label in classifier.labels),
-                                     result.ood_reason or ""]
+            rows = []
+            for outcome in classifier.analyze_many(paths, batch_size=MAX_BATCH, max_pixels=MAX_BATCH_PIXELS):
+                result, error = outcome.analysis, outcome.error
+                if result is None:
+                    note = refusal(error) if isinstance(error, ImageError) else str(error)
+                    rows.append([Path(outcome.item).name, "error", None, None, None, note])
+                    continue
+                rows.append([Path(outcome.item).name, result.verdict,
+                             *(round(result.probabilities[label], 4) for label in classifier.labels),
+                             result.ood_reason or ""])
         return rows
 
     def scan_page(paths: list[str] | None, progress: gr.Progress = scan_view.PROGRESS) -> tuple[Any, ...]:
