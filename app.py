@@ -6,144 +6,37 @@ Endpoints (all take the uploaded file's exact bytes, so the page and the API cla
 exactly what `LungClassifier` classifies): /predict (batched: label + confidences),
 /analyze (one slice: label, Grad-CAM overlay, out-of-distribution note, details),
 /batch (several slices: one table row each) and /scan (a whole CT series, as one zip or
-many files: the scan's verdict and every slice's result). DICOM files are accepted everywhere.
-This module knows no TensorFlow: it only calls LungClassifier; upload lifecycle,
-pictures and texts live in the `demo` package.
+many files: the scan's verdict and every slice's result). This module is the story only:
+the handlers are demo/handlers.py, uploads demo/uploads.py, words demo/texts.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import gradio as gr
-from gradio.components.label import LabelData
 
-from demo import rendering, scan_view, texts
+from demo import scan_view, texts
+from demo.handlers import MAX_BATCH_FILES, Handlers
 from demo.label import DecisionLabel
-from demo.startup import lean_tensorflow_import, warm_up
-from demo.uploads import UploadJanitor, keep_examples, unique_png
-from lung_classifier import ImageError, LungClassifier
-from demo.batching import BatchingPredictor
+from demo.startup import example_files, lean_tensorflow_import, warm_up
+from demo.uploads import keep_examples
+from lung_classifier import LungClassifier
 from lung_classifier.options import load, model_options
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 MAX_FILE_SIZE = "50mb"
-MAX_BATCH = 16
-"""Most images in one model call (server-side batching of /predict, chunks of /batch)."""
-MAX_BATCH_FILES = 32
-"""Most files in one /batch request."""
-MAX_BATCH_PIXELS = 16_000_000
-"""Most decoded pixels in one /batch request, all files together (16 slices of 1000 x 1000)."""
-NO_FILE = "No file received: upload a CT slice image or DICOM file."
-
-
-WHAT_TO_SEND = "upload one axial CT slice as an image file (JPEG, PNG, …) or a DICOM file"
-
-
-def refusal(exc: ImageError) -> str:
-    """The decoder's reason, and what to send instead when the reason does not say."""
-    return str(exc) if "upload" in str(exc).lower() else f"{exc}: {WHAT_TO_SEND}"
-
-
-def cannot_classify(exc: ImageError) -> gr.Error:
-    return gr.Error(f"Cannot classify this file: {refusal(exc)}", print_exception=False)
 
 
 def build_demo(classifier: LungClassifier, examples: list[str] | None = None, batching: bool = True) -> gr.Blocks:
-    predictor = BatchingPredictor(classifier, max_batch=MAX_BATCH if batching else 1)
     demo = gr.Blocks(title="Lung CT slice classifier", delete_cache=(60, 120))
-    janitor = UploadJanitor(demo)
-
-    def predict(path: str | None) -> LabelData:
-        """Decided label (or the out-of-distribution notice) and confidences of one CT slice; batched."""
-        if not path:
-            raise gr.Error(NO_FILE)
-        with janitor.using([path]):
-            try:
-                return texts.label_value(predictor.analyze(path))
-            except ImageError as exc:
-                raise cannot_classify(exc) from None
-
-    def analyze(path: str | None) -> tuple[Any, str, str, dict[str, Any]]:
-        """Label, Grad-CAM overlay, out-of-distribution note and details for one CT slice."""
-        if not path:
-            raise gr.Error(NO_FILE)
-        with janitor.using([path]):
-            try:
-                piece = classifier.read(path)
-                result = classifier.analyze(piece, explain=True)
-            except ImageError as exc:
-                raise cannot_classify(exc) from None
-            picture = unique_png(rendering.overlay(piece.rgb, result.heatmap), "slice-and-heatmap.png")
-        return texts.label_value(result), picture, texts.note(result), result.as_dict()
-
-    def show(path: str | None) -> tuple[str | None, None, None, str, None]:
-        """The slice as the model will see it, as soon as it is chosen; earlier results cleared."""
-        if not path:
-            return None, None, None, "", None
-        with janitor.using([path], take=False):  # the upload stays for "Classify"
-            try:
-                rgb = classifier.read(path).rgb
-            except ImageError as exc:
-                raise cannot_classify(exc) from None
-        return unique_png(rendering.preview(rgb), "slice.png"), None, None, "", None
-
-    def batch(paths: list[str] | None) -> list[list[Any]]:
-        """One row per uploaded slice: file, prediction, probabilities, and a note (errors included)."""
-        if not paths:
-            raise gr.Error("No files received: upload one or more CT slices.")
-        with janitor.using(paths):
-            if len(paths) > MAX_BATCH_FILES:
-                raise gr.Error(f"Too many files: {len(paths)} sent, at most {MAX_BATCH_FILES} per batch. "
-                               "Send them in several batches.", print_exception=False)
-            rows = [[Path(path).name, "error", None, None, None, ""] for path in paths]
-            pixels = 0
-            for first in range(0, len(paths), MAX_BATCH):  # at most MAX_BATCH decoded images at a time
-                decoded = []
-                for row in range(first, min(first + MAX_BATCH, len(paths))):
-                    try:
-                        piece = classifier.read(paths[row]) if pixels < MAX_BATCH_PIXELS else None
-                    except ImageError as exc:
-                        rows[row][-1] = refusal(exc)
-                        continue
-                    size = 0 if piece is None else piece.rgb.shape[0] * piece.rgb.shape[1]
-                    if piece is None or pixels + size > MAX_BATCH_PIXELS:
-                        rows[row][-1] = (f"not classified: one batch takes at most {MAX_BATCH_PIXELS:,} decoded "
-                                         "pixels in all; send this file in another batch")
-                        continue
-                    pixels += size
-                    decoded.append((row, piece))
-                results = classifier.analyze_batch([piece for _, piece in decoded]) if decoded else []
-                for (row, _), result in zip(decoded, results):
-                    rows[row][1:] = [result.verdict,
-                                     *(round(result.probabilities[label], 4) for label in classifier.labels),
-                                     result.ood_reason or ""]
-        return rows
-
-    def scan_page(paths: list[str] | None, progress: gr.Progress = scan_view.PROGRESS) -> tuple[Any, ...]:
-        """The page's whole scan: verdict, note, curve along the body, top slices with Grad-CAM, details."""
-        with janitor.using(scan_view.received(paths)):
-            result, pictures = scan_view.analyze(classifier, paths, explain=True, progress=progress)
-        return (texts.label_value(result), scan_view.note(result, len(pictures)), scan_view.plot(result), pictures,
-                scan_view.table(result))
-
-    def scan_api(paths: list[str] | None) -> tuple[LabelData, dict[str, Any]]:
-        """A whole CT series (one zip, or the slices' files): the scan's verdict, and every slice's result."""
-        with janitor.using(scan_view.received(paths)):
-            result, _ = scan_view.analyze(classifier, paths)
-        return texts.label_value(result), result.as_dict()
-
+    handlers = Handlers(classifier, demo, batching=batching)
     with demo:
-        gr.Markdown("# Lung CT slice classifier\nNormal / Benign / Malignant, on a frozen ImageNet ResNet50 "
-                    "trained on the IQ-OTH/NCCD dataset. Model: "
-                    f"{texts.model_name(classifier.config, classifier.origin)}.\n\n{texts.DISCLAIMER} "
-                    "The model's measured quality and limits are in the **Model card** tab.")
+        gr.Markdown(texts.header(classifier.config, classifier.origin))
         with gr.Tab("One slice"):
             with gr.Row():
                 with gr.Column():
@@ -163,16 +56,17 @@ def build_demo(classifier: LungClassifier, examples: list[str] | None = None, ba
                                        elem_id="heatmap")
                     with gr.Accordion("Details (JSON)", open=False):
                         info = gr.JSON(label="analysis")
-            upload.change(show, upload, [preview, label, heatmap, message, info], api_visibility="private",
-                          concurrency_limit=2)
-            run.click(analyze, upload, [label, heatmap, message, info], api_name="analyze", concurrency_limit=2)
+            upload.change(handlers.show, upload, [preview, label, heatmap, message, info],
+                          api_visibility="private", concurrency_limit=2)
+            run.click(handlers.analyze, upload, [label, heatmap, message, info], api_name="analyze",
+                      concurrency_limit=2)
         with gr.Tab("Several slices"):
             uploads = gr.File(label=f"CT slices (at most {MAX_BATCH_FILES})", file_count="multiple",
                               type="filepath")
             run_many = gr.Button("Classify all", variant="primary")
             table = gr.Dataframe(headers=["file", "prediction", *classifier.labels, "note"], label="Results",
                                  interactive=False)
-            run_many.click(batch, uploads, table, api_name="batch", concurrency_limit=2)
+            run_many.click(handlers.batch, uploads, table, api_name="batch", concurrency_limit=2)
         with gr.Tab("Whole scan"):
             with gr.Row():
                 with gr.Column():
@@ -189,14 +83,14 @@ def build_demo(classifier: LungClassifier, examples: list[str] | None = None, ba
                                   height="auto", object_fit="contain", elem_id="scan-top")
             with gr.Accordion("Every slice", open=False):
                 scan_table = gr.Dataframe(headers=scan_view.headers(classifier.labels), interactive=False)
-            run_scan.click(scan_page, scan_files, [scan_label, scan_note, scan_plot, scan_top, scan_table],
+            run_scan.click(handlers.scan_page, scan_files, [scan_label, scan_note, scan_plot, scan_top, scan_table],
                            api_visibility="private", concurrency_id="scan", concurrency_limit=1)
             with gr.Row(visible=False):  # /scan: the verdict and the data, no pictures
                 api_scan_files = gr.File(file_count="multiple", type="filepath")
                 api_scan_outputs = [DecisionLabel(), gr.JSON()]
                 api_scan = gr.Button()
-            api_scan.click(scan_api, api_scan_files, api_scan_outputs, api_name="scan", concurrency_id="scan",
-                           concurrency_limit=1)
+            api_scan.click(handlers.scan_api, api_scan_files, api_scan_outputs, api_name="scan",
+                           concurrency_id="scan", concurrency_limit=1)
         with gr.Tab("Model card"):
             gr.Markdown(texts.model_card(classifier.directory))
         with gr.Row(visible=False):
@@ -205,9 +99,12 @@ def build_demo(classifier: LungClassifier, examples: list[str] | None = None, ba
             api_trigger = gr.Button()
         # Up to MAX_BATCH requests wait together in the BatchingPredictor, which runs them as one
         # model call; Gradio's own batch=True would fail every request in a batch for one bad file.
-        api_trigger.click(predict, api_file, api_label, api_name="predict", concurrency_limit=MAX_BATCH)
+        api_trigger.click(handlers.predict, api_file, api_label, api_name="predict",
+                          concurrency_limit=handlers.max_batch)
     demo.queue(max_size=256)
     return demo
+
+
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -232,14 +129,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "default: the IQ-OTH/NCCD slices in examples/)")
     parser.add_argument("--no-batching", action="store_true", help="run each /predict request as its own model call")
     return parser.parse_args(argv)
-
-
-def example_files(directory: Path, limit: int = 6) -> list[str]:
-    """The example slices, copied into Gradio's cache when the page is built (no folder is served)."""
-    if not directory.is_dir():
-        sys.exit(f"error: --examples {directory}: no such directory; name a folder of CT slice images")
-    suffixes = {".jpg", ".jpeg", ".png", ".dcm", ".bmp", ".tif", ".tiff"}
-    return [str(p.resolve()) for p in sorted(directory.iterdir()) if p.suffix.lower() in suffixes][:limit]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,6 +26,10 @@ EXPLICIT_BE = "1.2.840.10008.1.2.2"
 DEFLATED = "1.2.840.10008.1.2.1.99"
 RLE = "1.2.840.10008.1.2.5"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+JPEG_LOSSLESS = "1.2.840.10008.1.2.4.57"
+JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
+JPEG_LS = "1.2.840.10008.1.2.4.80"
+JPEG_2000 = "1.2.840.10008.1.2.4.90"
 
 
 @dataclass(frozen=True)
@@ -254,6 +258,55 @@ def rle_dicom(pixels: np.ndarray | None = None, *, rows: int = 0, columns: int =
     return _file_meta(RLE) + _dataset_bytes(dicom_header(rows, columns, **tags), False) + encapsulated([frame])
 
 
+def gdcm_codestream(pixels: np.ndarray, syntax: str, bits_stored: int | None = None) -> bytes:
+    """GDCM's codestream of uint8/uint16 `pixels` in a DICOM JPEG Lossless, JPEG-LS or JPEG 2000 syntax."""
+    import tempfile
+
+    import gdcm
+    from pydicom import dcmread
+    from pydicom.encaps import generate_frames
+
+    bits = pixels.dtype.itemsize * 8
+    source = dicom_file(pixels, BitsStored=bits_stored or bits, HighBit=(bits_stored or bits) - 1)
+    with tempfile.TemporaryDirectory() as folder:
+        raw, compressed = Path(folder, "raw.dcm"), Path(folder, "compressed.dcm")
+        raw.write_bytes(source)
+        reader = gdcm.ImageReader()
+        reader.SetFileName(str(raw))
+        change = gdcm.ImageChangeTransferSyntax()
+        change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.GetTSType(syntax)))
+        if not reader.Read():
+            raise RuntimeError("GDCM cannot read the uncompressed source")
+        change.SetInput(reader.GetImage())
+        if not change.Change():
+            raise RuntimeError(f"GDCM cannot encode {pixels.shape} {pixels.dtype} as {syntax}")
+        writer = gdcm.ImageWriter()
+        writer.SetFileName(str(compressed))
+        writer.SetFile(reader.GetFile())
+        writer.SetImage(change.GetOutput())
+        if not writer.Write():
+            raise RuntimeError(f"GDCM cannot write {syntax}")
+        return next(generate_frames(dcmread(compressed).PixelData, number_of_frames=1))
+
+
+def compressed_dicom(codestream: bytes, syntax: str, rows: int, columns: int, bits: int = 16,
+                     fragments: list[bytes] | None = None, **tags) -> bytes:
+    """A JPEG-family DICOM file holding `codestream` (then any extra `fragments`) under the declared size."""
+    return (_file_meta(syntax) + _dataset_bytes(dicom_header(rows, columns, bits=bits, **tags), False)
+            + encapsulated([codestream, *(fragments or [])]))
+
+
+def siz_claiming_size(codestream: bytes, width: int, height: int) -> bytes:
+    """A JPEG 2000 codestream whose SIZ marker claims other dimensions (its offsets are 0)."""
+    return codestream[:8] + struct.pack(">II", width, height) + codestream[16:]
+
+
+def sof_claiming_size(codestream: bytes, marker: bytes, width: int, height: int) -> bytes:
+    """A JPEG Lossless (SOF3) or JPEG-LS (SOF55) codestream whose frame header claims other dimensions."""
+    at = codestream.index(marker)
+    return codestream[:at + 5] + struct.pack(">HH", height, width) + codestream[at + 9:]
+
+
 def zero_runs(count: int) -> bytes:
     """PackBits for `count` zero bytes: 2 bytes per 128."""
     full, rest = divmod(count, 128)
@@ -413,6 +466,7 @@ def _files() -> Iterator[tuple[str, str, str, Callable[[], bytes]]]:
     yield "jpeg-baseline.dcm", "error", "JPEG transfer syntax is not accepted", lambda: (
         _file_meta(JPEG_BASELINE) + _dataset_bytes(dicom_header(64, 64, bits=8), False)
         + encapsulated([jpeg_claiming_size(60_000, 60_000)]))
+    yield from _jpeg_family_files()
     yield "big-endian.dcm", "error", "retired big endian syntax", lambda: (
         _file_meta(EXPLICIT_BE) + _dataset_bytes(dicom_header(64, 64), False, little_endian=False)
         + b"\x7f\xe0\x00\x10OW\0\0" + struct.pack(">I", 8192) + b"\0" * 8192)
@@ -471,6 +525,52 @@ def _files() -> Iterator[tuple[str, str, str, Callable[[], bytes]]]:
         skip = 132 if suffix.endswith("dcm") else 0
         for label, flipped in bit_flips(data, 12, seed, skip):
             yield f"bitflip-{label}.{suffix}", "any", "random bits flipped", lambda d=flipped: d
+
+
+def _jpeg_family_files() -> Iterator[tuple[str, str, str, Callable[[], bytes]]]:
+    """JPEG Lossless, JPEG-LS and JPEG 2000 DICOM: valid, and every way a codestream can disagree with its header."""
+    pixels = ct_pixels(96, 5)
+    noise = np.random.default_rng(6).integers(0, 65536, (2048, 2048), dtype=np.uint16)
+    for short, syntax, marker in (("jll", JPEG_LOSSLESS_SV1, b"\xff\xc3"), ("jll14", JPEG_LOSSLESS, b"\xff\xc3"),
+                                  ("jls", JPEG_LS, b"\xff\xf7"), ("j2k", JPEG_2000, b"\xff\x51")):
+        code = gdcm_codestream(pixels, syntax, 12)
+        code16 = gdcm_codestream(pixels * 16, syntax, 16)
+
+        def make(codestream: bytes = code, syntax: str = syntax, rows: int = 96, columns: int = 96, bits: int = 16,
+                 **options) -> Callable[[], bytes]:
+            return lambda: compressed_dicom(codestream, syntax, rows, columns, bits, BitsStored=min(bits, 12),
+                                            HighBit=min(bits, 12) - 1, **options)
+
+        larger = siz_claiming_size(code, 6000, 6600) if syntax == JPEG_2000 else \
+            sof_claiming_size(code, marker, 6000, 6600)
+        yield f"valid-{short}.dcm", "ok", f"{syntax} DICOM", make()
+        yield f"valid-{short}-monochrome1.dcm", "ok", f"{syntax}, inverted", make(
+            PhotometricInterpretation="MONOCHROME1")
+        yield f"{short}-larger-than-header.dcm", "error", "codestream says 6000x6600, header 96x96", make(larger)
+        yield f"{short}-smaller-than-header.dcm", "error", "codestream of 96x96, header 128x128", make(
+            rows=128, columns=128)
+        yield f"{short}-truncated-half.dcm", "error", "codestream cut in half", make(code[:len(code) // 2])
+        yield f"{short}-no-end-marker.dcm", "error", "codestream without its last 2 bytes", make(code[:-2])
+        yield f"{short}-wrong-bit-depth.dcm", "error", "16-bit codestream, 8 bits allocated", make(code16, bits=8)
+        yield f"{short}-junk-fragment.dcm", "error", "a frame far larger than 96x96 can need", make(
+            fragments=[b"\xab" * 2**20])
+        yield f"{short}-over-2048.dcm", "error", "a compressed frame of 2100x2100 declared", make(
+            rows=2100, columns=2100)
+        yield f"{short}-two-frames.dcm", "error", "an offset table of two frames", lambda c=code, s=syntax: (
+            compressed_dicom(c, s, 96, 96, BitsStored=12, HighBit=11).replace(
+                struct.pack("<HHI", 0xFFFE, 0xE000, 0), struct.pack("<HHIII", 0xFFFE, 0xE000, 8, 0, 100), 1))
+        yield f"{short}-not-encapsulated.dcm", "error", "compressed syntax, native pixel data", lambda s=syntax: (
+            _file_meta(s) + _dataset_bytes(dicom_header(96, 96), False) + pixel_element(96 * 96 * 2)
+            + pixels.tobytes())
+        for label, cut in truncations(compressed_dicom(code, syntax, 96, 96, BitsStored=12, HighBit=11), 4):
+            yield f"truncated-{label}.{short}.dcm", "error", "truncated", lambda d=cut: d
+        for label, flipped in bit_flips(compressed_dicom(code, syntax, 96, 96, BitsStored=12, HighBit=11), 8,
+                                        len(short), 400):
+            yield f"bitflip-{label}.{short}.dcm", "any", "random bits flipped", lambda d=flipped: d
+    yield "jll-in-jls-syntax.dcm", "error", "JPEG-LS syntax holding a JPEG Lossless codestream", lambda: (
+        compressed_dicom(gdcm_codestream(pixels, JPEG_LOSSLESS_SV1, 12), JPEG_LS, 96, 96, BitsStored=12, HighBit=11))
+    yield "j2k-noise-2048.dcm", "ok", "the slowest accepted compressed frame (JPEG 2000 of noise)", lambda: (
+        compressed_dicom(gdcm_codestream(noise, JPEG_2000), JPEG_2000, 2048, 2048))
 
 
 def _zip(members: dict[str, bytes]) -> bytes:

@@ -9,7 +9,7 @@ from typing import Any
 
 from gradio.components.label import LabelConfidence, LabelData
 
-from lung_classifier import Analysis, ScanResult
+from lung_classifier import Analysis, ImageError, ScanResult
 from lung_classifier.verdict import OOD_NOTICE
 
 DISCLAIMER = (
@@ -25,6 +25,21 @@ ATTRIBUTION = (
 WHAT_THE_MODEL_EXPECTS = (
     "an axial chest CT slice exported as an image the way the IQ-OTH/NCCD slices were: greyscale, in a "
     "soft-tissue-to-bone window (width 350-1200 HU, centre 50-600 HU), so the lungs look near black")
+
+NO_FILE = "No file received: upload a CT slice image or DICOM file."
+WHAT_TO_SEND = "upload one axial CT slice as an image file (JPEG, PNG, …) or a DICOM file"
+
+
+def refusal(exc: ImageError) -> str:
+    """The decoder's reason, and what to send instead when the reason does not say."""
+    return str(exc) if "upload" in str(exc).lower() else f"{exc}: {WHAT_TO_SEND}"
+
+
+def header(classifier_config: dict[str, Any], origin: str) -> str:
+    """The page's title and first paragraph: what the model is, and what it is not."""
+    return ("# Lung CT slice classifier\nNormal / Benign / Malignant, on a frozen ImageNet ResNet50 "
+            f"trained on the IQ-OTH/NCCD dataset. Model: {model_name(classifier_config, origin)}.\n\n{DISCLAIMER} "
+            "The model's measured quality and limits are in the **Model card** tab.")
 
 
 def label_value(result: Analysis | ScanResult) -> LabelData:

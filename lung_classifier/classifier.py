@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
@@ -18,6 +18,7 @@ from . import package
 from .decoding import rendering
 from .decoding.images import ImageInput, Slice, read_slice
 from .decoding.series import ScanSource
+from .many import Outcome, T, analyze_many
 from .model.preprocessing import prepare_batch
 from .package import hub
 from .scan.analysis import ScanResult, analyze_scan
@@ -156,6 +157,16 @@ class LungClassifier:
                 heatmap=_upsample(outputs["heatmap"][index], item.rgb.shape[:2]) if explain else None,
             ))
         return results
+
+    def analyze_many(self, items: Sequence[T], *, read: Callable[[T], ImageInput] | None = None,
+                     batch_size: int = 16, max_pixels: int | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> Iterator[Outcome[T]]:
+        """Each item's Outcome (analysis, or the reason it has none), in order, ``batch_size`` at a time.
+
+        A file that cannot be decoded fails its own Outcome only; see lung_classifier.many.
+        """
+        return analyze_many(self, items, read=read, batch_size=batch_size, max_pixels=max_pixels,
+                            progress=progress)
 
     def analyze_scan(self, source: ScanSource, *, top_k: int = 3, explain: bool = False, batch_size: int = 16,
                      progress: Callable[[int, int], None] | None = None) -> ScanResult:

@@ -391,7 +391,7 @@ def test_large_slice_overlay_is_at_most_1024_pixels_per_picture(client, tmp_path
 
 
 def test_batch_refuses_more_files_than_its_limit(client, files):
-    from app import MAX_BATCH_FILES
+    from demo.handlers import MAX_BATCH_FILES
 
     with pytest.raises(AppError) as refused:
         client.predict([send(files["Normal"])] * (MAX_BATCH_FILES + 1), api_name="/batch")
@@ -400,7 +400,7 @@ def test_batch_refuses_more_files_than_its_limit(client, files):
 
 
 def test_batch_classifies_up_to_its_pixel_limit_and_says_so_for_the_rest(client, tmp_path):
-    from app import MAX_BATCH_PIXELS
+    from demo.handlers import MAX_BATCH_PIXELS
 
     side = 1000  # under the display size, so decoded as it is
     count = MAX_BATCH_PIXELS // side**2

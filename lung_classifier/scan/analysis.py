@@ -21,8 +21,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..decoding.images import ImageInput, Slice
-from ..decoding.limits import ImageError
 from ..decoding.series import ScanError, ScanSource, Series, SliceEntry, open_series
+from ..many import analyze_many
 from ..package.format import PackageError
 from ..verdict import OOD_NOTICE, Analysis
 from .aggregation import ScanRule
@@ -127,25 +127,15 @@ def _analyze_slices(classifier: SliceClassifier, series: Series, batch_size: int
     """Decode and analyse batch by batch, keeping only the results (and each analysed slice's entry)."""
     slices: list[ScanSlice] = []
     entries: list[SliceEntry] = []
-    total = len(series.slices)
-    if progress is not None:
-        progress(0, total)
-    for start in range(0, total, batch_size):
-        batch = series.slices[start:start + batch_size]
-        decoded, kept = [], []
-        for entry in batch:
-            try:
-                decoded.append(classifier.read(series.read(entry)))
-                kept.append(entry)
-            except ImageError as exc:  # one bad slice does not hide the others: noted, and the scan goes on
-                message = str(exc).replace(entry.key, entry.name).replace(UNNAMED, entry.name, 1)  # never a path
-                series.notes.unreadable(entry.name, message)
-        for entry, analysis in zip(kept, classifier.analyze_batch(decoded)):
-            slices.append(ScanSlice(entry.name, entry.position, len(slices), analysis))
-            entries.append(entry)
-        del decoded
-        if progress is not None:
-            progress(min(start + batch_size, total), total)
+    for outcome in analyze_many(classifier, series.slices, read=series.read, batch_size=batch_size,
+                                progress=progress):
+        entry = outcome.item
+        if outcome.analysis is None:  # one bad slice does not hide the others: noted, and the scan goes on
+            message = str(outcome.error).replace(entry.key, entry.name).replace(UNNAMED, entry.name, 1)  # no path
+            series.notes.unreadable(entry.name, message)
+            continue
+        slices.append(ScanSlice(entry.name, entry.position, len(slices), outcome.analysis))
+        entries.append(entry)
     return slices, entries, series.notes.render()
 
 
