@@ -459,7 +459,7 @@ def private_items_dicom(sequence: bytes) -> bytes:
 
 
 def many_elements_dicom(items: int, elements: int) -> bytes:
-    """A private sequence of `items` items of `elements` tiny elements each: pydicom builds ~90 B of objects per byte."""
+    """A private sequence of `items` items of `elements` tiny elements each (pydicom: ~90 B of objects a byte)."""
     body = b"".join(struct.pack("<HH2sH", 0x0009, 0x1000 + i, b"SH", 2) + b"ab" for i in range(elements))
     item = struct.pack("<HHI", 0xFFFE, 0xE000, len(body)) + body
     return private_items_dicom(struct.pack("<HH2sHI", 0x0009, 0x1010, b"SQ", 0, 0xFFFFFFFF) + item * items
@@ -568,7 +568,7 @@ def _files() -> Iterator[tuple[str, str, str, Callable[[], bytes]]]:
         many_elements_dicom(2000, 20))
     yield "dicom-sequence-5000-deep.dcm", "error", "a private sequence nested 5000 levels", lambda: (
         deep_sequence_dicom(5000))
-    yield "rle-one-byte-runs-1024.dcm", "ok", "RLE of 2M one-byte literal runs (1 s of CPU), the most accepted", lambda: (
+    yield "rle-one-byte-runs-1024.dcm", "ok", "RLE of 2M one-byte runs (1 s of CPU), the most accepted", lambda: (
         rle_dicom(rows=1024, columns=1024, segments=[b"\x00\x07" * 2**20] * 2))
     yield "rle-one-byte-runs-2048.dcm", "error", "RLE of 8M one-byte runs (3.5 s of CPU uncapped)", lambda: (
         rle_dicom(rows=2048, columns=2048, segments=[b"\x00\x07" * 2**22] * 2))
@@ -838,6 +838,27 @@ def hostile_zips() -> dict[str, tuple[str, Callable[[], bytes]]]:
     }
 
 
+def write_zips(directory: Path) -> list[Path]:
+    """Write every hostile zip (hostile_zips) into `directory` (created); returns their paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, (_, make) in hostile_zips().items():
+        paths.append(directory / name)
+        paths[-1].write_bytes(make())
+    return paths
+
+
+def write_heavy(directory: Path) -> list[Path]:
+    """Write only the HEAVY files of the corpus (the worst of each class) into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, _, _, make in _files():
+        if name in HEAVY:
+            paths.append(directory / name)
+            paths[-1].write_bytes(make())
+    return paths
+
+
 def write_corpus(directory: Path) -> list[HostileFile]:
     """Write every corpus file into `directory` (created); returns them with their expected outcome."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -859,6 +880,8 @@ HEAVY = ("bomb-deflate-8000x8000.dcm", "bomb-rle-8000x8000.dcm", "rle-6000x6000-
          "rle-one-byte-runs-1024.dcm", "j2k-noise-2048.dcm")
 """The worst file of each class, in memory or CPU, to refuse or decode: every client sends all of them at once."""
 ENDPOINTS = ("/predict", "/analyze", "/batch")
+SCAN_REFUSAL = "Cannot classify this scan:"
+"""How the app's /scan begins a refusal (a ScanError's message follows)."""
 BATCH_FILES = 8
 """Files per /batch request."""
 REFUSAL = "Cannot classify this file:"
@@ -874,6 +897,10 @@ def check_answer(endpoint: str, names: list[str], answer) -> list[str]:
         ok = isinstance(answer, (list, tuple)) and len(answer) == 4 and isinstance(answer[3], dict) \
             and "probabilities" in answer[3]
         return [] if ok else [f"{endpoints_name(endpoint, names)}: unexpected answer {answer!r:.200}"]
+    if endpoint == "/scan":
+        ok = isinstance(answer, (list, tuple)) and len(answer) == 2 and isinstance(answer[1], dict) \
+            and "slices" in answer[1]
+        return [] if ok else [f"/scan {names[0]}: unexpected answer {answer!r:.200}"]
     rows = answer.get("data") if isinstance(answer, dict) else None
     if not isinstance(rows, list) or len(rows) != len(names):
         return [f"{endpoints_name(endpoint, names)}: expected {len(names)} rows, got {answer!r:.300}"]
@@ -895,15 +922,18 @@ def check_refusal(endpoint: str, names: list[str], message: str) -> list[str]:
     """Problems with a refusal: it must be the app's clear message (a whole /batch may be refused with a reason)."""
     if endpoint == "/batch":
         clear = len(message) > 15 and "Traceback" not in message
+    elif endpoint == "/scan":  # a zip refusal must name the zip problem, not a raw Python error
+        clear = message.startswith(SCAN_REFUSAL) and ".zip" in message and "Traceback" not in message
     else:
         clear = message.startswith(REFUSAL) and len(message) > len(REFUSAL) + 5 and "Traceback" not in message
     return [] if clear else [f"{endpoints_name(endpoint, names)}: unclear refusal {message!r:.300}"]
 
 
 def send_corpus(url: str, corpus: list[Path], clients: int = 16, share: int = 1,
-                endpoints: tuple[str, ...] = ENDPOINTS) -> dict:
+                endpoints: tuple[str, ...] = ENDPOINTS, zips: list[Path] = ()) -> dict:
     """`clients` gradio_client users at once: each sends every HEAVY file, then its part of the corpus
-    (every `share`-th file of it), to each endpoint. Returns counts and every problem found."""
+    (every `share`-th file of it), to each endpoint, and every one of `zips` to /scan. Returns counts and
+    every problem found."""
     import threading
     import time
     from concurrent.futures import ThreadPoolExecutor
@@ -921,7 +951,7 @@ def send_corpus(url: str, corpus: list[Path], clients: int = 16, share: int = 1,
         names = [path.name for path in paths]
         files = [handle_file(str(path)) for path in paths]
         try:
-            answer = client.predict(files if endpoint == "/batch" else files[0], api_name=endpoint)
+            answer = client.predict(files if endpoint in ("/batch", "/scan") else files[0], api_name=endpoint)
             problems, outcome = check_answer(endpoint, names, answer), "results"
         except AppError as exc:
             problems, outcome = check_refusal(endpoint, names, str(exc)), "refusals"
@@ -945,6 +975,8 @@ def send_corpus(url: str, corpus: list[Path], clients: int = 16, share: int = 1,
             else:
                 for path in heavy + mine:
                     request(client, endpoint, [path])
+        for path in zips:
+            request(client, "/scan", [path])
         client.close()
 
     started = time.monotonic()
@@ -967,9 +999,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--share", type=int, default=1, help="send every K-th non-heavy file (1: all)")
     parser.add_argument("--endpoints", nargs="+", default=list(ENDPOINTS), choices=ENDPOINTS)
+    parser.add_argument("--zips", action="store_true", help="also send every hostile zip to /scan from each client")
     args = parser.parse_args(argv)
     corpus = [item.path for item in write_corpus(args.dir)]
-    print(json.dumps(send_corpus(args.url, corpus, args.clients, args.share, tuple(args.endpoints))), flush=True)
+    zips = write_zips(args.dir / "zips") if args.zips else []
+    print(json.dumps(send_corpus(args.url, corpus, args.clients, args.share, tuple(args.endpoints), zips)),
+          flush=True)
     return 0
 
 
