@@ -19,7 +19,8 @@ from .format import CONFIG, PackageError, listed_files, parse_config
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
 
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+"""owner/name (fullmatch); huggingface_hub's validate_repo_id has the last word (no "..", "--", ".git")."""
 HUB_FILES = frozenset({".gitattributes"})
 """Files the Hub adds to every repo; present in a snapshot, never part of a package."""
 
@@ -29,9 +30,18 @@ class HubError(RuntimeError):
 
 
 def parse_repo_id(source: str) -> str | None:
-    """'owner/name' or 'hf://owner/name' -> 'owner/name'; anything else -> None."""
+    """'owner/name' or 'hf://owner/name' -> 'owner/name' when huggingface_hub accepts it too; anything else -> None."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
     repo_id = source[len("hf://"):] if source.startswith("hf://") else source
-    return repo_id if REPO_ID.match(repo_id) else None
+    if REPO_ID.fullmatch(repo_id) is None:
+        return None
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return None
+    return repo_id
 
 
 def download(repo_id: str, *, revision: str | None = None, token: bool | str | None = None,
