@@ -894,8 +894,8 @@ def check_answer(endpoint: str, names: list[str], answer) -> list[str]:
         ok = isinstance(answer, dict) and answer.get("label") and answer.get("confidences")
         return [] if ok else [f"{endpoints_name(endpoint, names)}: unexpected answer {answer!r:.200}"]
     if endpoint == "/analyze":
-        ok = isinstance(answer, (list, tuple)) and len(answer) == 4 and isinstance(answer[3], dict) \
-            and "probabilities" in answer[3]
+        ok = isinstance(answer, (list, tuple)) and len(answer) == 5 and isinstance(answer[4], dict) \
+            and "verdict" in answer[4]
         return [] if ok else [f"{endpoints_name(endpoint, names)}: unexpected answer {answer!r:.200}"]
     if endpoint == "/scan":
         ok = isinstance(answer, (list, tuple)) and len(answer) == 2 and isinstance(answer[1], dict) \
@@ -909,8 +909,8 @@ def check_answer(endpoint: str, names: list[str], answer) -> list[str]:
         if row[1] == "error":
             if not (isinstance(row[-1], str) and len(row[-1]) > 10):
                 problems.append(f"/batch {name}: error row without a reason: {row!r:.200}")
-        elif not isinstance(row[2], (int, float)):
-            problems.append(f"/batch {name}: row is neither a prediction nor an error: {row!r:.200}")
+        elif not isinstance(row[2], (int, float)) and not (row[2] is None and isinstance(row[-1], str) and row[-1]):
+            problems.append(f"/batch {name}: row is neither a prediction, a flag nor an error: {row!r:.200}")
     return problems
 
 

@@ -122,7 +122,7 @@ class LungClassifier:
         return read_slice(image, dicom_window=self.dicom_window)
 
     def predict(self, image: ImageInput | Slice) -> dict[str, Any]:
-        """``{"label", "probabilities", "ood_score", "out_of_distribution", "ood_reason"}`` for one slice."""
+        """Analysis.as_dict() for one slice: a flagged slice has label None, its verdict the notice."""
         return self.analyze(image).as_dict()
 
     def predict_batch(self, images: Sequence[ImageInput | Slice]) -> list[dict[str, Any]]:
@@ -155,6 +155,7 @@ class LungClassifier:
                 out_of_distribution=reason is not None,
                 ood_reason=reason,
                 heatmap=_upsample(outputs["heatmap"][index], item.rgb.shape[:2]) if explain else None,
+                ood_threshold=self.ood_threshold,
             ))
         return results
 

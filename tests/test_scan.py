@@ -61,11 +61,13 @@ def test_a_folder_scan_gives_slices_in_name_order_and_the_packages_scan_verdict(
 
 def test_as_dict_is_json_ready_and_shows_names_only(classifier, scan_folder):
     record = json.loads(json.dumps(classifier.analyze_scan(scan_folder).as_dict()))
-    assert set(record) == {"verdict", "label", "probabilities", "out_of_distribution", "ood_reason", "top", "slices",
-                           "notes"}
+    assert set(record) == {"verdict", "label", "probabilities", "out_of_distribution", "ood_reason", "top",
+                           "top_numbers", "slices", "notes"}
     assert len(record["slices"]) == len(SCAN)
     row = record["slices"][0]
-    assert set(row) == {"index", "name", "position", "label", "probabilities", "out_of_distribution"}
+    assert set(row) == {"index", "number", "name", "position", "label", "probabilities", "out_of_distribution"}
+    assert [row["number"] for row in record["slices"]] == [row["index"] + 1 for row in record["slices"]]
+    assert record["top_numbers"] == [record["slices"][i]["number"] for i in record["top"]]
     assert row["name"] == "case (1).png" and str(scan_folder) not in json.dumps(record)
 
 

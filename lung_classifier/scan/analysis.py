@@ -52,6 +52,12 @@ class ScanSlice:
     index: int  # position in ScanResult.slices
     analysis: Analysis  # without heatmap
 
+    @property
+    def number(self) -> int:
+        """The slice's number as people see it on the page, in the CLI and in the API's rows: 1-based, in body
+        order (``index`` + 1)."""
+        return self.index + 1
+
 
 @dataclass(frozen=True)
 class ScanResult:
@@ -85,14 +91,16 @@ class ScanResult:
         """JSON-ready: the verdict, scan probabilities, top slices, a row per slice, notes (no heatmaps)."""
         return {"verdict": self.verdict, "label": self.label, "probabilities": self.probabilities,
                 "out_of_distribution": self.out_of_distribution, "ood_reason": self.ood_reason, "top": self.top,
+                "top_numbers": [self.slices[i].number for i in self.top],
                 "slices": [slice_row(scan_slice) for scan_slice in self.slices], "notes": self.notes}
 
 
 def slice_row(scan_slice: ScanSlice) -> dict[str, Any]:
-    """One slice as a table row; a flagged slice has no label (as the predict command's JSON)."""
+    """One slice as a table row: ``index`` (0-based, into ``slices``) and ``number`` (1-based, as people see it);
+    a flagged slice has no label (as Analysis.as_dict)."""
     analysis = scan_slice.analysis
-    return {"index": scan_slice.index, "name": scan_slice.name, "position": scan_slice.position,
-            "label": None if analysis.out_of_distribution else analysis.label,
+    return {"index": scan_slice.index, "number": scan_slice.number, "name": scan_slice.name,
+            "position": scan_slice.position, "label": None if analysis.out_of_distribution else analysis.label,
             "probabilities": analysis.probabilities, "out_of_distribution": analysis.out_of_distribution}
 
 
