@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from benchmarks.hostile_corpus import encode, hostile_zips, slice_image
-from lung_classifier.decoding import series
+from lung_classifier.decoding import archive
 from lung_classifier.decoding.series import ScanError, open_series
 
 ZIPS = hostile_zips()
@@ -60,8 +60,8 @@ def test_real_archives_open_and_every_end_record_zipfile_uses_was_checked(option
     path = tmp_path / "scan.zip"
     path.write_bytes(real_zip(**options))
     seen = []
-    end_records = series._end_records
-    monkeypatch.setattr(series, "_end_records", lambda stream: seen.extend(end_records(stream)) or seen)
+    end_records = archive.end_records
+    monkeypatch.setattr(archive, "end_records", lambda stream: seen.extend(end_records(stream)) or seen)
     with open_series(path) as found:
         assert len(found.slices) == options.get("members", 3)
     with open(path, "rb") as stream:
