@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable, Iterator
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -23,6 +23,9 @@ from .model.preprocessing import prepare_batch
 from .package import hub
 from .scan.analysis import ScanResult, analyze_scan
 from .verdict import Analysis, ood_reason
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo
 
 DEFAULT_MODEL = Path(__file__).parent / "default_model"
 
@@ -185,10 +188,17 @@ class LungClassifier:
         package.copy_package(self.directory, Path(directory))
         return Path(directory)
 
-    def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool | None = None,
-                    commit_message: str = "Upload lung CT classifier package") -> str:
-        """Upload the full package (model card as the repo's README); returns the commit sha."""
-        return hub.upload(self.directory, repo_id, token=token, private=private, commit_message=commit_message)
+    def push_to_hub(self, repo_id: str, *, commit_message: str = "Upload lung CT classifier package",
+                    private: bool | None = None, token: str | None = None, branch: str | None = None,
+                    create_pr: bool = False) -> CommitInfo:
+        """Upload the full package (model card as the repo's README), with ModelHubMixin.push_to_hub's options.
+
+        ``branch`` (created from main if new) receives the commit instead of main; ``create_pr``
+        opens a pull request against main. Returns huggingface_hub's CommitInfo, as the mixin does:
+        ``.oid`` is the commit sha, ``.pr_url``/``.pr_num`` the pull request's.
+        """
+        return hub.upload(self.directory, repo_id, token=token, private=private, commit_message=commit_message,
+                          branch=branch, create_pr=create_pr)
 
 
 def _upsample(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import weakref
 import zipfile
@@ -146,3 +147,21 @@ def test_refusals_reach_the_caller_as_scan_errors(classifier, tmp_path):
         classifier.analyze_scan(tmp_path / "missing")
     with pytest.raises(ValueError, match="at least 1"):
         classifier.analyze_scan(tmp_path, batch_size=0)
+
+
+def test_the_packages_flagged_fraction_decides_when_a_scan_gets_no_verdict(classifier, scan_folder, monkeypatch):
+    """max_flagged_fraction is read from the package's scan block, and the reason quotes that value."""
+    analyze_batch = classifier.analyze_batch
+
+    def three_flagged(images, **kwargs):  # the scan's 10 slices come in one batch: the first three flagged
+        return [dataclasses.replace(a, out_of_distribution=i < 3, ood_reason="made up" if i < 3 else None)
+                for i, a in enumerate(analyze_batch(images, **kwargs))]
+
+    monkeypatch.setattr(classifier, "analyze_batch", three_flagged)
+    assert classifier.config["scan"]["max_flagged_fraction"] == 0.5
+    assert not classifier.analyze_scan(scan_folder).out_of_distribution  # 3 of 10 is not more than half
+    monkeypatch.setattr(classifier, "config", {**classifier.config,
+                                               "scan": {**classifier.config["scan"], "max_flagged_fraction": 0.25}})
+    result = classifier.analyze_scan(scan_folder)
+    assert result.out_of_distribution and result.label is None
+    assert "3 of 10 slices are unlike the training slices (more than 25%)" in result.ood_reason

@@ -99,3 +99,13 @@ def target_size(width: int, height: int, name: str) -> tuple[int, int]:
         raise ImageError(f"{name}: image of {width}x{height} pixels is too elongated: at {MAX_SIDE} px on its "
                          f"long side it is under {MIN_SIDE} px on the short side; upload a CT slice")
     return target
+
+
+MAX_SLICES = 1000
+"""Most slices one scan may have: a thin-slice chest CT has about 600."""
+MAX_MEMBERS = 2 * MAX_SLICES
+"""Most files (or zip entries) an upload may hold, counted before any is read."""
+
+
+class ScanError(ImageError):
+    """The upload cannot be analysed as one scan; the message says why and what to upload instead."""

@@ -10,8 +10,14 @@ Refused, with an error that says what to upload instead (:class:`ScanError`):
 - **Zip bombs.** Before anything is inflated: more than ``MAX_MEMBERS`` entries, a member
   declaring more than ``MAX_MEMBER_BYTES``, all members together more than
   ``MAX_TOTAL_BYTES``, a member inflating more than ``MAX_COMPRESSION_RATIO`` times its
-  stored size, or members whose stored data overlap (one compressed stream counted many
-  times). While inflating, a member is never read past its declared size.
+  stored size, all members together more than that ratio beyond ``FREE_INFLATION_BYTES``,
+  or members whose stored data overlap (one compressed stream counted many times). Before
+  zipfile reads the central directory, every end record it could use (and its Zip64 form,
+  where zipfile reads it and where the locator points) is checked for its entry count and
+  directory size. While inflating, a member is never read past its declared size.
+- **Malformed archives.** Whatever zipfile raises (a bad end record, a name flagged UTF-8
+  that is not, an empty member name, an unsupported method) becomes a ScanError for the
+  archive, or a note for the one member, naming the zip problem.
 - **More than** ``MAX_SLICES`` slices (a CT series has 80 to 600).
 - **Mixed inputs**: DICOM files together with images; DICOM files of several series
   (SeriesInstanceUID), or of one series with different Rows/Columns or orientations.
@@ -37,13 +43,11 @@ from __future__ import annotations
 import io
 import os
 import re
-import struct
 import zipfile
-import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
@@ -51,47 +55,23 @@ from PIL import Image, UnidentifiedImageError
 
 from .dicom import DicomPlacement, read_dicom_placement, slice_normal
 from .images import PIL_FORMATS
-from .limits import ImageError
+from .archive import check_archive, display_name, inflate, open_zip
+from .limits import MAX_MEMBERS, MAX_SLICES, ImageError, ScanError
 
 ScanSource = str | os.PathLike | Sequence[str | os.PathLike]
 
-MAX_SLICES = 1000
-"""Most slices one scan may have: a thin-slice chest CT has about 600."""
-MAX_MEMBERS = 2 * MAX_SLICES
-"""Most files (or zip entries) an upload may hold, counted before any is read."""
-MAX_MEMBER_BYTES = 64 * 2**20
-"""Largest uncompressed member: a 512x512 16-bit DICOM slice is 0.5 MiB, a 2048x2048 one 8 MiB."""
-MAX_TOTAL_BYTES = 2 * 2**30
-"""Largest uncompressed archive: 1000 slices of 2 MiB."""
-MAX_COMPRESSION_RATIO = 100
-"""Uncompressed / stored size above which a member (of at least RATIO_CHECK_BYTES) is a bomb: CT inflates ~2-5x."""
-RATIO_CHECK_BYTES = 2**20
-"""Members smaller than this may compress as well as they like (a blank slice does)."""
-MAX_DIRECTORY_BYTES = MAX_MEMBERS * 512
-"""Largest zip central directory: MAX_MEMBERS entries with long names (46 bytes each plus name and extras)."""
 ORIENTATION_TOLERANCE = 1e-3
 """Direction cosines that differ by more than this are different planes."""
 
 _ARCHIVE_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"7z\xbc\xaf\x27\x1c",
                    b"Rar!\x1a\x07")
 _DIGITS = re.compile(r"(\d+)")
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class ScanError(ImageError):
-    """The upload cannot be analysed as one scan; the message says why and what to upload instead."""
 
 
 def natural_key(name: str) -> tuple:
     """Sort key that orders digit runs by value: "case (2)" before "case (10)"."""
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in _DIGITS.split(name.casefold())
                  if part)
-
-
-def display_name(member: str) -> str:
-    """A member's or file's base name, printable: never a directory of the upload or of the server."""
-    base = PurePosixPath(member.replace("\\", "/")).name or "(unnamed)"
-    return _UNPRINTABLE.sub("?", base)[:120]
 
 
 @dataclass(frozen=True)
@@ -118,7 +98,7 @@ class Series:
         """The slice's bytes (zip member, inflated within its limits) or its file path, for images.read_slice."""
         if self._archive is None:
             return Path(entry.key)
-        return _inflate(self._archive, self._archive.infolist()[int(entry.key)], entry.name)
+        return inflate(self._archive, self._archive.infolist()[int(entry.key)], entry.name)
 
 
 _NAME = "\0"
@@ -223,17 +203,13 @@ class _SeriesContext:
         return [_file_member(path, path.name) for path in paths]
 
     def _zip_members(self, path: Path) -> list[_Member]:
-        _check_directory_size(path)
-        try:
-            self.archive = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
-            why = exc if isinstance(exc, zipfile.BadZipFile) else exc.__class__.__name__  # no server path
-            raise ScanError(f"{path.name} is not a readable zip archive ({why}): zip the slices again") from None
-        members = [(index, info) for index, info in enumerate(self.archive.infolist()) if not info.is_dir()]
-        _check_archive([info for _, info in members], path.stat().st_size, path.name)
+        self.archive = open_zip(path, path.name)
+        members = [(index, info) for index, info in enumerate(self.archive.infolist())
+                   if not info.filename.endswith("/")]  # not is_dir(): it indexes filename[-1]
+        check_archive([info for _, info in members], path.stat().st_size, path.name)
         archive = self.archive
         return [_Member(str(index), display_name(info.filename), info.filename,
-                        lambda info=info: io.BytesIO(_inflate(archive, info, display_name(info.filename))))
+                        lambda info=info: io.BytesIO(inflate(archive, info, display_name(info.filename))))
                 for index, info in members]
 
 
@@ -261,72 +237,6 @@ def _folder_members(folder: Path) -> list[_Member]:
                                 f"(at most {MAX_SLICES} slices)")
     return members
 
-
-def _check_directory_size(path: Path) -> None:
-    """Refuse a central directory too large for MAX_MEMBERS entries before zipfile parses it into memory.
-
-    zipfile reads the whole directory (its size as the end record states) and makes an
-    object per entry, so a small archive of a million empty entries would cost far more
-    memory than any slice: the end record (or its Zip64 form) is read here first.
-    """
-    with open(path, "rb") as stream:
-        size = stream.seek(0, os.SEEK_END)
-        start = max(0, size - 22 - 65535)  # the end record, then a comment of at most 64 KiB
-        stream.seek(start)
-        tail = stream.read()
-        at = tail.rfind(b"PK\x05\x06")
-        if at < 0 or len(tail) - at < 22:
-            return  # no end record: zipfile refuses the file
-        entries, directory = struct.unpack("<HI", tail[at + 10:at + 16])
-        if (entries == 0xFFFF or directory == 0xFFFFFFFF) and at >= 20 and tail[at - 20:at - 16] == b"PK\x06\x07":
-            stream.seek(struct.unpack("<Q", tail[at - 12:at - 4])[0])
-            record = stream.read(56)
-            if len(record) == 56 and record[:4] == b"PK\x06\x06":
-                entries, directory = struct.unpack("<QQ", record[32:48])
-    if entries > MAX_MEMBERS:
-        raise ScanError(f"{path.name} declares {entries:,} entries, more than the {MAX_MEMBERS} accepted: "
-                        f"zip one series (at most {MAX_SLICES} slices)")
-    if directory > MAX_DIRECTORY_BYTES:
-        raise ScanError(f"{path.name} declares a directory of {directory:,} bytes, more than the "
-                        f"{MAX_DIRECTORY_BYTES:,} that {MAX_MEMBERS} entries need (damaged or crafted archive): "
-                        "zip the slices of one series again")
-
-
-def _check_archive(infos: list[zipfile.ZipInfo], archive_bytes: int, name: str) -> None:
-    """Zip-bomb checks on the central directory, before a byte is inflated."""
-    if len(infos) > MAX_MEMBERS:
-        raise ScanError(f"{name} holds {len(infos)} entries, more than the {MAX_MEMBERS} accepted: "
-                        f"zip one series (at most {MAX_SLICES} slices)")
-    for info in infos:
-        member = display_name(info.filename)
-        if info.file_size > MAX_MEMBER_BYTES:
-            raise ScanError(f"{name}: {member} declares {info.file_size:,} bytes uncompressed, more than the "
-                            f"{MAX_MEMBER_BYTES // 2**20} MiB a slice may have (damaged or crafted archive)")
-        if info.file_size >= RATIO_CHECK_BYTES and info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1):
-            raise ScanError(f"{name}: {member} inflates {info.file_size / max(info.compress_size, 1):,.0f} times its "
-                            f"stored size (more than {MAX_COMPRESSION_RATIO}): a zip bomb, not a CT series")
-    total = sum(info.file_size for info in infos)
-    if total > MAX_TOTAL_BYTES:
-        raise ScanError(f"{name} inflates to {total / 2**30:.1f} GiB, more than the {MAX_TOTAL_BYTES / 2**30:.0f} GiB "
-                        "accepted: zip one series")
-    if sum(info.compress_size for info in infos) > archive_bytes:
-        raise ScanError(f"{name}: its members' stored data overlap (one compressed stream counted several times): "
-                        "a zip bomb, not a CT series")
-
-
-def _inflate(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> bytes:
-    """One member's bytes, never reading past its declared (already checked) size."""
-    if info.flag_bits & 0x1:
-        raise ImageError(f"{name} is encrypted")
-    try:
-        with archive.open(info) as member:
-            data = member.read(info.file_size + 1)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as exc:
-        raise ImageError(f"{name} cannot be inflated ({exc.__class__.__name__}: {exc})") from None
-    if len(data) != info.file_size:
-        raise ImageError(f"{name} inflates to {len(data):,} bytes, not the {info.file_size:,} it declares "
-                         "(damaged or crafted archive)")
-    return data
 
 
 def _build(members: list[_Member], archive: zipfile.ZipFile | None) -> Series:

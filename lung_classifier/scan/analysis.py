@@ -25,7 +25,7 @@ from ..decoding.series import ScanError, ScanSource, Series, SliceEntry, open_se
 from ..many import analyze_many
 from ..package.format import PackageError
 from ..verdict import OOD_NOTICE, Analysis
-from .aggregation import MAX_FLAGGED_FRACTION, ScanRule, scan_flagged
+from .aggregation import ScanRule
 
 class SliceClassifier(Protocol):
     """What a scan needs of a classifier (LungClassifier is one): its package, and slices read and analysed."""
@@ -151,10 +151,10 @@ def _decide(classifier: SliceClassifier, rule: ScanRule, slices: list[ScanSlice]
             top_k: int) -> tuple[str | None, dict[str, float] | None, bool, str | None, list[int]]:
     flags = np.array([scan_slice.analysis.out_of_distribution for scan_slice in slices])
     k = min(top_k, len(slices))
-    if scan_flagged(flags):
+    if rule.flagged(flags):
         reasons = Counter(scan_slice.analysis.ood_reason for scan_slice in slices if scan_slice.analysis.ood_reason)
         reason = (f"{int(flags.sum())} of {len(slices)} slices are unlike the training slices (more than "
-                  f"{MAX_FLAGGED_FRACTION:.0%}); most often: {reasons.most_common(1)[0][0]}")
+                  f"{rule.max_flagged_fraction:.0%}); most often: {reasons.most_common(1)[0][0]}")
         scores = np.array([scan_slice.analysis.ood_score for scan_slice in slices])
         return None, None, True, reason, [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
     kept = np.flatnonzero(~flags)
