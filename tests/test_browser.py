@@ -7,8 +7,10 @@ No test waits for a fixed time: each waits for what it needs to see.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,9 @@ def server(tiny_package, cache_root, tmp_path_factory) -> AppServer:
 def browser():
     from playwright.sync_api import sync_playwright
 
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT_MS)  # a loaded CI machine can take more than expect's 5 s to answer
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield browser
@@ -115,10 +120,15 @@ def test_page_shows_the_upload_at_once_classifies_it_and_explains_errors(page, s
     expect(page.get_by_test_id("label-output-value")).to_have_count(0)
     page.get_by_role("button", name="Classify", exact=True).click()
     expect(page.get_by_test_id("label-output-value")).to_have_text(shown)
-    _, width, height = picture(page, "heatmap")
+    from demo.rendering import legend_height
+
+    heatmap, width, height = picture(page, "heatmap")
     with Image.open(slice_path) as image:
-        assert (width, height) == (2 * image.width + 8, image.height)
+        assert (width, height) == (2 * image.width + 8, image.height + legend_height(image.width))
+    assert "regions that drove the label" in heatmap.get_attribute("alt")  # alt text
     expect(page.locator("#note")).to_contain_text("Out-of-distribution score")
+    expect(page.locator("#note")).to_contain_text("flagged above")  # the score with its threshold
+    expect(page.locator("#upload-lifetime")).to_contain_text("kept on the server while this page is open")
 
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "browser-slice.png"
@@ -127,18 +137,19 @@ def test_page_shows_the_upload_at_once_classifies_it_and_explains_errors(page, s
         README_SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(screenshot, README_SCREENSHOT)
 
-    # The upload was deleted as its classification ended: classifying again, the page says what to do.
-    assert not list(server.upload_root.rglob(slice_path.name))
+    # Classify pressed twice on one upload: answered twice (each answer is a new overlay file), no error.
+    first = heatmap.get_attribute("src")
     page.get_by_role("button", name="Classify", exact=True).click()
-    expect(error_toast(page)).to_contain_text("Upload the file again")
-    page.locator("[data-testid='toast-close']").first.click()
+    expect(page.locator("#heatmap img")).not_to_have_attribute("src", first)
+    expect(page.get_by_test_id("label-output-value")).to_have_text(shown)
     expect(error_toast(page)).to_have_count(0)
+    assert list(server.upload_root.rglob(slice_path.name)), "the upload went while its page is open"
 
     notes = tmp_path / "notes.txt"
     notes.write_text("Patient notes, not an image.\n" * 20)
     upload(page, notes)  # refused at once, by the preview
     expect(error_toast(page)).to_contain_text(re.compile(r"Cannot classify this file: notes\.txt is not an image"))
-    expect(error_toast(page)).to_contain_text(re.compile("upload", re.I))
+    expect(error_toast(page)).to_contain_text(re.compile("export|upload", re.I))  # what to send, said once
     expect(page.locator("#preview img")).to_have_count(0)
     # The viewport (the toast is fixed to it), with the toast's slide-in animation finished.
     page.screenshot(path=str(ARTIFACTS / "browser-error.png"), animations="disabled")
@@ -161,8 +172,9 @@ def test_an_example_is_shown_at_once_and_classified_with_its_attribution(page, s
     expected = LungClassifier.from_pretrained(tiny_package, trust_saved_model=True).analyze(example)
     shown = "Unlike the training data: no diagnosis" if expected.out_of_distribution else expected.label
 
+    thumbnail = page.locator("#examples img[alt='malignant case 148']")  # a thumbnail, its caption as alt text
     for attempt in range(2):  # the example still works after its first requests (it is never deleted)
-        page.get_by_text("malignant case 148", exact=True).click()
+        thumbnail.click()
         _, width, height = picture(page, "preview")
         with Image.open(example) as image:
             assert (width, height) == image.size
@@ -197,4 +209,77 @@ def test_whole_scan_tab_shows_the_verdict_the_curve_and_the_top_slices(page, ser
     expect(error_toast(page)).to_have_count(0)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser-scan.png"), full_page=True)
-    assert not any(list(server.upload_root.rglob(path.name)) for path in paths), "an upload outlived its request"
+    captions = page.locator("#scan-top").inner_text()
+    numbers = [int(n) for n in re.findall(r"Slice (\d+):", captions)]
+    assert numbers == [expected.slices[i].number for i in expected.top]
+    page.context.close()  # the page's session ends: its uploads go
+    deadline = time.monotonic() + 15
+    while any(server.upload_root.rglob("case (*).png")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(list(server.upload_root.rglob(path.name)) for path in paths), "an upload outlived its page"
+
+
+CLASS_PERCENTAGE = re.compile(r"(Normal|Benign|Malignant)\s*\d+(\.\d+)?\s*%")
+"""A class name with a percentage, as the label's bars show one (inner_text puts them on separate lines)."""
+
+
+def test_a_refused_photo_shows_no_finding_and_its_details_agree_with_the_label(page, server, tiny_package):
+    """The flagged photo: no class percentage anywhere on the page, no heatmap, details that name no class."""
+    import matplotlib
+    from playwright.sync_api import expect
+
+    photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    run = page.get_by_role("button", name="Classify", exact=True)
+    expect(run).to_be_disabled()  # nothing to classify yet: no empty click to refuse
+    upload(page, photo)
+    expect(run).to_be_enabled()
+    run.click()
+    notice = "Unlike the training data: no diagnosis"
+    expect(page.get_by_test_id("label-output-value")).to_have_text(notice)
+    expect(page.locator("#label-why")).to_contain_text("not meaningful")
+    expect(page.locator("#note")).to_contain_text("not meaningful")
+    expect(page.locator("#heatmap img")).to_have_count(0)
+    page.get_by_text("Details (JSON)").click()
+    details = page.locator(".json-holder, [data-testid='json']").first
+    expect(details).to_contain_text("verdict")
+    text = page.locator("body").inner_text()
+    assert not CLASS_PERCENTAGE.search(text), CLASS_PERCENTAGE.search(text)
+    shown = details.inner_text()
+    assert notice in shown and not any(label in shown for label in ("Normal", "Benign", "Malignant")), shown
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser-refused.png"), full_page=True)
+
+
+def test_slice_numbers_match_across_page_cli_and_api(page, server, tiny_package, tmp_path):
+    """One zip: the page's gallery captions, the CLI's text and the API's `top_numbers` name the same slices."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from gradio_client import Client, handle_file
+    from playwright.sync_api import expect
+
+    archive = tmp_path / "scan.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for index in range(1, 9):
+            image = tmp_path / f"case ({index}).png"
+            synthetic_slice("Malignant" if index in (5, 6) else "Normal", 700 + index).resize((112, 112)).save(image)
+            zipped.write(image, f"scan/{image.name}")
+
+    page.get_by_role("tab", name="Whole scan").click()
+    block = page.locator(".block").filter(has=page.get_by_test_id("block-label").filter(has_text="CT scan:"))
+    block.locator("input[type=file]").set_input_files(str(archive))
+    page.get_by_role("button", name="Classify the scan", exact=True).click()
+    expect(page.locator("#scan-top img").first).to_be_visible()
+    on_page = [int(n) for n in re.findall(r"Slice (\d+):", page.locator("#scan-top").inner_text())]
+
+    client = Client(server.url, verbose=False, download_files=str(tmp_path / "downloads"))
+    _, details = client.predict(handle_file(str(archive)), api_name="/scan")
+    client.close()
+    cli = subprocess.run([sys.executable, "-m", "lung_classifier", "scan", str(archive), "--model", str(tiny_package),
+                          "--trust-saved-model"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"})
+    assert cli.returncode == 0, cli.stderr
+    in_cli = [int(n) for n in re.findall(r"^  slice (\d+) ", cli.stdout, flags=re.M)]
+    assert on_page and on_page == in_cli == details["top_numbers"]
+    assert details["top_numbers"] == [details["slices"][i]["number"] for i in details["top"]]
