@@ -880,6 +880,8 @@ HEAVY = ("bomb-deflate-8000x8000.dcm", "bomb-rle-8000x8000.dcm", "rle-6000x6000-
          "rle-one-byte-runs-1024.dcm", "j2k-noise-2048.dcm")
 """The worst file of each class, in memory or CPU, to refuse or decode: every client sends all of them at once."""
 ENDPOINTS = ("/predict", "/analyze", "/batch")
+CLIENT_TIMEOUT_S = 300
+"""Seconds a client waits for one request (upload included) before it counts as failed."""
 SCAN_REFUSAL = "Cannot classify this scan:"
 """How the app's /scan begins a refusal (a ScanError's message follows)."""
 BATCH_FILES = 8
@@ -964,7 +966,9 @@ def send_corpus(url: str, corpus: list[Path], clients: int = 16, share: int = 1,
             summary["problems"] += problems
 
     def one_client(index: int) -> None:
-        client = Client(url, verbose=False, download_files=False)
+        # httpx's default 5 s timeout is shorter than 16 simultaneous 22-47 MB uploads take to reach Gradio on
+        # 2 shared cores; a browser waits.
+        client = Client(url, verbose=False, download_files=False, httpx_kwargs={"timeout": CLIENT_TIMEOUT_S})
         mine = rest[index::clients]
         barrier.wait(timeout=120)
         for endpoint in endpoints:
