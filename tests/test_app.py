@@ -124,7 +124,7 @@ BAD_INPUTS = {  # file name -> (bytes, key phrase of the error message)
     "truncated.jpg": (truncated_jpeg, "damaged or truncated"),
     "bomb.png": (lambda: png_claiming_size(100_000, 100_000), "too large"),
     "pixel.png": (lambda: encode(Image.new("L", (1, 1)), "PNG"), "too small"),
-    "animated.gif": (animated_gif, "animated image with 2 frames"),
+    "animated.gif": (animated_gif, "is an animated image"),
     "no-pixels.dcm": (lambda: dicom_bytes(None), "without pixel data"),
 }
 

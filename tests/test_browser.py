@@ -153,6 +153,10 @@ def test_page_shows_the_upload_at_once_classifies_it_and_explains_errors(page, s
     expect(page.locator("#preview img")).to_have_count(0)
     # The viewport (the toast is fixed to it), with the toast's slide-in animation finished.
     page.screenshot(path=str(ARTIFACTS / "browser-error.png"), animations="disabled")
+    upload(page, slice_path)  # the next request closes the earlier error's toast: no stale error over a result
+    page.get_by_role("button", name="Classify", exact=True).click()
+    expect(page.get_by_test_id("label-output-value")).to_have_text(shown)
+    expect(error_toast(page)).to_have_count(0)
 
     page.get_by_role("tab", name="Model card").click()
     expect(page.get_by_role("heading", name=re.compile("Lung CT slice classifier: tiny-test"))).to_be_visible()
