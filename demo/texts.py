@@ -44,12 +44,20 @@ def refusal(exc: Exception) -> str:
     return text if any(word in text.lower() for word in ("upload", "export", "send")) else f"{text}: {WHAT_TO_SEND}"
 
 
+def trained_on(config: dict[str, Any]) -> str:
+    """The training sources as the package records them (packages before 3.0 name one data folder)."""
+    sources = config.get("training", {}).get("sources")
+    if sources:
+        return f"{len(sources)} CT sources ({', '.join(sources)}; see the Model card)"
+    return "the IQ-OTH/NCCD dataset"
+
+
 def header(config: dict[str, Any], origin: str) -> str:
     """The page's title and first paragraph: what the model is, what its labels mean, and what it is not."""
     meanings = labels_meaning(config)
     classes = " / ".join(shown_label(label, meanings) for label in config["labels"])
     return (f"# Lung CT slice classifier\n{classes}, on a frozen ImageNet ResNet50 "
-            f"trained on the IQ-OTH/NCCD dataset. Model: {model_name(config, origin)}.\n\n{DISCLAIMER} "
+            f"trained on {trained_on(config)}. Model: {model_name(config, origin)}.\n\n{DISCLAIMER} "
             "The model's measured quality and limits are in the **Model card** tab.")
 
 

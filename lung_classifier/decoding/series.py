@@ -265,7 +265,10 @@ def _build(members: list[_Member], archive: zipfile.ZipFile | None) -> Series:
         slices = sorted((item.entry for item in images), key=lambda entry: natural_key(entry.order))
         sizes = Counter(item.size for item in images)
         if len(sizes) > 1:
-            shown = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sizes.most_common(4))
+            common = sizes.most_common(4)
+            shown = ", ".join(f"{w}x{h} ({n})" for (w, h), n in common)
+            if len(sizes) > len(common):
+                shown += f" and {len(sizes) - len(common)} more"
             notes.lines.append(f"the slices have {len(sizes)} different sizes ({shown}): each is resized to the "
                                "model's input on its own")
     return Series(slices, bool(dicom), notes, archive)
