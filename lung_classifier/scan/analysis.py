@@ -25,7 +25,7 @@ from ..decoding.limits import ImageError
 from ..decoding.series import ScanError, ScanSource, Series, SliceEntry, open_series
 from ..package.format import PackageError
 from ..verdict import OOD_NOTICE, Analysis
-from .aggregation import MAX_FLAGGED_FRACTION, ScanRule, scan_flagged
+from .aggregation import MAX_FLAGGED_FRACTION, MALIGNANT, ScanRule, scan_flagged, withheld_reason
 
 class SliceClassifier(Protocol):
     """What a scan needs of a classifier (LungClassifier is one): its package, and slices read and analysed."""
@@ -33,6 +33,7 @@ class SliceClassifier(Protocol):
     labels: tuple[str, ...]
     config: dict[str, Any]
     source_name: str
+    dicom_labels: tuple[str, ...]
 
     def read(self, image: ImageInput) -> Slice: ...
 
@@ -112,21 +113,23 @@ def analyze_scan(classifier: SliceClassifier, source: ScanSource, *, top_k: int 
         raise ValueError(f"top_k and batch_size must be at least 1, got {top_k} and {batch_size}")
     rule = scan_rule(classifier)
     with open_series(source) as series:
-        slices, entries, notes = _analyze_slices(classifier, series, batch_size, progress)
+        slices, entries, notes, dicom = _analyze_slices(classifier, series, batch_size, progress)
         if not slices:
             raise ScanError("no slice of the upload could be decoded (" + "; ".join(notes) + "): upload the "
                             "DICOM files of one series, or the slice images")
-        label, probabilities, flagged, reason, top = _decide(classifier, rule, slices, top_k)
+        label, probabilities, flagged, reason, top = _decide(classifier, rule, slices, top_k, dicom)
         heatmaps, images = _explain(classifier, series, [entries[index] for index in top], top) if explain else ({}, {})
     return ScanResult(slices, label, probabilities, flagged, reason, top, heatmaps, images, notes)
 
 
 def _analyze_slices(classifier: SliceClassifier, series: Series, batch_size: int,
                     progress: Callable[[int, int], None] | None
-                    ) -> tuple[list[ScanSlice], list[SliceEntry], list[str]]:
-    """Decode and analyse batch by batch, keeping only the results (and each analysed slice's entry)."""
+                    ) -> tuple[list[ScanSlice], list[SliceEntry], list[str], bool]:
+    """Decode and analyse batch by batch, keeping only the results (and each analysed slice's entry);
+    the last value says whether any slice was DICOM."""
     slices: list[ScanSlice] = []
     entries: list[SliceEntry] = []
+    dicom = False
     total = len(series.slices)
     if progress is not None:
         progress(0, total)
@@ -140,17 +143,18 @@ def _analyze_slices(classifier: SliceClassifier, series: Series, batch_size: int
             except ImageError as exc:  # one bad slice does not hide the others: noted, and the scan goes on
                 message = str(exc).replace(entry.key, entry.name).replace(UNNAMED, entry.name, 1)  # never a path
                 series.notes.unreadable(entry.name, message)
+        dicom = dicom or any(item.dicom for item in decoded)
         for entry, analysis in zip(kept, classifier.analyze_batch(decoded)):
             slices.append(ScanSlice(entry.name, entry.position, len(slices), analysis))
             entries.append(entry)
         del decoded
         if progress is not None:
             progress(min(start + batch_size, total), total)
-    return slices, entries, series.notes.render()
+    return slices, entries, series.notes.render(), dicom
 
 
-def _decide(classifier: SliceClassifier, rule: ScanRule, slices: list[ScanSlice],
-            top_k: int) -> tuple[str | None, dict[str, float] | None, bool, str | None, list[int]]:
+def _decide(classifier: SliceClassifier, rule: ScanRule, slices: list[ScanSlice], top_k: int,
+            dicom: bool) -> tuple[str | None, dict[str, float] | None, bool, str | None, list[int]]:
     flags = np.array([scan_slice.analysis.out_of_distribution for scan_slice in slices])
     k = min(top_k, len(slices))
     if scan_flagged(flags):
@@ -160,9 +164,13 @@ def _decide(classifier: SliceClassifier, rule: ScanRule, slices: list[ScanSlice]
         scores = np.array([scan_slice.analysis.ood_score for scan_slice in slices])
         return None, None, True, reason, [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
     kept = np.flatnonzero(~flags)
-    probabilities = np.array([[slices[i].analysis.probabilities[label] for label in classifier.labels]
-                              for i in kept])
+    every = np.array([[s.analysis.probabilities[label] for label in classifier.labels] for s in slices])
+    probabilities = every[kept]
     decision = rule.decide(probabilities)
+    reason = withheld_reason(rule, decision.label, every, flags, dicom, classifier.dicom_labels)
+    if reason is not None:  # the most malignant slices are what a person should look at
+        order = np.argsort(-every[:, classifier.labels.index(MALIGNANT)], kind="stable")[:k]
+        return None, None, True, reason, [int(i) for i in order]
     order = np.argsort(-decision.contributions, kind="stable")[:min(k, len(kept))]
     return (classifier.labels[decision.label],
             {label: float(p) for label, p in zip(classifier.labels, decision.probabilities)},
