@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,7 +90,7 @@ class TrainingSet:
                               " for training, all renderings of a slice in its group; at inference DICOM is "
                               f"rendered at the package window {PACKAGE_RENDERING}" if entry.dicom
                               else "image files as they are"),
-                "findings": entry.findings or {label: label for label in per_class},
+                "findings": entry.findings,
             }
         return described
 
@@ -212,8 +211,3 @@ def _series_groups(items: list[data.Item]) -> list[int]:
     roots: dict[Path, int] = {}
     return [roots.setdefault(item.path.parent, len(roots)) for item in items]
 
-
-def class_counts(training: TrainingSet) -> dict[str, Counter]:
-    return {name: Counter(training.labels[label] for label in training.y[(training.source == index)
-                                                                         & training.answered_rendering()])
-            for index, name in enumerate(training.names)}

@@ -336,7 +336,7 @@ def card_values(record: TrainingRecord, config: dict[str, Any], summary: dict[st
     for name, entry in sources.items():
         cells = [f"{entry['classes'][label]['slices']} ({entry['classes'][label]['groups']})"
                  if label in entry["classes"] else "-" for label in labels]
-        findings = "; ".join(f"{k}: {v}" for k, v in entry["findings"].items())
+        findings = "; ".join(f"{k}: {v}" for k, v in entry["findings"].items()) or "-"
         source_rows.append(f"| {name} | `{Path(entry['folder']).name}` | " + " | ".join(cells)
                            + f" | {entry['grouping']} | {entry['rendering']} | {findings} | {entry['licence']} |")
     rendering = config["rendering"]
