@@ -28,7 +28,7 @@ from lung_classifier.scan.aggregation import MAX_FLAGGED_FRACTION
 from training import (calibration, card, cv, decision, evaluate, faithfulness, fit, guard, per_source, scan_cv,
                       selection)
 from training.cv import Pipeline
-from training.multisource import TrainingSet
+from training.multisource import PACKAGE_RENDERING, TrainingSet
 
 MODEL_VERSION = "3.0.0"
 CHANGELOG = {
@@ -213,20 +213,18 @@ def rendering_config(record: TrainingRecord) -> dict[str, Any]:
     """The training range, each source's rendering, and what the evidence validated (the library reads
     dicom_validated_labels: DICOM slices are answered only with these labels)."""
     training = record.training
-    dicom_sources = [entry.source.name for entry in training.sources if entry.dicom]
     dicom_labels = training.dicom_labels()
+    entry_classes = {name: list(entry["classes"]) for name, entry in training.describe().items()}
     return {
         **TRAINING_RANGE,
         "training_slices": {name: entry["rendering"] for name, entry in training.describe().items()},
         "dicom_validated_labels": dicom_labels,
-        "validated": ({"dicom": f"axial DICOM rendered at the package window, answered only as "
-                                f"{' or '.join(dicom_labels)} (the classes of the DICOM training sources: "
-                                f"{', '.join(dicom_sources)}), when the guard passes; any other DICOM answer is "
-                                "flagged", "images": "image files rendered inside the training range, answered "
-                                "when the guard passes"}
-                      if dicom_labels else
-                      {"dicom": "nothing: no DICOM training source, every DICOM slice is flagged",
-                       "images": "image files rendered inside the training range, answered when the guard passes"}),
+        "validated": {
+            name: (f"DICOM at the package window {PACKAGE_RENDERING}: answered only as {' or '.join(dicom_labels)} "
+                   "(the classes of the DICOM training sources) when the guard passes; any other label on DICOM, "
+                   "and reformatted DICOM, is flagged" if entry.dicom else
+                   f"image files as they are: {', '.join(entry_classes[name])} answered when the guard passes")
+            for name, entry in zip(training.names, training.sources)},
     }
 
 
@@ -362,7 +360,10 @@ def card_values(record: TrainingRecord, config: dict[str, Any], summary: dict[st
         "n_rows": len(record.y), "n_slices": sum(len(entry.dataset.items) for entry in record.training.sources),
         "n_groups": len(set(record.training.group.tolist())), "n_sources": len(sources),
         "sources_table": "\n".join(source_rows), "weighting": config["training"]["weighting"],
-        "dicom_validated": rendering["validated"]["dicom"],
+        "dicom_validated": (f"answered only as {' or '.join(rendering['dicom_validated_labels'])} (the classes of "
+                            "the DICOM training sources) when the guard passes; any other label on DICOM is flagged "
+                            "(\"a cancer finding on DICOM is not validated\")" if rendering["dicom_validated_labels"]
+                            else "every DICOM slice is flagged (no DICOM training source)"),
         "knn_threshold": f"{float(head.knn_threshold):.3f}", "knn_components": config["ood"]["knn_components"],
         "knn_rows": config["ood"]["knn_bank_rows"],
         "per_source_table": per_source.format_within(record.within),

@@ -159,10 +159,14 @@ def trade_table(points: list[TradePoint], shipped: dict[str, float]) -> str:
         if reaching:
             best = min(reaching, key=lambda p: (p.normals_called_malignant, -p.offset))
             lines.append(f"| {level:.2f} (reached {best.recall:.3f}) | {best.normals_called_malignant:.3f} | "
-                         f"{best.benign_called_malignant:.3f} | {best.offset:+.2f} |")
+                         f"{_cell(best.benign_called_malignant)} | {best.offset:+.2f} |")
     lines.append(f"| **shipped rule** ({shipped['recall']:.3f}) | **{shipped['normals']:.3f}** | "
-                 f"**{shipped['benign']:.3f}** | (decision offsets) |")
+                 f"**{_cell(shipped['benign'])}** | (the shipped decision offsets, cross-fitted) |")
     return "\n".join(lines)
+
+
+def _cell(value: float) -> str:
+    return "-" if not np.isfinite(value) else f"{value:.3f}"
 
 
 def plot_trade(points: list[TradePoint], shipped: dict[str, float], path: Path) -> None:
@@ -172,8 +176,9 @@ def plot_trade(points: list[TradePoint], shipped: dict[str, float], path: Path) 
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.plot([p.normals_called_malignant for p in points], [p.recall for p in points], ".-", label="normals")
-    ax.plot([p.benign_called_malignant for p in points], [p.recall for p in points], ".-", alpha=0.6,
-            label="benign")
+    if np.isfinite([p.benign_called_malignant for p in points]).any():
+        ax.plot([p.benign_called_malignant for p in points], [p.recall for p in points], ".-", alpha=0.6,
+                label="benign")
     ax.plot([shipped["normals"]], [shipped["recall"]], "r*", markersize=12, label="shipped rule (normals)")
     ax.axhline(0.98, color="k", linestyle=":", linewidth=1)
     ax.set(xlabel="share called Malignant", ylabel="Malignant recall", ylim=(0.8, 1.005),
