@@ -3,7 +3,8 @@
 Rows: 1 compute bound, 2 one-image predict (vs seed-style and vs the bound), 3 batch of 32,
 4 Grad-CAM, 5 the real app.py under 1/4/16 concurrent clients with batching on and off
 (and its memory), 5c its CPU per request vs the in-process CPU per image (beside a no-model
-Gradio app's floor), 5h its peak memory under the hostile corpus from 16 clients, 6 cold start,
+Gradio app's floor), 5h its peak memory under the hostile corpus from 16 clients, 5i the worst CPU
+one upload of each class costs to decode or refuse, 6 cold start,
 7 training (cold and warm feature cache) vs 10 measured seed-style epochs, 8 the bfloat16 backbone
 vs float32, 9 a whole scan through /scan vs in-process predict_batch (and the server's peak memory).
 --quick (CI, about 3 minutes on 2 cores) runs fewer repeats and
@@ -35,6 +36,7 @@ ROW_NAMES = (
     "5c. Server CPU per /predict request",
     "5m. Server memory",
     "5h. Peak server RSS under the hostile corpus",
+    "5i. Worst CPU per upload, per class",
     "6. Cold start",
     "7a. Training, cold feature cache",
     "7b. Training, warm feature cache",
@@ -88,11 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     late_rows = [r for r in infer.rows if r.name.startswith("8.")]
     details: list[str] = ["## Inference", "", *infer.details]
 
+    from . import hostile
+
     if args.skip_server:
         rows += [skipped("5. Server /predict", "--skip-server"),
                  skipped("5c. Server CPU per /predict request", "--skip-server"),
                  skipped("5m. Server memory", "--skip-server"),
                  skipped("5h. Peak server RSS under the hostile corpus", "--skip-server"),
+                 hostile.cpu_row(log),
                  skipped("6. Cold start", "--skip-server")]
         scan_rows = [skipped("9. Whole scan through /scan", "--skip-server")]
     else:
@@ -104,10 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         served = server.run(paths, counts, cold_starts=2 if args.quick else 3,
                             batch_rate=infer.batch_rate, one_rate=infer.one_rate, log=log,
                             cpu_repeats=2 if args.quick else 5)
-        from . import hostile
-
         rows += [row for row in served.rows if not row.name.startswith("6.")]
-        rows.append(hostile.run(paths[0], args.quick, log))
+        rows += [hostile.run(paths[0], args.quick, log), hostile.cpu_row(log)]
         rows += [row for row in served.rows if row.name.startswith("6.")]
         details += ["", "## Server under load", "", *served.details]
         from . import scan

@@ -26,6 +26,10 @@ EXPLICIT_BE = "1.2.840.10008.1.2.2"
 DEFLATED = "1.2.840.10008.1.2.1.99"
 RLE = "1.2.840.10008.1.2.5"
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+JPEG_LOSSLESS = "1.2.840.10008.1.2.4.57"
+JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
+JPEG_LS = "1.2.840.10008.1.2.4.80"
+JPEG_2000 = "1.2.840.10008.1.2.4.90"
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,113 @@ def bit_flips(data: bytes, count: int, seed: int, skip: int = 0) -> Iterator[tup
         for position in rng.integers(skip, len(data), size=1 + index % 8):
             flipped[position] ^= 1 << int(rng.integers(0, 8))
         yield f"flip{index}", bytes(flipped)
+
+
+def texture(width: int, height: int, colour: bool = False) -> Image.Image:
+    """A CT-like texture tiled to any size: deterministic, and a 40 MP file of it is a few hundred KB."""
+    yy, xx = np.mgrid[:256, :256]
+    tile = (128 + 60 * np.sin(xx / 9.0) * np.cos(yy / 13.0)).astype(np.uint8)
+    grey = np.tile(tile, (-(-height // 256), -(-width // 256)))[:height, :width]
+    if colour:
+        return Image.fromarray(np.stack([grey, grey[::-1], 255 - grey], axis=2))
+    return Image.fromarray(grey)
+
+
+def jpeg_scans(data: bytes) -> tuple[bytes, list[bytes], bytes]:
+    """A JPEG cut at its scans: (everything before the first scan's tables, each scan with its tables, EOI on)."""
+    position, header_end, scans, scan_start = 2, None, [], None
+    while data[position + 1] != 0xD9:
+        marker = data[position + 1]
+        length = struct.unpack(">H", data[position + 2:position + 4])[0]
+        if marker in (0xC4, 0xDA) and scan_start is None:
+            scan_start = position
+            header_end = position if header_end is None else header_end
+        position += 2 + length
+        if marker == 0xDA:
+            while not (data[position] == 0xFF and data[position + 1] not in (0x00, *range(0xD0, 0xD8))):
+                position += 1
+            scans.append(data[scan_start:position])
+            scan_start = None
+    return data[:header_end], scans, data[position:]
+
+
+def repeated_scans(progressive: bytes, copies: int) -> bytes:
+    """A progressive JPEG with its smallest scan (an all-zero AC pass, tens of bytes) repeated `copies` times:
+    libjpeg only warns about the bogus progression and runs every copy over the whole image."""
+    head, scans, tail = jpeg_scans(progressive)
+    return head + b"".join(scans) + min(scans, key=len) * copies + tail
+
+
+def many_pages_tiff(pages: int, side: int = 64) -> bytes:
+    """A little-endian TIFF of `pages` IFDs of 8 entries chained one after the other, all sharing one strip."""
+    strip = bytes(side * side)
+    first = 8 + len(strip)
+    ifd_size = 2 + 8 * 12 + 4
+    out = bytearray(b"II" + struct.pack("<HL", 42, first) + strip)
+    for page in range(pages):
+        following = first + (page + 1) * ifd_size if page + 1 < pages else 0
+        entries = [(256, 3, 1, side), (257, 3, 1, side), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+                   (273, 4, 1, 8), (278, 3, 1, side), (279, 4, 1, len(strip))]
+        out += struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHLL", *entry) for entry in entries)
+        out += struct.pack("<L", following)
+    return bytes(out)
+
+
+def many_frames_gif(frames: int, side: int = 64) -> bytes:
+    """A GIF of `frames` 1x1 frames of 23 bytes each on a side x side screen (a million frames: 22 MB)."""
+    header = b"GIF89a" + struct.pack("<HHBBB", side, side, 0x80, 0, 0) + b"\0\0\0\xff\xff\xff"
+    frame = (b"\x21\xf9\x04\x00\x00\x00\x00\x00" + b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0)
+             + b"\x02\x02\x44\x01\x00")
+    return header + frame * frames + b"\x3b"
+
+
+def accepted_kinds(width: int, height: int) -> dict[str, Callable[[], bytes]]:
+    """One file of every accepted kind (format, mode, encoding) at about width x height, for peak-vs-reservation."""
+    grey, colour = texture(width, height), texture(width, height, colour=True)
+    rgba = Image.merge("RGBA", [*colour.split(), grey])  # an alpha that varies: not dropped by any encoder
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    side = min(2048, width, height)
+    return {
+        "PNG L": lambda: encode(grey, "PNG", compress_level=1),
+        "PNG LA": lambda: encode(Image.merge("LA", [grey, grey.rotate(90)]), "PNG", compress_level=1),
+        "PNG RGB": lambda: encode(colour, "PNG", compress_level=1),
+        "PNG RGBA": lambda: encode(rgba, "PNG", compress_level=1),
+        "PNG P": lambda: encode(colour.quantize(64), "PNG", compress_level=1),
+        "PNG I;16": lambda: encode(Image.fromarray(np.asarray(grey).astype(np.uint16) * 257), "PNG"),
+        "PNG 1-bit": lambda: encode(grey.convert("1"), "PNG"),
+        "BMP RGB": lambda: encode(colour, "BMP"),
+        "GIF": lambda: encode(grey, "GIF"),
+        "WebP RGB": lambda: encode(colour, "WEBP", quality=50, method=0),
+        "WebP RGBA": lambda: encode(rgba, "WEBP", quality=50, method=0),
+        "TIFF L": lambda: encode(grey, "TIFF", compression="tiff_deflate"),
+        "TIFF RGB": lambda: encode(colour, "TIFF", compression="tiff_deflate"),
+        "TIFF RGBA": lambda: encode(rgba, "TIFF", compression="tiff_deflate"),
+        "TIFF CMYK": lambda: encode(colour.convert("CMYK"), "TIFF", compression="tiff_deflate"),
+        "TIFF 1-bit": lambda: encode(grey.convert("1"), "TIFF", compression="group4"),
+        "TIFF I;16": lambda: encode(Image.fromarray(np.asarray(grey).astype(np.uint16) * 257), "TIFF"),
+        "TIFF float": lambda: encode(grey.convert("F"), "TIFF"),
+        "JPEG grey": lambda: encode(grey, "JPEG", quality=75),
+        "JPEG 4:2:0": lambda: encode(colour, "JPEG", quality=75),
+        "JPEG CMYK": lambda: encode(colour.convert("CMYK"), "JPEG", quality=75),
+        "JPEG EXIF-rotated": lambda: encode(colour, "JPEG", quality=75, exif=exif.tobytes()),
+        "JPEG progressive grey": lambda: encode(grey, "JPEG", quality=75, progressive=True),
+        "JPEG progressive 4:2:0": lambda: encode(colour, "JPEG", quality=75, progressive=True),
+        "JPEG progressive 4:4:4": lambda: encode(colour, "JPEG", quality=75, progressive=True, subsampling=0),
+        "MPO": lambda: encode(colour, "MPO", save_all=True, append_images=[grey.convert("RGB")]),
+        "DICOM 16-bit": lambda: dicom_file(np.asarray(grey).astype(np.uint16) * 16),
+        "DICOM 8-bit": lambda: dicom_file(np.asarray(grey)),
+        "DICOM RLE": lambda: rle_dicom(np.asarray(grey).astype(np.uint16) * 16),
+        "DICOM header of 40,000 elements": lambda: many_elements_dicom(2000, 20),
+        **{f"DICOM {short} {side}x{side} noise": lambda syntax=syntax: compressed_dicom(
+            gdcm_codestream(_noise(side), syntax), syntax, side, side)
+           for short, syntax in (("JPEG Lossless", JPEG_LOSSLESS_SV1), ("JPEG-LS", JPEG_LS), ("JPEG 2000", JPEG_2000))},
+    }
+
+
+def _noise(side: int) -> np.ndarray:
+    """16-bit noise: the compressed frame that costs its decoder the most."""
+    return np.random.default_rng(6).integers(0, 65536, (side, side), dtype=np.uint16)
 
 
 # --- DICOM ------------------------------------------------------------------------------------------
@@ -254,6 +365,55 @@ def rle_dicom(pixels: np.ndarray | None = None, *, rows: int = 0, columns: int =
     return _file_meta(RLE) + _dataset_bytes(dicom_header(rows, columns, **tags), False) + encapsulated([frame])
 
 
+def gdcm_codestream(pixels: np.ndarray, syntax: str, bits_stored: int | None = None) -> bytes:
+    """GDCM's codestream of uint8/uint16 `pixels` in a DICOM JPEG Lossless, JPEG-LS or JPEG 2000 syntax."""
+    import tempfile
+
+    import gdcm
+    from pydicom import dcmread
+    from pydicom.encaps import generate_frames
+
+    bits = pixels.dtype.itemsize * 8
+    source = dicom_file(pixels, BitsStored=bits_stored or bits, HighBit=(bits_stored or bits) - 1)
+    with tempfile.TemporaryDirectory() as folder:
+        raw, compressed = Path(folder, "raw.dcm"), Path(folder, "compressed.dcm")
+        raw.write_bytes(source)
+        reader = gdcm.ImageReader()
+        reader.SetFileName(str(raw))
+        change = gdcm.ImageChangeTransferSyntax()
+        change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.GetTSType(syntax)))
+        if not reader.Read():
+            raise RuntimeError("GDCM cannot read the uncompressed source")
+        change.SetInput(reader.GetImage())
+        if not change.Change():
+            raise RuntimeError(f"GDCM cannot encode {pixels.shape} {pixels.dtype} as {syntax}")
+        writer = gdcm.ImageWriter()
+        writer.SetFileName(str(compressed))
+        writer.SetFile(reader.GetFile())
+        writer.SetImage(change.GetOutput())
+        if not writer.Write():
+            raise RuntimeError(f"GDCM cannot write {syntax}")
+        return next(generate_frames(dcmread(compressed).PixelData, number_of_frames=1))
+
+
+def compressed_dicom(codestream: bytes, syntax: str, rows: int, columns: int, bits: int = 16,
+                     fragments: list[bytes] | None = None, **tags) -> bytes:
+    """A JPEG-family DICOM file holding `codestream` (then any extra `fragments`) under the declared size."""
+    return (_file_meta(syntax) + _dataset_bytes(dicom_header(rows, columns, bits=bits, **tags), False)
+            + encapsulated([codestream, *(fragments or [])]))
+
+
+def siz_claiming_size(codestream: bytes, width: int, height: int) -> bytes:
+    """A JPEG 2000 codestream whose SIZ marker claims other dimensions (its offsets are 0)."""
+    return codestream[:8] + struct.pack(">II", width, height) + codestream[16:]
+
+
+def sof_claiming_size(codestream: bytes, marker: bytes, width: int, height: int) -> bytes:
+    """A JPEG Lossless (SOF3) or JPEG-LS (SOF55) codestream whose frame header claims other dimensions."""
+    at = codestream.index(marker)
+    return codestream[:at + 5] + struct.pack(">HH", height, width) + codestream[at + 9:]
+
+
 def zero_runs(count: int) -> bytes:
     """PackBits for `count` zero bytes: 2 bytes per 128."""
     full, rest = divmod(count, 128)
@@ -286,6 +446,32 @@ def nested_sequence_dicom(items: int) -> bytes:
     split = header_bytes.index(struct.pack("<HH", 0x0028, 0x0002))
     return (_file_meta(EXPLICIT_LE) + header_bytes[:split] + private_creator + sequence + header_bytes[split:]
             + pixel_element(len(pixels)) + pixels)
+
+
+def private_items_dicom(sequence: bytes) -> bytes:
+    """A 64x64 CT DICOM with private `sequence` bytes (group 0009, creator EVIL) spliced before group 0028."""
+    creator = struct.pack("<HH2sH", 0x0009, 0x0010, b"LO", 4) + b"EVIL"
+    header_bytes = _dataset_bytes(dicom_header(64, 64), False)
+    pixels = ct_pixels(64).tobytes()
+    split = header_bytes.index(struct.pack("<HH", 0x0028, 0x0002))  # elements ascend: 0008, then 0009, then 0018+
+    return (_file_meta(EXPLICIT_LE) + header_bytes[:split] + creator + sequence + header_bytes[split:]
+            + pixel_element(len(pixels)) + pixels)
+
+
+def many_elements_dicom(items: int, elements: int) -> bytes:
+    """A private sequence of `items` items of `elements` tiny elements each (pydicom: ~90 B of objects a byte)."""
+    body = b"".join(struct.pack("<HH2sH", 0x0009, 0x1000 + i, b"SH", 2) + b"ab" for i in range(elements))
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, len(body)) + body
+    return private_items_dicom(struct.pack("<HH2sHI", 0x0009, 0x1010, b"SQ", 0, 0xFFFFFFFF) + item * items
+                               + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+
+
+def deep_sequence_dicom(depth: int) -> bytes:
+    """A private sequence whose one item holds a sequence whose item holds ... `depth` levels (recursion)."""
+    open_level = struct.pack("<HH2sHI", 0x0009, 0x1010, b"SQ", 0, 0xFFFFFFFF) + struct.pack("<HHI", 0xFFFE, 0xE000,
+                                                                                              0xFFFFFFFF)
+    close_level = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    return private_items_dicom(open_level * depth + close_level * depth)
 
 
 # --- the corpus -------------------------------------------------------------------------------------
@@ -357,6 +543,36 @@ def _files() -> Iterator[tuple[str, str, str, Callable[[], bytes]]]:
     yield "pages.tif", "error", "multi-page TIFF", lambda: encode(frames[0], "TIFF", save_all=True,
                                                                    append_images=frames[1:])
 
+    # Memory and CPU per decoder path: the worst file of each class (issue 18).
+    progressive_grey = encode(texture(6000, 6600), "JPEG", quality=75, progressive=True)
+    small_progressive = encode(texture(640, 480), "JPEG", quality=75, progressive=True)
+    yield "jpeg-progressive-420-40mp.jpg", "ok", "40 MP progressive 4:2:0: 125 MiB of coefficients, reserved", lambda: (
+        encode(texture(6000, 6600, colour=True), "JPEG", quality=75, progressive=True))
+    yield "jpeg-progressive-444-40mp.jpg", "error", "40 MP progressive 4:4:4: 227 MiB of coefficients", lambda: (
+        encode(texture(6000, 6600, colour=True), "JPEG", quality=75, progressive=True, subsampling=0))
+    yield "jpeg-1000-repeated-scans.jpg", "error", "40 MP with 1000 repeated scans (4.7 s of CPU)", lambda: (
+        repeated_scans(progressive_grey, 1000))
+    yield "jpeg-64-scans.jpg", "ok", "64 scans, the most accepted", lambda: repeated_scans(small_progressive, 58)
+    yield "jpeg-65-scans.jpg", "error", "65 scans", lambda: repeated_scans(small_progressive, 59)
+    yield "jpeg-arithmetic.jpg", "error", "arithmetic-coded frame (SOF9)", lambda: (
+        jpeg.replace(b"\xff\xc0", b"\xff\xc9", 1))
+    yield "tiff-20000-pages.tif", "error", "20,000 pages (7.5 s of CPU to count)", lambda: many_pages_tiff(20_000)
+    yield "gif-1m-frames.gif", "error", "1,000,000 frames in 22 MB (5.9 s of CPU to count)", lambda: (
+        many_frames_gif(1_000_000))
+    yield "png-rgba-40mp.png", "error", "40 MP RGBA: 356 MiB to resize", lambda: encode(
+        Image.merge("RGBA", [*texture(6000, 6600, colour=True).split(), texture(6000, 6600)]), "PNG",
+        compress_level=1)
+    yield "png-16bit-2048.png", "ok", "16-bit PNG over 1024 px (Pillow cannot resize I;16)", lambda: encode(
+        Image.fromarray(np.asarray(texture(2048, 2048)).astype(np.uint16) * 257), "PNG")
+    yield "dicom-40000-header-elements.dcm", "ok", "0.4 MB of tiny private elements (37 MiB of objects)", lambda: (
+        many_elements_dicom(2000, 20))
+    yield "dicom-sequence-5000-deep.dcm", "error", "a private sequence nested 5000 levels", lambda: (
+        deep_sequence_dicom(5000))
+    yield "rle-one-byte-runs-1024.dcm", "ok", "RLE of 2M one-byte runs (1 s of CPU), the most accepted", lambda: (
+        rle_dicom(rows=1024, columns=1024, segments=[b"\x00\x07" * 2**20] * 2))
+    yield "rle-one-byte-runs-2048.dcm", "error", "RLE of 8M one-byte runs (3.5 s of CPU uncapped)", lambda: (
+        rle_dicom(rows=2048, columns=2048, segments=[b"\x00\x07" * 2**22] * 2))
+
     # Sizes: declared bombs, real decompression bombs, too small, too elongated.
     for width, height in ((100_000, 100_000), (65_535, 65_535), (7_000, 7_000), (40_000, 1_001)):
         yield f"bomb-{width}x{height}.png", "error", "PNG declaring a huge size", lambda w=width, h=height: (
@@ -413,6 +629,7 @@ def _files() -> Iterator[tuple[str, str, str, Callable[[], bytes]]]:
     yield "jpeg-baseline.dcm", "error", "JPEG transfer syntax is not accepted", lambda: (
         _file_meta(JPEG_BASELINE) + _dataset_bytes(dicom_header(64, 64, bits=8), False)
         + encapsulated([jpeg_claiming_size(60_000, 60_000)]))
+    yield from _jpeg_family_files()
     yield "big-endian.dcm", "error", "retired big endian syntax", lambda: (
         _file_meta(EXPLICIT_BE) + _dataset_bytes(dicom_header(64, 64), False, little_endian=False)
         + b"\x7f\xe0\x00\x10OW\0\0" + struct.pack(">I", 8192) + b"\0" * 8192)
@@ -473,12 +690,173 @@ def _files() -> Iterator[tuple[str, str, str, Callable[[], bytes]]]:
             yield f"bitflip-{label}.{suffix}", "any", "random bits flipped", lambda d=flipped: d
 
 
+def _jpeg_family_files() -> Iterator[tuple[str, str, str, Callable[[], bytes]]]:
+    """JPEG Lossless, JPEG-LS and JPEG 2000 DICOM: valid, and every way a codestream can disagree with its header."""
+    pixels = ct_pixels(96, 5)
+    noise = np.random.default_rng(6).integers(0, 65536, (2048, 2048), dtype=np.uint16)
+    for short, syntax, marker in (("jll", JPEG_LOSSLESS_SV1, b"\xff\xc3"), ("jll14", JPEG_LOSSLESS, b"\xff\xc3"),
+                                  ("jls", JPEG_LS, b"\xff\xf7"), ("j2k", JPEG_2000, b"\xff\x51")):
+        code = gdcm_codestream(pixels, syntax, 12)
+        code16 = gdcm_codestream(pixels * 16, syntax, 16)
+
+        def make(codestream: bytes = code, syntax: str = syntax, rows: int = 96, columns: int = 96, bits: int = 16,
+                 **options) -> Callable[[], bytes]:
+            return lambda: compressed_dicom(codestream, syntax, rows, columns, bits, BitsStored=min(bits, 12),
+                                            HighBit=min(bits, 12) - 1, **options)
+
+        larger = siz_claiming_size(code, 6000, 6600) if syntax == JPEG_2000 else \
+            sof_claiming_size(code, marker, 6000, 6600)
+        yield f"valid-{short}.dcm", "ok", f"{syntax} DICOM", make()
+        yield f"valid-{short}-monochrome1.dcm", "ok", f"{syntax}, inverted", make(
+            PhotometricInterpretation="MONOCHROME1")
+        yield f"{short}-larger-than-header.dcm", "error", "codestream says 6000x6600, header 96x96", make(larger)
+        yield f"{short}-smaller-than-header.dcm", "error", "codestream of 96x96, header 128x128", make(
+            rows=128, columns=128)
+        yield f"{short}-truncated-half.dcm", "error", "codestream cut in half", make(code[:len(code) // 2])
+        yield f"{short}-no-end-marker.dcm", "error", "codestream without its last 2 bytes", make(code[:-2])
+        yield f"{short}-wrong-bit-depth.dcm", "error", "16-bit codestream, 8 bits allocated", make(code16, bits=8)
+        yield f"{short}-junk-fragment.dcm", "error", "a frame far larger than 96x96 can need", make(
+            fragments=[b"\xab" * 2**20])
+        yield f"{short}-over-2048.dcm", "error", "a compressed frame of 2100x2100 declared", make(
+            rows=2100, columns=2100)
+        yield f"{short}-two-frames.dcm", "error", "an offset table of two frames", lambda c=code, s=syntax: (
+            compressed_dicom(c, s, 96, 96, BitsStored=12, HighBit=11).replace(
+                struct.pack("<HHI", 0xFFFE, 0xE000, 0), struct.pack("<HHIII", 0xFFFE, 0xE000, 8, 0, 100), 1))
+        yield f"{short}-not-encapsulated.dcm", "error", "compressed syntax, native pixel data", lambda s=syntax: (
+            _file_meta(s) + _dataset_bytes(dicom_header(96, 96), False) + pixel_element(96 * 96 * 2)
+            + pixels.tobytes())
+        for label, cut in truncations(compressed_dicom(code, syntax, 96, 96, BitsStored=12, HighBit=11), 4):
+            yield f"truncated-{label}.{short}.dcm", "error", "truncated", lambda d=cut: d
+        for label, flipped in bit_flips(compressed_dicom(code, syntax, 96, 96, BitsStored=12, HighBit=11), 8,
+                                        len(short), 400):
+            yield f"bitflip-{label}.{short}.dcm", "any", "random bits flipped", lambda d=flipped: d
+    yield "jll-in-jls-syntax.dcm", "error", "JPEG-LS syntax holding a JPEG Lossless codestream", lambda: (
+        compressed_dicom(gdcm_codestream(pixels, JPEG_LOSSLESS_SV1, 12), JPEG_LS, 96, 96, BitsStored=12, HighBit=11))
+    yield "j2k-noise-2048.dcm", "ok", "the slowest accepted compressed frame (JPEG 2000 of noise)", lambda: (
+        compressed_dicom(gdcm_codestream(noise, JPEG_2000), JPEG_2000, 2048, 2048))
+
+
 def _zip(members: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for name, data in members.items():
             archive.writestr(name, data)
     return buffer.getvalue()
+
+
+# --- zips for /scan ---------------------------------------------------------------------------------
+
+
+def _local_header(name: bytes, data: bytes = b"", flags: int = 0) -> bytes:
+    return struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, flags, 0, 0, 0x21, zlib.crc32(data), len(data), len(data),
+                       len(name), 0) + name + data
+
+
+def _central_header(name: bytes, offset: int, data: bytes = b"") -> bytes:
+    return struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 0, 0, 0x21, zlib.crc32(data), len(data), len(data),
+                       len(name), 0, 0, 0, 0, 0, offset) + name
+
+
+def _end_record(entries: int, directory: int, offset: int) -> bytes:
+    return struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, entries, entries, directory, offset, 0)
+
+
+def zip_hiding_entries(count: int) -> bytes:
+    """One member, then a directory of `count` 47-byte entries; the end record's offset field holds the end
+    signature, so a reader that rfinds the signature lands 16 bytes into the real record and sees nothing."""
+    directory = _central_header(b"a", 0) * count
+    offset = struct.unpack("<L", b"PK\x05\x06")[0]  # zipfile ignores it: it trusts end - directory size
+    return _local_header(b"a") + directory + _end_record(min(count, 0xFFFF), len(directory), offset)
+
+
+def zip64_decoy(count: int) -> bytes:
+    """A Zip64 locator pointing at a decoy record of 1 entry; zipfile reads the real one, 56 bytes before the
+    locator, of `count` entries."""
+    local = _local_header(b"a")
+    decoy = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, 1, 1, 47, 0)
+    directory = _central_header(b"a", 0) * count
+    real = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, count, count, len(directory),
+                       len(local) + len(decoy))
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, len(local), 1)
+    return local + decoy + directory + real + locator + _end_record(0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF)
+
+
+def zip64_locator_past_the_end() -> bytes:
+    """A one-member zip whose end record says Zip64 and whose locator points at offset 2**64 - 1."""
+    local = _local_header(b"a.png", b"x")
+    directory = _central_header(b"a.png", 0, b"x")
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, 2**64 - 1, 1)
+    return local + directory + locator + _end_record(0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF)
+
+
+def zip_with_empty_name() -> bytes:
+    """A member whose name is empty (zipfile's ZipInfo.is_dir() then indexes filename[-1])."""
+    local = _local_header(b"", b"x")
+    directory = _central_header(b"", 0, b"x")
+    return local + directory + _end_record(1, len(directory), len(local))
+
+
+def zip_with_bad_utf8_local_name(slice_bytes: bytes) -> bytes:
+    """A good slice, and a member whose local header flags its name UTF-8 and holds 0xff (zipfile decodes it
+    when the member is opened)."""
+    good = _local_header(b"1.png", slice_bytes)
+    bad = _local_header(b"\xff2.png", b"x" * 10, flags=0x800)
+    directory = _central_header(b"1.png", 0, slice_bytes) + _central_header(b"_2.png", len(good), b"x" * 10)
+    return good + bad + directory + _end_record(2, len(directory), len(good) + len(bad))
+
+
+def small_member_bomb(members: int, member_bytes: int) -> bytes:
+    """`members` deflated members of zeros, each just under RATIO_CHECK_BYTES (the per-member ratio check):
+    2000 of 1 MiB - 1 declare 2 GB from 2 MB."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    stream = packer.compress(b"\0" * member_bytes) + packer.flush()
+    crc = zlib.crc32(b"\0" * member_bytes)
+    body, directory = io.BytesIO(), io.BytesIO()
+    for index in range(members):
+        name = f"s{index:04d}.dcm".encode()
+        offset = body.tell()
+        body.write(struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 8, 0, 0x21, crc, len(stream), member_bytes,
+                               len(name), 0) + name + stream)
+        directory.write(struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 8, 0, 0x21, crc, len(stream),
+                                    member_bytes, len(name), 0, 0, 0, 0, 0, offset) + name)
+    return body.getvalue() + directory.getvalue() + _end_record(members, directory.tell(), body.tell())
+
+
+def hostile_zips() -> dict[str, tuple[str, Callable[[], bytes]]]:
+    """name -> (the words its ScanError says, or "ok" for a scan that opens with a note, make)."""
+    png = encode(Image.fromarray(slice_image(96)), "PNG")
+    return {
+        "zip-hiding-1m-entries.zip": ("declares a directory of 47,000,000 bytes", lambda: zip_hiding_entries(10**6)),
+        "zip64-decoy-1m-entries.zip": ("Zip64 end record declares a directory of 47,000,000 bytes",
+                                       lambda: zip64_decoy(10**6)),
+        "zip64-locator-past-end.zip": ("declares a directory of 4,294,967,295 bytes", zip64_locator_past_the_end),
+        "zip-empty-name.zip": ("entry number 1 has an empty name", zip_with_empty_name),
+        "zip-bad-utf8-local-name.zip": ("ok", lambda: zip_with_bad_utf8_local_name(png)),
+        "zip-small-member-bomb.zip": ("a zip bomb", lambda: small_member_bomb(2000, 2**20 - 1)),
+        "zip-not-a-zip.zip": ("not a readable zip archive", lambda: b"PK\x03\x04" + b"\0" * 100),
+        "zip-truncated.zip": ("not a readable zip archive", lambda: _zip({"1.png": png, "2.png": png})[:-30]),
+    }
+
+
+def write_zips(directory: Path) -> list[Path]:
+    """Write every hostile zip (hostile_zips) into `directory` (created); returns their paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, (_, make) in hostile_zips().items():
+        paths.append(directory / name)
+        paths[-1].write_bytes(make())
+    return paths
+
+
+def write_heavy(directory: Path) -> list[Path]:
+    """Write only the HEAVY files of the corpus (the worst of each class) into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, _, _, make in _files():
+        if name in HEAVY:
+            paths.append(directory / name)
+            paths[-1].write_bytes(make())
+    return paths
 
 
 def write_corpus(directory: Path) -> list[HostileFile]:
@@ -496,9 +874,14 @@ def write_corpus(directory: Path) -> list[HostileFile]:
 # --- sending the corpus to a running app -------------------------------------------------------------
 
 HEAVY = ("bomb-deflate-8000x8000.dcm", "bomb-rle-8000x8000.dcm", "rle-6000x6000-zeros.dcm", "black-10mp.png",
-         "black-36mp.png", "bomb-9000x9000-zeros.png", "nested-sequence-bomb.dcm", "large-3000x2000.jpg")
-"""The files that cost the most memory or time to refuse or decode: every client sends all of them at once."""
+         "black-36mp.png", "bomb-9000x9000-zeros.png", "nested-sequence-bomb.dcm", "large-3000x2000.jpg",
+         "jpeg-progressive-420-40mp.jpg", "jpeg-progressive-444-40mp.jpg", "jpeg-1000-repeated-scans.jpg",
+         "tiff-20000-pages.tif", "gif-1m-frames.gif", "png-rgba-40mp.png", "dicom-40000-header-elements.dcm",
+         "rle-one-byte-runs-1024.dcm", "j2k-noise-2048.dcm")
+"""The worst file of each class, in memory or CPU, to refuse or decode: every client sends all of them at once."""
 ENDPOINTS = ("/predict", "/analyze", "/batch")
+SCAN_REFUSAL = "Cannot classify this scan:"
+"""How the app's /scan begins a refusal (a ScanError's message follows)."""
 BATCH_FILES = 8
 """Files per /batch request."""
 REFUSAL = "Cannot classify this file:"
@@ -511,9 +894,13 @@ def check_answer(endpoint: str, names: list[str], answer) -> list[str]:
         ok = isinstance(answer, dict) and answer.get("label") and answer.get("confidences")
         return [] if ok else [f"{endpoints_name(endpoint, names)}: unexpected answer {answer!r:.200}"]
     if endpoint == "/analyze":
-        ok = isinstance(answer, (list, tuple)) and len(answer) == 4 and isinstance(answer[3], dict) \
-            and "probabilities" in answer[3]
+        ok = isinstance(answer, (list, tuple)) and len(answer) == 5 and isinstance(answer[4], dict) \
+            and "verdict" in answer[4]
         return [] if ok else [f"{endpoints_name(endpoint, names)}: unexpected answer {answer!r:.200}"]
+    if endpoint == "/scan":
+        ok = isinstance(answer, (list, tuple)) and len(answer) == 2 and isinstance(answer[1], dict) \
+            and "slices" in answer[1]
+        return [] if ok else [f"/scan {names[0]}: unexpected answer {answer!r:.200}"]
     rows = answer.get("data") if isinstance(answer, dict) else None
     if not isinstance(rows, list) or len(rows) != len(names):
         return [f"{endpoints_name(endpoint, names)}: expected {len(names)} rows, got {answer!r:.300}"]
@@ -522,8 +909,8 @@ def check_answer(endpoint: str, names: list[str], answer) -> list[str]:
         if row[1] == "error":
             if not (isinstance(row[-1], str) and len(row[-1]) > 10):
                 problems.append(f"/batch {name}: error row without a reason: {row!r:.200}")
-        elif not isinstance(row[2], (int, float)):
-            problems.append(f"/batch {name}: row is neither a prediction nor an error: {row!r:.200}")
+        elif not isinstance(row[2], (int, float)) and not (row[2] is None and isinstance(row[-1], str) and row[-1]):
+            problems.append(f"/batch {name}: row is neither a prediction, a flag nor an error: {row!r:.200}")
     return problems
 
 
@@ -535,15 +922,18 @@ def check_refusal(endpoint: str, names: list[str], message: str) -> list[str]:
     """Problems with a refusal: it must be the app's clear message (a whole /batch may be refused with a reason)."""
     if endpoint == "/batch":
         clear = len(message) > 15 and "Traceback" not in message
+    elif endpoint == "/scan":  # a zip refusal must name the zip problem, not a raw Python error
+        clear = message.startswith(SCAN_REFUSAL) and ".zip" in message and "Traceback" not in message
     else:
         clear = message.startswith(REFUSAL) and len(message) > len(REFUSAL) + 5 and "Traceback" not in message
     return [] if clear else [f"{endpoints_name(endpoint, names)}: unclear refusal {message!r:.300}"]
 
 
 def send_corpus(url: str, corpus: list[Path], clients: int = 16, share: int = 1,
-                endpoints: tuple[str, ...] = ENDPOINTS) -> dict:
+                endpoints: tuple[str, ...] = ENDPOINTS, zips: list[Path] = ()) -> dict:
     """`clients` gradio_client users at once: each sends every HEAVY file, then its part of the corpus
-    (every `share`-th file of it), to each endpoint. Returns counts and every problem found."""
+    (every `share`-th file of it), to each endpoint, and every one of `zips` to /scan. Returns counts and
+    every problem found."""
     import threading
     import time
     from concurrent.futures import ThreadPoolExecutor
@@ -561,7 +951,7 @@ def send_corpus(url: str, corpus: list[Path], clients: int = 16, share: int = 1,
         names = [path.name for path in paths]
         files = [handle_file(str(path)) for path in paths]
         try:
-            answer = client.predict(files if endpoint == "/batch" else files[0], api_name=endpoint)
+            answer = client.predict(files if endpoint in ("/batch", "/scan") else files[0], api_name=endpoint)
             problems, outcome = check_answer(endpoint, names, answer), "results"
         except AppError as exc:
             problems, outcome = check_refusal(endpoint, names, str(exc)), "refusals"
@@ -585,6 +975,8 @@ def send_corpus(url: str, corpus: list[Path], clients: int = 16, share: int = 1,
             else:
                 for path in heavy + mine:
                     request(client, endpoint, [path])
+        for path in zips:
+            request(client, "/scan", [path])
         client.close()
 
     started = time.monotonic()
@@ -607,9 +999,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--share", type=int, default=1, help="send every K-th non-heavy file (1: all)")
     parser.add_argument("--endpoints", nargs="+", default=list(ENDPOINTS), choices=ENDPOINTS)
+    parser.add_argument("--zips", action="store_true", help="also send every hostile zip to /scan from each client")
     args = parser.parse_args(argv)
     corpus = [item.path for item in write_corpus(args.dir)]
-    print(json.dumps(send_corpus(args.url, corpus, args.clients, args.share, tuple(args.endpoints))), flush=True)
+    zips = write_zips(args.dir / "zips") if args.zips else []
+    print(json.dumps(send_corpus(args.url, corpus, args.clients, args.share, tuple(args.endpoints), zips)),
+          flush=True)
     return 0
 
 

@@ -34,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     classifier.predict(image)
     mark("first model call")
     import app
+    from demo.startup import example_files
 
-    app.build_demo(classifier, app.example_files(app.EXAMPLES))
+    app.build_demo(classifier, example_files(app.EXAMPLES))
     mark("page build")
     print(json.dumps([[name, t - t0, c - c0] for (name, t, c), (_, t0, c0) in zip(marks[1:], marks)]))
     return 0

@@ -1,10 +1,11 @@
-"""The parts of the Gradio page that are not layout, one job per module.
+"""The parts of the Gradio page that are not layout, one job per module (app.py wires them).
 
-uploads.py   which files a request may delete, and unique files for what it returns
-rendering.py the pictures the page shows: preview and Grad-CAM overlay, in uint8, at display size
-texts.py     what the page says: the result notes, the label shown, the model card, the dataset attribution
-label.py     a gr.Label that shows the decided label, not the most confident class
-scan_view.py the Whole scan tab: the curve along the body, the top slices, the table
-batching.py  concurrent /predict requests share one model call, each decoded in its own thread
-startup.py   a lean TensorFlow import and the background warm-up
+handlers.py   every event handler of the page and the API, as methods of one Handlers object
+uploads.py    which files may be deleted and when (held while the page that used them is open)
+components.py the API-facing components: the decision label, file inputs with a real API example
+rendering.py  the pictures the page shows: preview and Grad-CAM overlay with its colour key, uint8
+texts.py      what the page says: labels and their meaning, notes, refusals, the model card
+scan_view.py  the Whole scan tab: the curve along the body (greyed for no diagnosis), the top slices, the table
+batching.py   concurrent /predict requests share one model call, each decoded in its own thread
+startup.py    a lean TensorFlow import, the background warm-up, the example files
 """

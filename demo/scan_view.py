@@ -14,24 +14,30 @@ import pandas as pd
 
 from demo import rendering, texts
 from demo.uploads import unique_png
-from lung_classifier import ImageError, LungClassifier, ScanResult, ScanSlice
+from lung_classifier import ImageError, LungClassifier, PackageError, ScanError, ScanResult, ScanSlice
 
 UPLOAD_LABEL = "CT scan: one .zip of its slices, or the slices' files (DICOM or images)"
 NO_FILES = "No files received: upload one .zip of a scan's slices, or the slices' files."
 PROGRESS = gr.Progress()
 """Gradio's marker: a handler parameter defaulting to it receives the request's progress bar."""
-PLOTTED = ("Malignant", "Benign")
-"""The classes whose probability the page plots along the scan."""
-COLOURS = {"Malignant": "#d62728", "Benign": "#ff7f0e"}
+COLOURS = {"Normal": "#2ca02c", "Benign": "#ff7f0e", "Malignant": "#d62728",
+           "OOD score": "#7f7f7f", "threshold": "#c7c7c7"}
+"""Class colours, and the greys of a scan with no diagnosis (its curve is the OOD score, not a finding)."""
 PROBABILITY = "probability"
+OOD_SCORE = "OOD score"
 CLASS = "class"
+PLOT_LABEL = "Each slice's probabilities along the scan"
+FLAGGED_PLOT_LABEL = (f"No diagnosis: class probabilities are {texts.NOT_MEANINGFUL} for this scan. "
+                      "Shown instead: each slice's OOD score (grey) and the threshold above which a slice is flagged")
+REFUSED = (ImageError, ScanError, PackageError)
+"""The library's refusals of an upload or a package (ScanError is an ImageError; listed for the reader)."""
 
 
-def received(paths: list[str] | None) -> list[str]:
-    """The request's uploads, or a gr.Error saying what to send."""
+def received(paths: list[str] | str | None) -> list[str]:
+    """The request's uploads (one path or several), or a gr.Error saying what to send."""
     if not paths:
         raise gr.Error(NO_FILES, print_exception=False)
-    return list(paths)
+    return [paths] if isinstance(paths, str) else list(paths)
 
 
 def analyze(classifier: LungClassifier, paths: list[str], *, explain: bool = False,
@@ -41,10 +47,10 @@ def analyze(classifier: LungClassifier, paths: list[str], *, explain: bool = Fal
     def report(done: int, total: int) -> None:
         progress((done, total), desc="Classifying the slices", unit="slices")
 
-    try:
-        result = classifier.analyze_scan(paths, explain=explain, progress=report if progress else None)
+    try:  # `is not None`: a gr.Progress tracking nothing has length 0, so it is falsy
+        result = classifier.analyze_scan(paths, explain=explain, progress=report if progress is not None else None)
         return result, (gallery(result) if explain else [])
-    except ImageError as exc:  # ScanError included
+    except REFUSED as exc:
         raise gr.Error(f"Cannot classify this scan: {exc}", print_exception=False) from None
 
 
@@ -53,45 +59,69 @@ def headers(labels: Sequence[str]) -> list[str]:
 
 
 def table(result: ScanResult) -> list[list[Any]]:
-    """One row per slice, in body order: where it is, what the model says of it, and why it is flagged."""
-    return [[piece.index + 1, piece.position, piece.name, piece.analysis.verdict,
-             *(round(p, 4) for p in piece.analysis.probabilities.values()), piece.analysis.ood_reason or ""]
-            for piece in result.slices]
+    """One row per slice, in body order: where it is, what the model says of it, and why it is flagged
+    (a flagged slice's probability cells stay empty: they are not meaningful)."""
+    rows = []
+    for piece in result.slices:
+        analysis = piece.analysis
+        cells = [None] * len(analysis.probabilities) if analysis.out_of_distribution else [
+            round(p, 4) for p in analysis.probabilities.values()]
+        rows.append([piece.number, piece.position, piece.name, analysis.verdict, *cells, analysis.ood_reason or ""])
+    return rows
 
 
 def plot(result: ScanResult) -> gr.LinePlot:
-    """The curve, on an x axis named after what it is (positions where known, else slice numbers)."""
+    """The curve, on an x axis named after what it is (positions where known, else slice numbers); for a scan
+    with no diagnosis, greyed: the OOD score against its threshold, under a label that says so."""
     frame = curve(result)
-    return gr.LinePlot(value=frame, x=frame.columns[0])
+    x = frame.columns[0]
+    y = OOD_SCORE if result.out_of_distribution else PROBABILITY
+    return gr.LinePlot(value=frame, x=x, y=y, color=CLASS, y_lim=None if result.out_of_distribution else [0, 1],
+                       x_axis_format="d" if x == "slice" else None,
+                       label=FLAGGED_PLOT_LABEL if result.out_of_distribution else PLOT_LABEL)
 
 
 def axis(result: ScanResult) -> str:
-    """The plot's x axis: the slice position along the body where every slice has one, else its index."""
+    """The plot's x axis: the slice position along the body where every slice has one, else its number."""
     known = result.slices and all(piece.position is not None for piece in result.slices)
     return "position (mm)" if known else "slice"
 
 
 def curve(result: ScanResult) -> pd.DataFrame:
-    """P(Malignant) and P(Benign) of each slice against its place in the scan, one row per slice and class."""
+    """One row per slice and series against its place in the scan: each class's probability (in-distribution
+    slices only), or, for a scan with no diagnosis, the OOD score and the threshold."""
     x = axis(result)
-    rows = [{x: piece.position if x == "position (mm)" else piece.index + 1, CLASS: label,
-             PROBABILITY: piece.analysis.probabilities[label]}
-            for piece in result.slices for label in PLOTTED]
+
+    def where(piece: ScanSlice) -> float | int:
+        return piece.position if x == "position (mm)" else piece.number
+
+    if result.out_of_distribution:
+        threshold = next((p.analysis.ood_threshold for p in result.slices if p.analysis.ood_threshold), None)
+        rows = [{x: where(piece), CLASS: OOD_SCORE, OOD_SCORE: piece.analysis.ood_score} for piece in result.slices]
+        if threshold is not None:
+            rows += [{x: where(piece), CLASS: "threshold", OOD_SCORE: threshold} for piece in result.slices]
+        return pd.DataFrame(rows, columns=[x, CLASS, OOD_SCORE])
+    rows = [{x: where(piece), CLASS: label, PROBABILITY: p}
+            for piece in result.slices if not piece.analysis.out_of_distribution
+            for label, p in piece.analysis.probabilities.items()]
     return pd.DataFrame(rows, columns=[x, CLASS, PROBABILITY])
 
 
 def note(result: ScanResult, pictures: int | None = None) -> str:
     """The verdict in words, the slices that drove it, what the reader skipped, and any overlay not shown."""
     count = len(result.slices)
+    flagged = sum(piece.analysis.out_of_distribution for piece in result.slices)
     if result.out_of_distribution:
-        text = texts.flagged_note("This scan", result.ood_reason)
+        text = texts.flagged_note(f"This scan cannot be classified: {result.ood_reason}.")
     else:
         confidence = result.probabilities[result.label]
-        text = (f"Scan label **{result.label}** (model confidence {confidence:.0%}) from {count} slices. "
+        left_out = (f" The {flagged} slices unlike the training slices are left out of the verdict and the plot."
+                    if flagged else "")
+        text = (f"Scan label **{result.label}** (model confidence {confidence:.0%}) from {count} slices.{left_out} "
                 "The plot shows each slice's probabilities along the scan; the slices that drove the label are "
                 "below, with the regions that drove each one's label.")
     if result.top:
-        names = ", ".join(f"{result.slices[i].index + 1} ({result.slices[i].name})" for i in result.top)
+        names = ", ".join(f"{result.slices[i].number} ({result.slices[i].name})" for i in result.top)
         which = "least like the training slices" if result.out_of_distribution else "that contributed most"
         text += f"\n\nSlices {which}: {names}."
     lines = list(result.notes)
@@ -104,13 +134,24 @@ def note(result: ScanResult, pictures: int | None = None) -> str:
 
 
 def caption(piece: ScanSlice) -> str:
-    """What a gallery picture says: the slice's number and result first, its file name last."""
+    """What a gallery picture says (its alt text too): the slice's number and result first, its file name last;
+    a flagged slice's OOD score, not a class probability."""
     where = "" if piece.position is None else f", {piece.position:.1f} mm"
-    return (f"Slice {piece.index + 1}: {piece.analysis.verdict}, P(Malignant) "
-            f"{piece.analysis.probabilities['Malignant']:.0%} ({piece.name}{where})")
+    analysis = piece.analysis
+    if analysis.out_of_distribution:
+        said = f"unlike the training slices, no diagnosis ({texts.ood_score(analysis)})"
+    else:
+        said = f"{analysis.label}, P({analysis.label}) {analysis.probabilities[analysis.label]:.0%}"
+    return f"Slice {piece.number}: {said} ({piece.name}{where})"
 
 
 def gallery(result: ScanResult) -> list[tuple[str, str]]:
-    """The top slices, each beside its Grad-CAM overlay, as PNG files of this request alone, with captions."""
-    return [(unique_png(rendering.overlay(result.images[i], result.heatmaps[i]), f"slice-{result.slices[i].index}.png"),
-             caption(result.slices[i])) for i in result.top]
+    """The top slices as PNG files of this request alone, with captions: each beside its Grad-CAM overlay, or,
+    for a flagged slice, alone (no heatmap presented as a finding)."""
+    pictures = []
+    for i in result.top:
+        piece = result.slices[i]
+        pixels = (rendering.preview(result.images[i]) if piece.analysis.out_of_distribution
+                  else rendering.overlay(result.images[i], result.heatmaps[i]))
+        pictures.append((unique_png(pixels, f"slice-{piece.number}.png"), caption(piece)))
+    return pictures

@@ -12,6 +12,7 @@ import importlib.util
 import os
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 
@@ -48,3 +49,11 @@ def warm_up(classifier: LungClassifier) -> threading.Thread:
     thread = threading.Thread(target=classifier.analyze, args=(blank,), name="model-warm-up", daemon=True)
     thread.start()
     return thread
+
+
+def example_files(directory: Path, limit: int = 6) -> list[str]:
+    """The example slices, copied into Gradio's cache when the page is built (no folder is served)."""
+    if not directory.is_dir():
+        sys.exit(f"error: --examples {directory}: no such directory; name a folder of CT slice images")
+    suffixes = {".jpg", ".jpeg", ".png", ".dcm", ".bmp", ".tif", ".tiff"}
+    return [str(p.resolve()) for p in sorted(directory.iterdir()) if p.suffix.lower() in suffixes][:limit]

@@ -9,8 +9,8 @@ from typing import Any
 
 from gradio.components.label import LabelConfidence, LabelData
 
-from lung_classifier import Analysis, ScanResult
-from lung_classifier.verdict import OOD_NOTICE
+from lung_classifier import Analysis, ImageError, ScanResult
+from lung_classifier.verdict import OOD_NOTICE, labels_meaning, shown_label
 
 DISCLAIMER = (
     "**Research demo, not a medical device.** Not cleared or validated for clinical use: "
@@ -26,19 +26,85 @@ WHAT_THE_MODEL_EXPECTS = (
     "an axial chest CT slice exported as an image the way the IQ-OTH/NCCD slices were: greyscale, in a "
     "soft-tissue-to-bone window (width 350-1200 HU, centre 50-600 HU), so the lungs look near black")
 
+NO_FILE = "No file received: upload a CT slice image or DICOM file."
+NO_FILES = "No files received: upload one or more CT slices."
+WHAT_TO_SEND = "upload one axial CT slice as an image file (JPEG, PNG, …) or a DICOM file"
+PREVIEW_ALT = "The uploaded slice, as the model receives it"
+HEATMAP_ALT = ("Left: the slice. Right: the same slice with the regions that drove the label in warm colours, "
+               "with a colour key from low to high influence below")
+NOT_MEANINGFUL = "not meaningful"
+CLOSE_TOASTS = ("(...args) => { document.querySelectorAll(\"[data-testid='toast-close']\")"
+                ".forEach(button => button.click()); return args; }")
+"""An event's `js`: closes the error toasts of earlier requests in the browser as a new one starts."""
+
+
+def refusal(exc: Exception) -> str:
+    """The decoder's reason, and what to send instead only where the reason does not already say."""
+    text = str(exc)
+    return text if any(word in text.lower() for word in ("upload", "export", "send")) else f"{text}: {WHAT_TO_SEND}"
+
+
+def header(config: dict[str, Any], origin: str) -> str:
+    """The page's title and first paragraph: what the model is, what its labels mean, and what it is not."""
+    meanings = labels_meaning(config)
+    classes = " / ".join(shown_label(label, meanings) for label in config["labels"])
+    return (f"# Lung CT slice classifier\n{classes}, on a frozen ImageNet ResNet50 "
+            f"trained on the IQ-OTH/NCCD dataset. Model: {model_name(config, origin)}.\n\n{DISCLAIMER} "
+            "The model's measured quality and limits are in the **Model card** tab.")
+
 
 def label_value(result: Analysis | ScanResult) -> LabelData:
-    """What gr.Label shows: the decided label (not always the top confidence) or the notice, and the confidences
-    (none for a flagged scan, which has no probabilities)."""
+    """What gr.Label shows a person: the decided label (not always the top confidence) and the confidences;
+    for a refused input the notice alone, with no class bar."""
+    if result.out_of_distribution:
+        return LabelData(label=OOD_NOTICE)
     confidences = [LabelConfidence(label=label, confidence=p)
                    for label, p in sorted((result.probabilities or {}).items(), key=lambda item: -item[1])]
     return LabelData(label=result.verdict, confidences=confidences)
 
 
-def flagged_note(what: str, reason: str | None) -> str:
-    """The paragraph for an input that gets no diagnosis: `what` ("This input", "This scan") is `reason`."""
-    return (f"### ⚠️ {OOD_NOTICE}\n{what} is {reason}, so the model's probabilities are "
-            f"**not meaningful** for it. The model expects {WHAT_THE_MODEL_EXPECTS}.")
+def api_label_value(result: Analysis) -> LabelData:
+    """/predict's value, for programs: the verdict (the notice for a refused input) and every probability."""
+    return LabelData(label=result.verdict, confidences=[LabelConfidence(label=label, confidence=p)
+                                                        for label, p in result.probabilities.items()])
+
+
+def why(result: Analysis | ScanResult, config: dict[str, Any]) -> str:
+    """The line under the label: why the label can differ from the top bar, and what the label means."""
+    if result.out_of_distribution:
+        return f"No diagnosis: the model's probabilities are {NOT_MEANINGFUL} for this input (see below)."
+    label = str(result.label)
+    lines = []
+    meaning = labels_meaning(config).get(label)
+    if meaning:
+        lines.append(f"**{label}** means {meaning}.")
+    top = max(result.probabilities or {label: 1.0}, key=(result.probabilities or {label: 1.0}).get)
+    if top != label:
+        lines.append(f"The label is the model's decision rule, not the top bar: the rule puts finding malignant "
+                     f"slices first, so {label} is chosen over the more probable {top}.")
+    return " ".join(lines)
+
+
+def details(result: Analysis) -> dict[str, Any]:
+    """/analyze's details, shown on the page: a refused input's names no class and carries no probabilities
+    (programs that want them call /predict, or use the library)."""
+    record = result.as_dict()
+    if result.out_of_distribution:
+        del record["probabilities"]
+    return record
+
+
+def ood_score(result: Analysis) -> str:
+    """The score beside the threshold it is judged by (the package's one value)."""
+    if result.ood_threshold is None:
+        return f"Out-of-distribution score {result.ood_score:.2f}"
+    return f"Out-of-distribution score {result.ood_score:.2f} (flagged above {result.ood_threshold:.2f})"
+
+
+def flagged_note(sentence: str) -> str:
+    """The paragraph for an input that gets no diagnosis: `sentence` says what it is and why."""
+    return (f"### ⚠️ {OOD_NOTICE}\n{sentence} The model's probabilities are **{NOT_MEANINGFUL}** for it. "
+            f"The model expects {WHAT_THE_MODEL_EXPECTS}.")
 
 
 def confidence_title(config: dict[str, Any]) -> str:
@@ -50,14 +116,11 @@ def confidence_title(config: dict[str, Any]) -> str:
 def note(result: Analysis) -> str:
     """One paragraph on the result, with what to do when no diagnosis can be given."""
     if result.out_of_distribution:
-        return flagged_note("This input", result.ood_reason)
-    top = max(result.probabilities, key=result.probabilities.get)
-    rule = ("" if top == result.label else
-            f" The most probable class is {top} ({result.probabilities[top]:.0%}); the label is {result.label} "
-            "because the model's rule puts finding malignant slices first.")
-    return (f"Label **{result.label}** (model confidence {result.probabilities[result.label]:.0%}).{rule} "
-            f"Out-of-distribution score {result.ood_score:.2f}: the image resembles the training data. "
-            "The heatmap shows which regions drove the label.")
+        score = "" if "threshold" in str(result.ood_reason) else f" {ood_score(result)}."
+        return flagged_note(f"This input is {result.ood_reason}.{score}")
+    return (f"Label **{result.label}** (model confidence {result.probabilities[result.label]:.0%}). "
+            f"{ood_score(result)}: the image resembles the training data. "
+            "The heatmap shows which regions drove the label (colour key under it).")
 
 
 def model_name(config: dict[str, Any], origin: str) -> str:

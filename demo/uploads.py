@@ -1,4 +1,4 @@
-"""Upload lifecycle: delete what a request uploaded, nothing else; never share an output file.
+"""Upload lifecycle: an upload lives while its page is open; delete nothing else; never share an output file.
 
 Gradio's upload route stores each file under a content hash (same bytes and name, same
 path) and records it in `Blocks.upload_file_set`. Example files live in the same cache,
@@ -7,6 +7,13 @@ so `keep_examples` holds them in the component's `keep_in_cache`, as Gradio does
 its own default values. A path is this app's to delete only when Gradio's upload route
 wrote it and no component keeps it: an API client that names a cached example or an
 output file gets it classified, never deleted.
+
+An upload stays while a request uses it, while an upload of it waits for its request,
+and while a session that used it holds it: from that session's first request on the file
+until the session ends (Gradio's `unload`: the page's tab closed or reloaded, or a
+gradio_client Client closed) or until the session has not used it for IDLE_S seconds.
+So "Classify" can be pressed again on the same upload, and identical uploads from
+different clients (one path) go only when no session holds them any more.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
@@ -27,25 +35,29 @@ from gradio.processing_utils import save_file_to_cache
 from gradio.utils import get_upload_folder
 from PIL import Image
 
-UPLOAD_GONE = ("Cannot classify this file: it is no longer on the server (an upload is deleted as soon as "
-               "it has been classified). Upload the file again")
+IDLE_S = 600.0
+"""Seconds an upload stays after its session's last request on it, with the page still open."""
+UPLOAD_LIFETIME = (f"Your upload is kept on the server while this page is open, for at most {IDLE_S / 60:.0f} "
+                   "minutes after its last use, and deleted when you close the page.")
+UPLOAD_GONE = ("Cannot classify this file: it is no longer on the server (an upload is kept while its page is "
+               f"open, and deleted when the page is closed or after {IDLE_S / 60:.0f} minutes unused). "
+               "Upload the file again")
 
 
 class _UploadRecord(set):
-    """Gradio's record of uploaded paths that also reports each upload as it is recorded,
-    and each path Gradio's cache cleaner drops from it.
+    """Gradio's record of uploaded paths, reporting uploads and the cache cleaner's removals.
 
     Gradio's upload route moves the file into place and records it without yielding to
-    its event loop, so no request can start in between: when a request runs, every
-    upload of its file so far has been counted. Iteration walks a snapshot: the cleaner
-    iterates in a worker thread while uploads and deletions change the record.
+    its event loop, so when a request runs every upload of its file so far has been
+    counted. Iteration (what Gradio's cache cleaner walks, every `delete_cache` frequency)
+    first lets idle holds lapse, then walks a snapshot without the paths still held or in
+    use: the cleaner's age rule (ctime) never deletes an upload a page still holds.
     """
 
     def __init__(self, paths: Iterable[str], on_upload: Callable[[list[str]], None],
-                 on_forget: Callable[[list[str]], None]):
+                 on_forget: Callable[[list[str]], None], keep: Callable[[], AbstractSet[str]]):
         super().__init__(paths)
-        self._on_upload = on_upload
-        self._on_forget = on_forget
+        self._on_upload, self._on_forget, self._keep = on_upload, on_forget, keep
 
     def update(self, *groups: Iterable[str]) -> None:
         for group in groups:
@@ -53,41 +65,38 @@ class _UploadRecord(set):
             self._on_upload(group)
             super().update(group)
 
-    def __isub__(self, paths: AbstractSet[str]) -> Self:  # the cache cleaner's removal
+    def __isub__(self, paths: AbstractSet[str]) -> Self:
         self._on_forget(list(paths))
         super().__isub__(paths)
         return self
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(set.__iter__(self)))
+        keep = self._keep()
+        return iter([path for path in list(set.__iter__(self)) if os.path.realpath(path) not in keep])
 
 
 class UploadJanitor:
-    """Deletes each uploaded file as soon as the requests it was uploaded for are done.
+    """Deletes each upload once no request uses it, no upload of it waits, and no session holds it."""
 
-    Identical uploads from different clients are one path. So the janitor counts
-    uploads of each path that no request has taken yet, and the requests using it;
-    the file goes when both are zero, and Gradio's record forgets it then (it never
-    forgets a file deleted under it, so its record would grow with every upload).
-    A request that only looks (the page's preview) does not take its upload: the
-    "Classify" that follows does. Every step costs the same however many files the
-    server has seen.
-    """
-
-    def __init__(self, blocks: gr.Blocks):
+    def __init__(self, blocks: gr.Blocks, idle_s: float = IDLE_S, clock: Callable[[], float] = time.monotonic):
         self.blocks = blocks
-        self._waiting: Counter[str] = Counter()  # uploads not yet taken by a request
-        self._using: Counter[str] = Counter()  # requests running with the file
-        self._recorded: dict[str, set[str]] = {}  # each recorded upload's real path -> Gradio's spellings
-        self._lock = threading.Lock()
+        self.idle_s = idle_s
+        self._clock = clock
+        self._waiting: Counter[str] = Counter()
+        self._using: Counter[str] = Counter()
+        self._held: dict[str, dict[str, tuple[float, int]]] = {}  # session -> {real path: (last use, inode)}
+        self._recorded: dict[str, set[str]] = {}
+        self._inodes: dict[str, int] = {}  # each upload's inode as its last request read it
+        self._lock = threading.RLock()
         if not any(files is getattr(blocks, "upload_file_set", None) for files in blocks.temp_file_sets):
             raise RuntimeError("this Gradio version keeps no Blocks.upload_file_set: uploads cannot be tracked")
-        self._record = _UploadRecord(blocks.upload_file_set, self._uploaded, self._forgotten)
-        for path in self._record:
+        self._record = _UploadRecord(blocks.upload_file_set, self._uploaded, self._forgotten, self._kept)
+        for path in set.__iter__(self._record):
             self._recorded.setdefault(os.path.realpath(path), set()).add(path)
         blocks.temp_file_sets[:] = [self._record if files is blocks.upload_file_set else files
                                     for files in blocks.temp_file_sets]
         blocks.upload_file_set = self._record
+        blocks.unload(self.session_ended)  # also turns on the heartbeat that reports the session's end
 
     def _uploaded(self, paths: list[str]) -> None:
         with self._lock:
@@ -97,7 +106,6 @@ class UploadJanitor:
                 self._recorded.setdefault(real, set()).add(path)
 
     def _forgotten(self, paths: list[str]) -> None:
-        """Gradio's cache cleaner deleted these never-classified uploads: drop their counts too."""
         with self._lock:
             for path in paths:
                 real = os.path.realpath(path)
@@ -109,8 +117,14 @@ class UploadJanitor:
                         self._using.pop(real, None)
                         self._waiting.pop(real, None)
 
+    def _kept(self) -> set[str]:
+        """Let idle holds lapse (deleting what they alone kept); then the paths held or in use."""
+        self._lapse()
+        with self._lock:
+            held = {path for paths in self._held.values() for path in paths}
+            return held | {path for path, count in self._using.items() if count > 0}
+
     def uploads_among(self, paths: list[str]) -> list[str]:
-        """The paths that Gradio's upload route wrote and no component keeps (examples)."""
         kept = {os.path.realpath(path) for block in list(self.blocks.blocks.values())
                 for path in frozenset(getattr(block, "keep_in_cache", ()))}
         resolved = [os.path.realpath(path) for path in paths]
@@ -118,45 +132,80 @@ class UploadJanitor:
             return [path for path in resolved if path in self._recorded and path not in kept]
 
     @contextmanager
-    def using(self, paths: list[str], take: bool = True) -> Iterator[None]:
-        """Hold the request's files while it runs, then delete its uploads nobody else waits for.
+    def using(self, paths: list[str], request: gr.Request | None = None) -> Iterator[None]:
+        """Hold the request's files while it runs, and for its session afterwards.
 
-        `take=False` (a preview) leaves the uploads to the request that will classify them.
+        A request takes (uncounts) one waiting upload of a path only where the file there is new to
+        its session (an inode it has not read): the page's preview takes the upload and its later
+        Classify clicks do not, while a gradio_client that uploads the same file again for each call
+        takes each of its uploads. An upload only previewed goes when its page closes.
         """
+        self._lapse()
         if any(not Path(path).is_file() for path in paths):
             raise gr.Error(f"{UPLOAD_GONE}.", print_exception=False)
         uploads = self.uploads_among(paths)
+        session = getattr(request, "session_hash", None)
         inodes = {path: os.stat(path).st_ino for path in uploads}
         with self._lock:
-            if take:
-                self._waiting.subtract(uploads)
+            self._inodes.update(inodes)
+            seen = self._held.get(session, {}) if session else {}
+            for path in uploads:
+                if self._waiting[path] > 0 and seen.get(path, (0.0, None))[1] != inodes[path]:
+                    self._waiting[path] -= 1
             self._using.update(uploads)
+            if session:
+                now = self._clock()
+                self._held.setdefault(session, {}).update({path: (now, inodes[path]) for path in uploads})
         try:
             yield
         finally:
             with self._lock:
                 self._using.subtract(uploads)
-                for path, inode in inodes.items():
-                    if self._using[path] <= 0 and self._waiting[path] <= 0:
-                        self._using.pop(path, None)
-                        self._waiting.pop(path, None)
-                        _delete_if_same(path, inode)
-                        for spelling in self._recorded.pop(path, ()):
-                            self._record.discard(spelling)
+                if session and session in self._held:  # idle time counts from the end of the last use
+                    now = self._clock()
+                    self._held[session].update({path: (now, inodes[path]) for path in uploads})
+                self._delete_unused(uploads)
+
+    def session_ended(self, request: gr.Request) -> None:
+        """Gradio's `unload` handler: the session's tab (or client) is gone; its uploads go unless shared."""
+        with self._lock:
+            self._delete_unused(list(self._held.pop(request.session_hash, {})))
+
+    def _lapse(self) -> None:
+        """Drop each session's holds unused for idle_s, and delete what only they kept."""
+        cutoff = self._clock() - self.idle_s
+        with self._lock:
+            lapsed = []
+            for session, held in list(self._held.items()):
+                for path, (last, _) in list(held.items()):
+                    if last < cutoff:
+                        del held[path]
+                        lapsed.append(path)
+                if not held:
+                    del self._held[session]
+            self._delete_unused(lapsed)
+
+    def _delete_unused(self, paths: Iterable[str]) -> None:
+        """Delete each path no request uses, no upload waits for and no session holds (call with the lock)."""
+        held = {path for paths_held in self._held.values() for path in paths_held}
+        for path in set(paths):
+            if self._using[path] <= 0 and self._waiting[path] <= 0 and path not in held:
+                self._using.pop(path, None)
+                self._waiting.pop(path, None)
+                _delete_if_same(path, self._inodes.pop(path, None))
+                for spelling in self._recorded.pop(path, ()):
+                    set.discard(self._record, spelling)
 
 
-def _delete_if_same(path: str, inode: int) -> None:
-    """Delete `path` if it is still the file the request read, not a fresh identical upload.
-
-    Moved aside first (atomic), then checked: an upload that lands on the path meanwhile is
-    put back (its bytes are the same by construction), so it is never lost.
-    """
+def _delete_if_same(path: str, inode: int | None) -> None:
+    """Moved aside (atomic), then deleted only if it is the file the last request read (inode);
+    an identical upload that landed on the path meanwhile is put back."""
     aside = f"{path}.{secrets.token_hex(8)}.deleting"
     try:
         os.rename(path, aside)
     except FileNotFoundError:
         return
-    if os.stat(aside).st_ino == inode:
+    if inode is None or os.stat(aside).st_ino == inode:
         os.unlink(aside)
     else:
         os.rename(aside, path)

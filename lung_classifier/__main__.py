@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     from .model.backbone import BackboneWeightsError
     from .options import load, model_options
     from .scan.cli import add_parser, run_scan
-    from .verdict import OOD_NOTICE
+    from .verdict import labels_meaning, shown_label
 
     parser = argparse.ArgumentParser(prog="python -m lung_classifier")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -34,24 +34,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "scan":
         return run_scan(classifier, args)
+    meanings = labels_meaning(classifier.config)
     failures = 0
     for path in args.images:
         try:
             result = classifier.analyze(path)
         except ImageError as exc:
             failures += 1
-            print(f"error: {path}: {exc}", file=sys.stderr)
+            print(f"error: {_naming(path, str(exc))}", file=sys.stderr)
             continue
-        if args.json:
-            # A flagged input gets no label: scripts that read "label" cannot mistake it for a diagnosis.
-            record = {"image": path, **result.as_dict()}
-            if result.out_of_distribution:
-                record.update(label=None, notice=OOD_NOTICE)
-            print(json.dumps(record))
+        if args.json:  # a flagged input: label None beside the flag, probabilities kept for scripts
+            print(json.dumps({"image": path, **result.as_dict()}))
+        elif result.out_of_distribution:  # for a person: the reason, and no class probability
+            print(f"{path}: {result.verdict}: {result.ood_reason}")
         else:
             scores = "  ".join(f"{label} {p:.3f}" for label, p in result.probabilities.items())
-            print(f"{path}: {result.verdict}  ({scores})")
+            print(f"{path}: {shown_label(result.label, meanings)}  ({scores})")
     return 1 if failures else 0
+
+
+def _naming(path: str, message: str) -> str:
+    """The error naming the file once, by the path as given (decoders name it by its base name)."""
+    name = os.path.basename(path)
+    if path in message:
+        return message
+    return path + message[len(name):] if message.startswith(name) else f"{path}: {message}"
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
-from typing import Any, Sequence
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -18,10 +18,14 @@ from . import package
 from .decoding import rendering
 from .decoding.images import ImageInput, Slice, read_slice
 from .decoding.series import ScanSource
+from .many import Outcome, T, analyze_many
 from .model.preprocessing import prepare_batch
 from .package import hub
 from .scan.analysis import ScanResult, analyze_scan
 from .verdict import Analysis, ood_reason
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo
 
 DEFAULT_MODEL = Path(__file__).parent / "default_model"
 
@@ -119,7 +123,7 @@ class LungClassifier:
         return read_slice(image, dicom_window=self.dicom_window)
 
     def predict(self, image: ImageInput | Slice) -> dict[str, Any]:
-        """``{"label", "probabilities", "ood_score", "out_of_distribution", "ood_reason"}`` for one slice."""
+        """Analysis.as_dict() for one slice: a flagged slice has label None, its verdict the notice."""
         return self.analyze(image).as_dict()
 
     def predict_batch(self, images: Sequence[ImageInput | Slice]) -> list[dict[str, Any]]:
@@ -153,8 +157,19 @@ class LungClassifier:
                 out_of_distribution=reason is not None,
                 ood_reason=reason,
                 heatmap=_upsample(outputs["heatmap"][index], item.rgb.shape[:2]) if explain else None,
+                ood_threshold=self.ood_threshold,
             ))
         return results
+
+    def analyze_many(self, items: Sequence[T], *, read: Callable[[T], ImageInput] | None = None,
+                     batch_size: int = 16, max_pixels: int | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> Iterator[Outcome[T]]:
+        """Each item's Outcome (analysis, or the reason it has none), in order, ``batch_size`` at a time.
+
+        A file that cannot be decoded fails its own Outcome only; see lung_classifier.many.
+        """
+        return analyze_many(self, items, read=read, batch_size=batch_size, max_pixels=max_pixels,
+                            progress=progress)
 
     def analyze_scan(self, source: ScanSource, *, top_k: int = 3, explain: bool = False, batch_size: int = 16,
                      progress: Callable[[int, int], None] | None = None) -> ScanResult:
@@ -175,10 +190,17 @@ class LungClassifier:
         package.copy_package(self.directory, Path(directory))
         return Path(directory)
 
-    def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool | None = None,
-                    commit_message: str = "Upload lung CT classifier package") -> str:
-        """Upload the full package (model card as the repo's README); returns the commit sha."""
-        return hub.upload(self.directory, repo_id, token=token, private=private, commit_message=commit_message)
+    def push_to_hub(self, repo_id: str, *, commit_message: str = "Upload lung CT classifier package",
+                    private: bool | None = None, token: str | None = None, branch: str | None = None,
+                    create_pr: bool = False) -> CommitInfo:
+        """Upload the full package (model card as the repo's README), with ModelHubMixin.push_to_hub's options.
+
+        ``branch`` (created from main if new) receives the commit instead of main; ``create_pr``
+        opens a pull request against main. Returns huggingface_hub's CommitInfo, as the mixin does:
+        ``.oid`` is the commit sha, ``.pr_url``/``.pr_num`` the pull request's.
+        """
+        return hub.upload(self.directory, repo_id, token=token, private=private, commit_message=commit_message,
+                          branch=branch, create_pr=create_pr)
 
 
 def _upsample(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

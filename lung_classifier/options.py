@@ -7,6 +7,10 @@ mean the same everywhere; :func:`load` turns them into a LungClassifier.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from .model.precision import CHOICES
@@ -31,8 +35,32 @@ def model_options() -> argparse.ArgumentParser:
 
 
 def load(args: argparse.Namespace) -> LungClassifier:
-    """The classifier the flags name."""
+    """The classifier the flags name; TensorFlow's native start-up lines are kept off the terminal."""
     from .classifier import LungClassifier
+
+    with native_stderr_silenced():
+        import tensorflow  # noqa: F401 - imported here, quietly, before the package loads it
 
     return LungClassifier.from_pretrained(args.model, revision=args.revision,
                                           trust_saved_model=args.trust_saved_model, precision=args.precision)
+
+
+@contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 goes to /dev/null inside the block, then back.
+
+    On machines with CUDA libraries, ``import tensorflow`` writes lines from C++ ("Unable to
+    register cuDNN factory", absl's "All log messages before absl::InitializeLog()") that
+    TF_CPP_MIN_LOG_LEVEL does not hide; only fd 2 can. An exception still raises, and prints after.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

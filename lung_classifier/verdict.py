@@ -16,6 +16,10 @@ from .decoding.images import Slice
 
 OOD_NOTICE = "Unlike the training data: no diagnosis"
 """What the page, the API and the CLI show instead of a class for a flagged input."""
+LABELS_MEANING = {"Normal": "no cancer finding: a healthy lung, or a finding that is not cancer (such as COVID-19 "
+                            "or pneumonia)"}
+"""What a label means where its name alone misleads; a package's config key "labels_meaning" replaces it.
+The text before the first colon is the short form shown beside the label ("Normal (no cancer finding)")."""
 LOG_FLOOR = 1e-12
 """Probabilities are clipped to this before the log, so a zero probability keeps a finite score."""
 
@@ -40,6 +44,7 @@ class Analysis:
     out_of_distribution: bool
     ood_reason: str | None = None  # why it is out of distribution, for a person
     heatmap: np.ndarray | None = None  # float32 in [0, 1], the input's height x width
+    ood_threshold: float | None = None  # the package's threshold the score was compared with
 
     @property
     def verdict(self) -> str:
@@ -47,9 +52,23 @@ class Analysis:
         return OOD_NOTICE if self.out_of_distribution else self.label
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready data (no heatmap)."""
-        return {"label": self.label, "probabilities": self.probabilities, "ood_score": self.ood_score,
+        """Plain JSON-ready data (no heatmap). A flagged input has label None beside the flag and the notice,
+        so a script that reads "label" cannot mistake it for a diagnosis; its probabilities stay, for machines."""
+        return {"label": None if self.out_of_distribution else self.label, "verdict": self.verdict,
+                "probabilities": self.probabilities, "ood_score": self.ood_score, "ood_threshold": self.ood_threshold,
                 "out_of_distribution": self.out_of_distribution, "ood_reason": self.ood_reason}
+
+
+def labels_meaning(config: dict[str, Any]) -> dict[str, str]:
+    """Each label's meaning, from the package (config "labels_meaning") where it says, else LABELS_MEANING."""
+    given = config.get("labels_meaning")
+    return {str(k): str(v) for k, v in given.items()} if isinstance(given, dict) and given else dict(LABELS_MEANING)
+
+
+def shown_label(label: str, meanings: dict[str, str]) -> str:
+    """The label as a person reads it: "Normal (no cancer finding)" where its meaning has a short form."""
+    meaning = meanings.get(label, "")
+    return f"{label} ({meaning.split(':', 1)[0].strip()})" if ":" in meaning else label
 
 
 NON_AXIAL = "a reformatted (coronal, sagittal or oblique) DICOM slice: the model knows only axial slices"

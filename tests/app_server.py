@@ -63,7 +63,8 @@ def start_app(model: Path, cache_root: Path, workdir: Path, *extra: str) -> AppS
     upload_root.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "LUNG_CLASSIFIER_CACHE": str(cache_root), "GRADIO_TEMP_DIR": str(upload_root),
            "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+           "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO),
+           "GRADIO_HEARTBEAT_INTERVAL": "1"}  # a closed client's session ends (its uploads go) in about 1 s
     for variable in ("GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "PORT", "LUNG_SHARE", "GRADIO_MCP_SERVER",
                      "LUNG_EXAMPLES"):
         env.pop(variable, None)

@@ -27,7 +27,8 @@ Without pytest: ``with FakeHub() as hub: ...`` and ``configure_hf_hub(monkeypatc
 
 Endpoints implemented (``{type}`` is ``models``/``datasets``/``spaces``; model repos have no URL prefix for
 ``resolve`` and LFS, datasets/spaces use ``datasets/`` and ``spaces/``; ``{rev}`` is a branch, a tag, a full
-40-hex commit sha, or ``refs/heads/<b>``/``refs/tags/<t>``, URL-quoted as the client sends it)::
+40-hex commit sha, ``refs/heads/<b>``/``refs/tags/<t>``, or a pull request's ``refs/pr/<n>``, URL-quoted as the
+client sends it)::
 
     POST   /api/repos/create                          create_repo (409 if it exists -> exist_ok works)
     DELETE /api/repos/delete                          delete_repo
@@ -36,9 +37,13 @@ Endpoints implemented (``{type}`` is ``models``/``datasets``/``spaces``; model r
     GET    /api/{type}/{repo_id}/tree/{rev}[/{path}]  list_repo_tree (recursive, expand -> lastCommit); no pagination
     POST   /api/{type}/{repo_id}/paths-info/{rev}     get_paths_info
     POST   /api/{type}/{repo_id}/preupload/{rev}      upload mode per file ("regular" by default, see below)
-    POST   /api/{type}/{repo_id}/commit/{rev}         ndjson commit: file (base64), lfsFile, deletedFile, deletedFolder
+    POST   /api/{type}/{repo_id}/commit/{rev}         ndjson commit: file (base64), lfsFile, deletedFile, deletedFolder;
+                                                  ``?create_pr=1`` opens a pull request from {rev} (or the header's
+                                                  parentCommit) and commits to its ``refs/pr/<n>`` instead
+    POST   /api/{type}/{repo_id}/discussions           create_pull_request (pull requests only, no plain discussions)
+    GET    /api/{type}/{repo_id}/discussions/{n}       get_discussion_details (no events, no diff)
     GET    /api/{type}/{repo_id}/commits/{rev}        list_repo_commits
-    GET    /api/{type}/{repo_id}/refs                 list_repo_refs
+    GET    /api/{type}/{repo_id}/refs                 list_repo_refs (pull requests with include_prs=1)
     POST/DELETE /api/{type}/{repo_id}/branch/{name}   create_branch / delete_branch
     POST   /api/{type}/{repo_id}/tag/{rev}            create_tag;  DELETE /api/{type}/{repo_id}/tag/{tag}
     GET    /api/{type}/{repo_id}/xet-{read,write}-token/...   always 501 (this fake never speaks Xet)
@@ -128,6 +133,7 @@ LFS_THRESHOLD = 10 * 1024 * 1024
 REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 _URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 _FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
+_PR_REF = re.compile(r"^refs/pr/(\d+)$")
 
 # Abridged version of the .gitattributes the Hub puts in the initial commit of a new repo.
 GITATTRIBUTES = """\
@@ -206,6 +212,16 @@ class _Commit:
 
 
 @dataclasses.dataclass
+class _PullRequest:
+    num: int
+    title: str
+    description: str
+    base: str  # the branch it asks to merge into
+    head: str  # commit sha at the tip of refs/pr/<num>
+    created_at: str
+
+
+@dataclasses.dataclass
 class _Repo:
     repo_type: str
     repo_id: str
@@ -214,6 +230,7 @@ class _Repo:
     commits: dict[str, _Commit] = dataclasses.field(default_factory=dict)
     branches: dict[str, str] = dataclasses.field(default_factory=dict)
     tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    pulls: dict[int, _PullRequest] = dataclasses.field(default_factory=dict)
     lfs_store: dict[str, bytes] = dataclasses.field(default_factory=dict)  # sha256 -> content (LFS PUTs)
     overrides: dict[tuple[str, str], bytes] = dataclasses.field(default_factory=dict)  # (commit, path) -> bytes
 
@@ -426,8 +443,26 @@ class FakeHub:
             raise _repo_not_found(repo_type, repo_id, status=401)
         return repo
 
+    def _pull(self, repo: _Repo, ref: str) -> _PullRequest | None:
+        """The pull request ``ref`` names (``refs/pr/<n>``); None for any other ref; 404 for an unknown PR."""
+        match = _PR_REF.match(ref)
+        if match is None:
+            return None
+        pull = repo.pulls.get(int(match.group(1)))
+        if pull is None:
+            raise HubError(404, f"Invalid rev id: {ref}", "RevisionNotFound")
+        return pull
+
+    def _open_pull(self, repo: _Repo, title: str, description: str, base: str, head: str) -> _PullRequest:
+        """A new pull request whose ref starts at ``head`` (Hub discussions and PRs share one numbering)."""
+        pull = _PullRequest(len(repo.pulls) + 1, title, description, base, head, _now())
+        repo.pulls[pull.num] = pull
+        return pull
+
     def _add_commit(self, repo: _Repo, branch: str, files: dict[str, _Blob], title: str, description: str) -> _Commit:
-        parent = repo.branches.get(branch) or ""
+        """A commit on ``branch``, or on a pull request's ``refs/pr/<n>``."""
+        pull = self._pull(repo, branch)
+        parent = (pull.head if pull is not None else repo.branches.get(branch)) or ""
         h = hashlib.sha1()
         h.update(f"{next(self._counter)}\0{parent}\0{title}\0{description}\0{_now()}\0".encode())
         for path in sorted(files):
@@ -441,7 +476,10 @@ class FakeHub:
             files=files,
         )
         repo.commits[commit.oid] = commit
-        repo.branches[branch] = commit.oid
+        if pull is not None:
+            pull.head = commit.oid
+        else:
+            repo.branches[branch] = commit.oid
         return commit
 
     def _resolve_revision(self, repo: _Repo, revision: str | None) -> _Commit:
@@ -451,6 +489,8 @@ class FakeHub:
             oid = repo.branches.get(rev[len("refs/heads/"):])
         elif rev.startswith("refs/tags/"):
             oid = repo.tags.get(rev[len("refs/tags/"):])
+        elif _PR_REF.match(rev):
+            oid = self._pull(repo, rev).head
         elif rev in repo.branches:
             oid = repo.branches[rev]
         elif rev in repo.tags:
@@ -759,6 +799,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return self._branch(repo_type, repo_id, arg)
             if action == "tag" and arg and method in ("POST", "DELETE"):
                 return self._tag(repo_type, repo_id, arg)
+            if action == "discussions" and arg is None and method == "POST":
+                return self._create_pull(repo_type, repo_id)
+            if action == "discussions" and arg and arg.isdigit() and method == "GET":
+                return self._pull_details(repo_type, repo_id, int(arg))
             if action and action.startswith("xet-"):
                 raise HubError(501, "FakeHub does not implement Xet storage. Run the client with "
                                     "HF_HUB_DISABLE_XET=1 or use FakeHub(lfs_uploads=False).")
@@ -861,7 +905,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             branches = [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": oid}
                         for b, oid in sorted(repo.branches.items()) if oid]
             tags = [{"name": t, "ref": f"refs/tags/{t}", "targetCommit": oid} for t, oid in sorted(repo.tags.items())]
-        self._json({"branches": branches, "converts": [], "tags": tags, "pullRequests": []})
+            pulls = [{"name": f"refs/pr/{n}", "ref": f"refs/pr/{n}", "targetCommit": pull.head}
+                     for n, pull in sorted(repo.pulls.items())] if self._truthy("include_prs") else []
+        self._json({"branches": branches, "converts": [], "tags": tags, "pullRequests": pulls})
 
     def _branch(self, repo_type: str, repo_id: str, branch: str) -> None:
         self._require_token()
@@ -895,10 +941,41 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             repo.tags[tag] = self.hub._resolve_revision(repo, arg).oid
         self._json({})
 
+    def _create_pull(self, repo_type: str, repo_id: str) -> None:
+        """create_pull_request: a pull request against main, its ref starting at main's tip."""
+        self._require_token()
+        payload = self._json_body()
+        if not payload.get("pullRequest"):
+            raise HubError(501, "FakeHub implements pull requests only, not plain discussions")
+        with self.hub._lock:
+            repo = self._repo(repo_type, repo_id)
+            head = self._branch_head(repo, "main")
+            if head is None:
+                raise HubError(400, "Cannot open a pull request on an empty repository")
+            pull = self.hub._open_pull(repo, str(payload.get("title") or ""), str(payload.get("description") or ""),
+                                       "main", head.oid)
+        self._json({"num": pull.num, "pullRequest": True,
+                    "url": f"{self.hub.url}/{_URL_PREFIX[repo_type]}{repo_id}/discussions/{pull.num}"})
+
+    def _pull_details(self, repo_type: str, repo_id: str, num: int) -> None:
+        with self.hub._lock:
+            repo = self._repo(repo_type, repo_id)
+            pull = repo.pulls.get(num)
+            if pull is None:
+                raise HubError(404, f"Discussion {num} not found")
+            details = {"num": pull.num, "title": pull.title, "status": "open", "isPullRequest": True,
+                       "createdAt": pull.created_at, "author": {"name": self.hub.username},
+                       "repo": {"name": repo_id, "type": repo_type}, "events": [],
+                       "changes": {"base": f"refs/heads/{pull.base}"}, "filesWithConflicts": []}
+        self._json(details)
+
     # ---------------------------------------------------------------- uploads
 
     def _branch_head(self, repo: _Repo, revision: str) -> _Commit | None:
-        """Commit at the tip of a writable branch (None for an empty branch)."""
+        """Commit at the tip of a writable branch or pull request ref (None for an empty branch)."""
+        pull = self.hub._pull(repo, revision)
+        if pull is not None:
+            return repo.commits[pull.head]
         if revision.startswith("refs/heads/"):
             revision = revision[len("refs/heads/"):]
         if revision not in repo.branches:
@@ -908,8 +985,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _preupload(self, repo_type: str, repo_id: str, revision: str) -> None:
         self._require_token()
-        if "create_pr" in self.query:
-            raise HubError(501, "create_pr is not implemented by FakeHub")
         payload = self._json_body()
         with self.hub._lock:
             repo = self._repo(repo_type, repo_id)
@@ -932,8 +1007,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _commit(self, repo_type: str, repo_id: str, revision: str) -> None:
         self._require_token()
-        if "create_pr" in self.query:
-            raise HubError(501, "create_pr is not implemented by FakeHub")
+        create_pr = self._truthy("create_pr")
         try:
             lines = [json.loads(line) for line in self.body.splitlines() if line.strip()]
         except ValueError:
@@ -948,7 +1022,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             head = self._branch_head(repo, revision)
             branch = revision[len("refs/heads/"):] if revision.startswith("refs/heads/") else revision
             parent_commit = header.get("parentCommit")
-            if parent_commit and (head is None or parent_commit != head.oid):
+            pull = None
+            if create_pr:  # the pull request starts at parentCommit if given, else at the branch's tip
+                if parent_commit:
+                    head = self.hub._resolve_revision(repo, parent_commit)
+                if head is None:
+                    raise HubError(400, "Cannot open a pull request on an empty branch")
+                pull = self.hub._open_pull(repo, header.get("summary") or "Commit", header.get("description") or "",
+                                           branch, head.oid)
+                branch = f"refs/pr/{pull.num}"
+            elif parent_commit and (head is None or parent_commit != head.oid):
                 raise HubError(412, "A commit has happened since. Please refresh and try again.")
             files = dict(head.files) if head is not None else {}
             for op in lines[1:]:
@@ -982,8 +1065,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             commit = self.hub._add_commit(repo, branch, files, header.get("summary") or "Commit",
                                           header.get("description") or "")
             url = f"{self.hub.url}/{_URL_PREFIX[repo_type]}{repo_id}/commit/{commit.oid}"
+            pull_url = f"{self.hub.url}/{_URL_PREFIX[repo_type]}{repo_id}/discussions/{pull.num}" if pull else None
         self._json({"success": True, "commitOid": commit.oid, "commitUrl": url, "hookOutput": "",
-                    "pullRequestUrl": None})
+                    "pullRequestUrl": pull_url})
 
     # ---------------------------------------------------------------- LFS (basic transfer)
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from lung_classifier.scan.aggregation import POOLS, ScanRule, scan_flagged
+from lung_classifier.scan.aggregation import MAX_FLAGGED_FRACTION, POOLS, ScanRule
 from training import cv, scan_cv
 
 LABELS = ("Normal", "Benign", "Malignant")
@@ -74,9 +74,25 @@ def test_bad_rules_and_inputs_are_refused():
 
 
 def test_a_scan_is_flagged_when_most_of_its_slices_are():
-    assert scan_flagged(np.array([True, True, False]))
-    assert not scan_flagged(np.array([True, False]))
-    assert scan_flagged(np.array([], bool))
+    rule = ScanRule(LABELS, "max")
+    assert rule.max_flagged_fraction == MAX_FLAGGED_FRACTION == 0.5
+    assert rule.flagged(np.array([True, True, False]))
+    assert not rule.flagged(np.array([True, False]))
+    assert rule.flagged(np.array([], bool))
+
+
+def test_the_flagged_fraction_is_read_from_the_package_with_a_default_for_old_packages():
+    block = ScanRule(LABELS, "max", max_flagged_fraction=0.2).as_config()
+    assert block["max_flagged_fraction"] == 0.2
+    strict = ScanRule.from_config(LABELS, json.loads(json.dumps(block)))
+    assert strict.max_flagged_fraction == 0.2
+    assert strict.flagged(np.array([True, False, False, False]))  # 25% > 20%
+    assert not ScanRule(LABELS, "max").flagged(np.array([True, False, False, False]))
+    del block["max_flagged_fraction"]  # a package written before the key was
+    assert ScanRule.from_config(LABELS, block).max_flagged_fraction == MAX_FLAGGED_FRACTION
+    for bad in (-0.1, 1.0, 1.5):
+        with pytest.raises(ValueError, match="max_flagged_fraction must be in"):
+            ScanRule(LABELS, "max", max_flagged_fraction=bad)
 
 
 def synthetic_scans(rng: np.random.Generator, per_class=(10, 6, 12)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -165,7 +166,7 @@ assert lean_tensorflow_import()
 from lung_classifier import LungClassifier
 classifier = LungClassifier.from_pretrained(sys.argv[1], trust_saved_model=True)
 warm_up(classifier).join()
-print(classifier.predict(np.full((64, 64), 100, np.uint8))["label"] in classifier.labels,
+print(list(classifier.predict(np.full((64, 64), 100, np.uint8))["probabilities"]) == list(classifier.labels),
       "keras" in sys.modules, "sklearn" in sys.modules)
 """
 
@@ -179,9 +180,16 @@ def test_app_start_up_loads_and_warms_the_model_without_importing_keras(tiny_pac
     assert done.stdout.split() == ["True", "False", "False"], done.stdout  # answered; no Keras, no scikit-learn
 
 
-def test_view_api_lists_the_three_endpoints(client):
+def test_view_api_lists_the_endpoints_predict_first_with_named_outputs_and_a_real_example(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert {"/predict", "/analyze", "/batch"} <= set(endpoints)
+    assert list(endpoints)[:4] == ["/predict", "/analyze", "/batch", "/scan"]
+    text = json.dumps(endpoints)
+    assert not re.search(r"(value|parameter)_\d+", text) and "sample_file.pdf" not in text  # every part named
+    assert [p["parameter_name"] for p in endpoints["/predict"]["parameters"]] == ["slice_file"]
+    returns = [r["label"] for r in endpoints["/analyze"]["returns"]]
+    assert returns[0].startswith("Prediction (") and returns[1:] == ["why", "Slice and Grad-CAM heatmap", "note",
+                                                                     "details"]
+    assert "examples/normal-case-320.jpg" in json.dumps(endpoints["/predict"]["parameters"][0]["example_input"])
 
 
 def test_model_card_tab_carries_its_plots_inline(server):
@@ -204,23 +212,24 @@ def test_predict_returns_exactly_the_library_prediction(client, library, files, 
 
 def test_analyze_returns_label_overlay_note_and_details(client, library, files):
     path = files["Malignant"]
-    label, overlay, note, details = client.predict(send(path), api_name="/analyze")
+    label, _, overlay, note, details = client.predict(send(path), api_name="/analyze")
     expected = library.analyze(path)
 
-    assert details["label"] == expected.label
+    assert not expected.out_of_distribution
+    assert details["label"] == details["verdict"] == expected.label
     assert details["ood_score"] == pytest.approx(expected.ood_score, rel=1e-4, abs=1e-4)
     assert details["out_of_distribution"] is expected.out_of_distribution
     assert details["probabilities"] == pytest.approx(expected.probabilities, abs=1e-5)
     assert_same_prediction(label, expected.as_dict())
-    if expected.out_of_distribution:
-        assert NOTICE in note and expected.ood_reason in note
-    else:
-        assert f"**{expected.label}**" in note and "Out-of-distribution score" in note
+    assert f"**{expected.label}**" in note
+    assert f"Out-of-distribution score {expected.ood_score:.2f} (flagged above {library.ood_threshold:.2f})" in note
+
+    from demo.rendering import legend_height
 
     assert Path(overlay).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(overlay) as image, Image.open(path) as original:
         assert image.format == "PNG"
-        assert image.size == (2 * original.width + 8, original.height)
+        assert image.size == (2 * original.width + 8, original.height + legend_height(original.width))
 
 
 def test_batch_gives_one_row_per_file_and_an_error_row_for_a_non_image(client, library, files):
@@ -235,8 +244,11 @@ def test_batch_gives_one_row_per_file_and_an_error_row_for_a_non_image(client, l
             assert "not an image" in row[-1]
             continue
         expected = library.predict(path)
-        assert row[1] == (NOTICE if expected["out_of_distribution"] else expected["label"])
-        assert row[2:5] == pytest.approx([expected["probabilities"][label] for label in LABELS], abs=1e-4)
+        assert row[1] == expected["verdict"]
+        if expected["out_of_distribution"]:  # a person's table shows no probability for a refused input
+            assert row[2:5] == [None, None, None]
+        else:
+            assert row[2:5] == pytest.approx([expected["probabilities"][label] for label in LABELS], abs=1e-4)
 
 
 # --- refusals ---------------------------------------------------------------------------------
@@ -266,8 +278,11 @@ def test_16_bit_png_and_dicom_are_classified(client, library, files, name):
     assert_same_prediction(client.predict(send(path), api_name="/predict"), library.predict(path))
     *_, details = client.predict(send(path), api_name="/analyze")
     expected = library.analyze(path)
-    assert details["label"] == expected.label
-    assert details["probabilities"] == pytest.approx(expected.probabilities, abs=1e-5)
+    assert details["label"] == expected.as_dict()["label"] and details["verdict"] == expected.verdict
+    if expected.out_of_distribution:  # every DICOM file, with this package
+        assert "probabilities" not in details
+    else:
+        assert details["probabilities"] == pytest.approx(expected.probabilities, abs=1e-5)
 
 
 # --- load ---------------------------------------------------------------------------------------
@@ -336,7 +351,7 @@ def test_concurrent_requests_with_the_same_file_all_succeed(server, downloads, l
 
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(one_client, range(8)))
-    for predicted, (_, _, _, details) in answers:
+    for predicted, (*_, details) in answers:
         assert_same_prediction(predicted, expected)
         assert details["label"] == expected["label"]
 
@@ -350,9 +365,9 @@ def page_config(server: AppServer) -> dict:
 
 
 def examples_offered(server: AppServer) -> list[str]:
-    """The file names of the examples the page offers."""
-    return [sample[0] for component in page_config(server)["components"]
-            if component.get("type") == "dataset" for sample in component["props"]["samples"]]
+    """The file names of the examples the page offers (the thumbnails' gallery)."""
+    return [Path(item["image"]["path"]).name for component in page_config(server)["components"]
+            if component.get("props", {}).get("elem_id") == "examples" for item in component["props"]["value"]]
 
 
 def test_page_offers_one_example_per_class_with_the_dataset_attribution(server):
@@ -381,17 +396,19 @@ def test_page_and_answers_show_no_server_path(client, server, tiny_package, file
 def test_large_slice_overlay_is_at_most_1024_pixels_per_picture(client, tmp_path):
     path = tmp_path / "large-slice.png"
     synthetic_slice("Malignant", 4).resize((3000, 1500)).save(path)
-    _, overlay, _, _ = client.predict(send(path), api_name="/analyze")
+    _, _, overlay, _, _ = client.predict(send(path), api_name="/analyze")
+    from demo.rendering import legend_height
+
     with Image.open(overlay) as image:
         assert image.mode == "RGB"
-        assert image.size == (2 * 1024 + 8, 512)
+        assert image.size == (2 * 1024 + 8, 512 + legend_height(1024))
 
 
 # --- /batch limits ------------------------------------------------------------------------------
 
 
 def test_batch_refuses_more_files_than_its_limit(client, files):
-    from app import MAX_BATCH_FILES
+    from demo.handlers import MAX_BATCH_FILES
 
     with pytest.raises(AppError) as refused:
         client.predict([send(files["Normal"])] * (MAX_BATCH_FILES + 1), api_name="/batch")
@@ -400,7 +417,7 @@ def test_batch_refuses_more_files_than_its_limit(client, files):
 
 
 def test_batch_classifies_up_to_its_pixel_limit_and_says_so_for_the_rest(client, tmp_path):
-    from app import MAX_BATCH_PIXELS
+    from demo.handlers import MAX_BATCH_PIXELS
 
     side = 1000  # under the display size, so decoded as it is
     count = MAX_BATCH_PIXELS // side**2
@@ -415,7 +432,7 @@ def test_batch_classifies_up_to_its_pixel_limit_and_says_so_for_the_rest(client,
     assert "another batch" in rows[count][-1]
 
 
-# --- uploads: deleted as their request ends, nothing else ever ------------------------------------
+# --- uploads: kept while their client's session lasts, deleted when it ends, nothing else ever ---------
 
 
 def files_holding(root: Path, data: bytes) -> list[Path]:
@@ -441,7 +458,15 @@ def call_naming_a_server_path(server: AppServer, endpoint: str, path: str) -> tu
     return events[-1], data[-1]
 
 
-def test_each_upload_is_deleted_when_its_request_ends(client, server, tmp_path):
+def gone(root: Path, data: bytes, within: float = 15.0) -> bool:
+    """True once no file under root holds these bytes (polled: a session's end is noticed at its heartbeat)."""
+    deadline = time.monotonic() + within
+    while files_holding(root, data) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return files_holding(root, data) == []
+
+
+def test_each_upload_is_kept_for_its_client_and_deleted_when_the_client_closes(server, downloads, tmp_path):
     # Bytes no other test sends: an upload of the same bytes elsewhere would rightly keep the file.
     paths = {name: tmp_path / f"own-{name}.png" for name in ("predict", "analyze", "batch-1")}
     for index, path in enumerate(paths.values()):
@@ -451,14 +476,16 @@ def test_each_upload_is_deleted_when_its_request_ends(client, server, tmp_path):
     paths["batch-2"] = tmp_path / "own-truncated.jpg"
     paths["batch-2"].write_bytes(truncated_jpeg()[:-100])
     root = server.upload_root
+    client = new_client(server, downloads)
     for endpoint in ("predict", "analyze"):
         client.predict(send(paths[endpoint]), api_name=f"/{endpoint}")
-        assert files_holding(root, paths[endpoint].read_bytes()) == [], endpoint
+        assert files_holding(root, paths[endpoint].read_bytes()), f"{endpoint}: gone while its client is open"
     with pytest.raises(AppError):
         client.predict(send(paths["bad"]), api_name="/predict")
     client.predict([send(paths["batch-1"]), send(paths["batch-2"])], api_name="/batch")
-    for name in ("bad", "batch-1", "batch-2"):
-        assert files_holding(root, paths[name].read_bytes()) == [], name
+    client.close()  # the session ends: its uploads go
+    for name, path in paths.items():
+        assert gone(root, path.read_bytes()), name
 
 
 def test_examples_and_outputs_named_by_a_client_are_classified_never_deleted(server, client, library):
@@ -513,7 +540,7 @@ def test_an_identical_upload_waiting_for_its_request_outlives_the_first_request(
     event, data = call_naming_a_server_path(server, "predict", second)
     assert event == "complete", data
     assert_same_prediction(json.loads(data)[0], library.predict(path))
-    assert not Path(second).exists(), "the last request of the two did not delete it"
+    # Each request's session now holds it until that session ends or idles: tests/test_demo.py's janitor tests.
 
 
 def test_a_photo_gets_the_notice_on_every_endpoint(client, library):
@@ -521,12 +548,18 @@ def test_a_photo_gets_the_notice_on_every_endpoint(client, library):
 
     photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
     assert library.predict(photo)["out_of_distribution"]
-    value = client.predict(send(photo), api_name="/predict")
-    assert value["label"] == NOTICE and value["label"] not in LABELS
-    label, _, note, details = client.predict(send(photo), api_name="/analyze")
-    assert label["label"] == NOTICE and details["out_of_distribution"] is True and details["ood_reason"]
+    value = client.predict(send(photo), api_name="/predict")  # for programs: the notice, probabilities kept
+    assert value["label"] == NOTICE and set(confidences(value)) == set(LABELS)
+    label, why, overlay, note, details = client.predict(send(photo), api_name="/analyze")  # the page's
+    assert label["label"] == NOTICE and not label.get("confidences")  # no class bar
+    assert overlay is None and "not meaningful" in why and "not meaningful" in note
+    # details name no class: no label, no probabilities (a refused input has no finding)
+    assert details["label"] is None and details["verdict"] == NOTICE and "probabilities" not in details
+    assert not any(name in json.dumps(details) for name in LABELS)
+    assert details["out_of_distribution"] is True and details["ood_reason"]
+    assert details["ood_threshold"] == pytest.approx(library.ood_threshold)
     [row] = client.predict([send(photo)], api_name="/batch")["data"]
-    assert row[1] == NOTICE and row[-1] == details["ood_reason"]
+    assert row[1] == NOTICE and row[2:5] == [None, None, None] and row[-1] == details["ood_reason"]
 
 
 def test_the_label_is_the_decision_rule_even_where_another_class_is_more_probable(client, tmp_path):
@@ -539,4 +572,14 @@ def test_the_label_is_the_decision_rule_even_where_another_class_is_more_probabl
     value = texts.label_value(result)
     assert value.label == "Malignant"
     assert [c.label for c in value.confidences] == ["Normal", "Malignant", "Benign"]
-    assert "The most probable class is Normal (60%)" in texts.note(result)
+    why = texts.why(result, {})
+    assert "decision rule, not the top bar" in why and "more probable Normal" in why
+    assert texts.why(Analysis(label="Normal", probabilities={"Normal": 0.6, "Benign": 0.1, "Malignant": 0.3},
+                              ood_score=1.0, out_of_distribution=False), {}).startswith(
+        "**Normal** means no cancer finding")
+
+
+def test_empty_calls_get_a_friendly_error(client):
+    for endpoint, empty in (("/predict", None), ("/analyze", None), ("/batch", [])):
+        with pytest.raises(AppError, match="No files? received"):
+            client.predict(empty, api_name=endpoint)

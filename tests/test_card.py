@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import re
 
+import jinja2
+import jinja2.meta
 import numpy as np
 import pytest
 import yaml
+from huggingface_hub import EvalResult, ModelCard
 from PIL import Image
 
 from lung_classifier import package
@@ -40,45 +43,66 @@ def metrics(tiny_package) -> dict:
     return json.loads((tiny_package / "metrics.json").read_text())
 
 
-# --- render ------------------------------------------------------------------------------------------
+# --- building the card ---------------------------------------------------------------------------------
+
+CONFIG = {"name": "m", "labels": ["Normal", "Benign", "Malignant"]}
+MEANS = {"accuracy": 0.876543, "macro_f1": 0.5, "recall_Normal": 1.0, "recall_Benign": 0.25,
+         "recall_Malignant": 0.123456}
+SUMMARY = {name: {"mean": value, "low": 0.0, "high": 1.0} for name, value in MEANS.items()}
 
 
-def test_render_fills_every_placeholder():
-    assert card.render("a {{ x }} b {{ y }} {{ x }}", {"x": 1, "y": "two", "unused": 3}) == "a 1 b two 1"
+def test_build_fills_every_variable_from_the_values_and_the_card_data(tmp_path):
+    template = tmp_path / "template.md"
+    template.write_text("---\n{{ card_data }}\n---\n\n# {{ name }}: a {{ x }} b {{ y }} {{ x }}, {{ license }}\n")
+    built = card.build(card.card_data(CONFIG, SUMMARY), {"name": "m", "x": 1, "y": "two", "unused": 3}, template)
+    assert built.text == "\n# m: a 1 b two 1, cc-by-4.0\n"  # the template's final newline kept
+    assert built.data.license == "cc-by-4.0"
 
 
-def test_render_refuses_a_missing_value_naming_it():
+def test_a_variable_without_a_value_is_an_error_not_a_blank(tmp_path):
+    template = tmp_path / "template.md"
+    template.write_text("---\n{{ card_data }}\n---\n{{ a }} {{ c }} {{ b }}\n")
     with pytest.raises(KeyError, match="model card values missing: b, c"):
-        card.render("{{ a }} {{ c }} {{ b }}", {"a": 1})
+        card.build(card.card_data(CONFIG, SUMMARY), {"a": 1}, template)
 
 
-def test_render_does_not_expand_placeholders_inside_values():
-    assert card.render("{{ a }}", {"a": "{{ b }}"}) == "{{ b }}"
+def test_values_are_inserted_as_text_not_rendered_again(tmp_path):
+    template = tmp_path / "template.md"
+    template.write_text("---\n{{ card_data }}\n---\n{{ a }}\n")
+    assert card.build(card.card_data(CONFIG, SUMMARY), {"a": "{{ b }} {% if x %}"}, template).text == \
+        "{{ b }} {% if x %}\n"
 
 
-def test_template_placeholders_are_all_supplied_by_training(readme):
-    # Everything named in the template was filled (render would have raised otherwise).
-    assert card.PLACEHOLDER.findall(card.TEMPLATE.read_text())
-    assert "{{" not in readme and "}}" not in readme
+def test_the_template_is_jinja_with_the_card_data_as_front_matter_and_training_fills_it(readme):
+    text = card.TEMPLATE.read_text()
+    assert text.startswith("---\n{{ card_data }}\n---\n")
+    assert len(jinja2.meta.find_undeclared_variables(jinja2.Environment().parse(text))) > 30
+    # Everything the template names was filled (build would have raised otherwise).
+    assert "{{" not in readme and "}}" not in readme and "{%" not in readme
 
 
-def test_metadata_is_yaml_with_the_measured_results():
-    config = {"name": "m", "labels": ["Normal", "Benign", "Malignant"]}
-    means = {"accuracy": 0.876543, "macro_f1": 0.5, "recall_Normal": 1.0, "recall_Benign": 0.25,
-             "recall_Malignant": 0.123456}
-    summary = {name: {"mean": value, "low": 0.0, "high": 1.0} for name, value in means.items()}
-    parsed = yaml.safe_load(card.metadata(config, summary))
-    metrics = parsed["model-index"][0]["results"][0]["metrics"]
+def test_the_model_index_is_generated_by_huggingface_hub_from_the_measured_results():
+    data = card.card_data(CONFIG, SUMMARY)
+    assert all(isinstance(result, EvalResult) for result in data.eval_results)
+    parsed = yaml.safe_load(data.to_yaml())
+    (entry,) = parsed["model-index"]
+    assert entry["name"] == "m"
+    metrics = entry["results"][0]["metrics"]
     assert {m["name"]: m["value"] for m in metrics} == {
         "accuracy": 0.8765, "macro F1": 0.5, "Normal recall": 1.0, "Benign recall": 0.25, "Malignant recall": 0.1235}
-    assert parsed["model-index"][0]["name"] == "m"
+    assert "eval_results" not in parsed and "model_name" not in parsed
+    # What the Hub reads back from the card is what was measured.
+    again = ModelCard(f"---\n{data.to_yaml()}\n---\n").data
+    assert again.model_name == "m" and again.eval_results == data.eval_results
 
 
 def test_write_card_uses_the_given_template(tmp_path):
     template = tmp_path / "template.md"
-    template.write_text("# {{ name }}\n")
-    card.write_card(tmp_path, {"name": "x"}, template)
-    assert (tmp_path / "README.md").read_text() == "# x\n"
+    template.write_text("---\n{{ card_data }}\n---\n# {{ name }}\n")
+    card.write_card(tmp_path, card.card_data(CONFIG, SUMMARY), {"name": "x"}, template)
+    text = (tmp_path / "README.md").read_text()
+    assert text.endswith("\n---\n# x\n")
+    assert front_matter(text)["model-index"][0]["name"] == "m"
 
 
 # --- the card training wrote for the tiny package -----------------------------------------------------
@@ -126,6 +150,9 @@ def test_card_text(tiny_package, readme, config, metrics):
     assert "| random contiguous regions inside the body (3 per slice) |" in readme
     assert "| photographs (matplotlib's sample images) | 3 |" in readme
     assert "| Benign recall >= 0.7 |" in readme
+    # The whole-scan rule's numbers as the package stores them.
+    assert f"more than {config['scan']['max_flagged_fraction']:.0%} of its slices flagged out of\ndistribution" \
+        in readme
     # Reproduction command and usage hint.
     assert "python -m training --data" in readme and "--input-size 64" in readme
     assert 'from_pretrained("OWNER/NAME")' in readme  # no --push-to-hub: a placeholder repo id

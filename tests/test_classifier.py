@@ -14,6 +14,7 @@ from PIL import Image
 from conftest import synthetic_slice
 from lung_classifier import Analysis, ImageError, LungClassifier, PackageError
 from lung_classifier.classifier import resolve_source
+from lung_classifier.verdict import OOD_NOTICE, labels_meaning, shown_label
 
 LABELS = ("Normal", "Benign", "Malignant")
 
@@ -46,8 +47,10 @@ def test_from_pretrained_local_directory(tiny_package, classifier):
 
 def test_predict_is_a_distribution_over_the_labels_in_order(classifier, slice_file):
     result = classifier.predict(slice_file)
-    assert set(result) == {"label", "probabilities", "ood_score", "out_of_distribution", "ood_reason"}
-    assert result["label"] in LABELS and isinstance(result["out_of_distribution"], bool)
+    assert set(result) == {"label", "verdict", "probabilities", "ood_score", "ood_threshold", "out_of_distribution",
+                           "ood_reason"}
+    assert result["label"] in LABELS and result["verdict"] == result["label"] and not result["out_of_distribution"]
+    assert result["ood_threshold"] == classifier.ood_threshold
     probabilities = result["probabilities"]
     assert list(probabilities) == list(LABELS)
     assert all(isinstance(p, float) and 0.0 <= p <= 1.0 for p in probabilities.values())
@@ -76,7 +79,11 @@ def test_a_photo_is_flagged_on_predict_and_predict_batch(classifier):
     import matplotlib
 
     photo = f"{matplotlib.get_data_path()}/sample_data/grace_hopper.jpg"
-    assert classifier.predict(photo)["out_of_distribution"] is True
+    record = classifier.predict(photo)
+    assert record["out_of_distribution"] is True
+    # One rule for a refused input: no label beside the flag, the notice as verdict, probabilities for machines.
+    assert record["label"] is None and record["verdict"] == OOD_NOTICE and set(record["probabilities"]) == set(LABELS)
+    assert record["ood_score"] > record["ood_threshold"] == classifier.ood_threshold
     assert [r["out_of_distribution"] for r in classifier.predict_batch([photo, photo])] == [True, True]
 
 
@@ -291,3 +298,11 @@ def test_dicom_input_is_never_diagnosed_and_reformats_say_why(classifier, tmp_pa
     window = classifier.config["rendering"]["dicom_window"]
     np.testing.assert_array_equal(classifier.read(path).rgb,
                                   load_rgb(path, dicom_window=(window["centre"], window["width"])))
+
+
+def test_labels_read_with_their_meaning_from_the_package_or_the_default():
+    assert shown_label("Normal", labels_meaning({})) == "Normal (no cancer finding)"
+    assert shown_label("Malignant", labels_meaning({})) == "Malignant"
+    package = {"labels_meaning": {"Normal": "no cancer seen: healthy or other findings", "Benign": "a benign nodule"}}
+    assert shown_label("Normal", labels_meaning(package)) == "Normal (no cancer seen)"
+    assert shown_label("Benign", labels_meaning(package)) == "Benign"

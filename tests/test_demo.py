@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import secrets
 import tracemalloc
+from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import numpy as np
+import pytest
 from gradio.route_utils import delete_files_created_by_app
 
 from demo import rendering, texts
@@ -26,7 +29,7 @@ def test_overlay_of_a_large_slice_is_uint8_at_display_size_without_a_full_size_f
     finally:
         tracemalloc.stop()
     assert picture.dtype == np.uint8
-    assert picture.shape == (768, 2 * 1024 + rendering.GAP, 3)
+    assert picture.shape == (768 + rendering.legend_height(1024), 2 * 1024 + rendering.GAP, 3)
     # One full-size float32 plane is 48 MB; the old float64 colour map was 288 MB.
     assert peak < 24_000_000, f"peak {peak / 1e6:.0f} MB"
     blended = picture[:, 1024 + rendering.GAP:]
@@ -38,8 +41,18 @@ def test_small_slices_are_shown_as_they_are():
     rgb = np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8)
     assert rendering.preview(rgb) is rgb
     picture = rendering.overlay(rgb, np.full((300, 200), 0.5, np.float32))
-    assert picture.shape == (300, 2 * 200 + rendering.GAP, 3)
-    np.testing.assert_array_equal(picture[:, :200], rgb)
+    assert picture.shape == (300 + rendering.legend_height(200), 2 * 200 + rendering.GAP, 3)
+    np.testing.assert_array_equal(picture[:300, :200], rgb)
+
+
+def test_the_heatmap_carries_its_colour_key_under_it():
+    picture = rendering.overlay(np.zeros((300, 200, 3), np.uint8), np.full((300, 200), 0.5, np.float32))
+    key = picture[300 + 4 + 2, 200 + rendering.GAP:]  # a row through the colour bar
+    assert tuple(key[0]) == tuple(rendering.JET[0]) and tuple(key[-1]) == tuple(rendering.JET[255])
+    assert (picture[300:, :200] == 255).all()  # nothing under the slice itself
+    text = picture[300 + 4 + rendering.legend_height(200) // 2:, 200 + rendering.GAP:]
+    assert (text < 128).any()  # "low ... influence on the label ... high", in black
+
     assert (picture[:, 200:200 + rendering.GAP] == 255).all()
 
 
@@ -86,9 +99,7 @@ def test_janitor_forgets_uploads_that_gradios_cache_cleaner_deleted(tmp_path):
     janitor = UploadJanitor(blocks)
     abandoned = _uploaded_file(tmp_path, "abandoned.png", "same-hash")
     blocks.upload_file_set.update([abandoned])  # uploaded, never classified
-    with janitor.using([abandoned], take=False):  # the page's preview only looks
-        pass
-    assert os.path.isfile(abandoned)
+    assert os.path.isfile(abandoned)  # waiting for a request that never comes
     delete_files_created_by_app(blocks, age=None)  # Gradio's cache cleaner
     assert not os.path.exists(abandoned) and abandoned not in blocks.upload_file_set
     # The same bytes uploaded again (the same path) go right after their request: no stale count keeps them.
@@ -98,3 +109,118 @@ def test_janitor_forgets_uploads_that_gradios_cache_cleaner_deleted(tmp_path):
     with janitor.using([again]):
         pass
     assert not os.path.exists(again)
+
+
+# --- uploads held by the session that used them ---------------------------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def session(name: str) -> SimpleNamespace:
+    """What the janitor reads of a gr.Request."""
+    return SimpleNamespace(session_hash=name)
+
+
+def upload(blocks: gr.Blocks, root: Path, name: str, folder: str | None = None) -> str:
+    """As Gradio's upload route: the bytes moved into place (os.replace: a new inode), then recorded."""
+    path = root / (folder or secrets.token_hex(8)) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".staging")
+    staging.write_bytes(b"slice")
+    os.replace(staging, path)
+    blocks.upload_file_set.update([str(path)])
+    return str(path)
+
+
+@pytest.fixture
+def janitor_setup(tmp_path):
+    blocks, clock = gr.Blocks(), Clock()
+    return blocks, UploadJanitor(blocks, idle_s=600, clock=clock), clock, tmp_path
+
+
+def test_a_page_classifies_its_upload_twice_and_it_goes_when_the_page_closes(janitor_setup):
+    blocks, janitor, _, root = janitor_setup
+    path = upload(blocks, root, "slice.png")
+    page = session("page")
+    for _ in range(3):  # the preview, then Classify twice
+        with janitor.using([path], page):
+            assert os.path.isfile(path)
+    assert os.path.isfile(path), "deleted while its page is open"
+    janitor.session_ended(page)
+    assert not os.path.exists(path) and len(blocks.upload_file_set) == 0
+
+
+def test_an_upload_unused_for_the_idle_time_goes_with_its_page_still_open(janitor_setup):
+    blocks, janitor, clock, root = janitor_setup
+    path = upload(blocks, root, "slice.png")
+    with janitor.using([path], session("page")):
+        pass
+    clock.now += 599
+    list(blocks.upload_file_set)  # Gradio's cache cleaner walks the record: idle holds lapse there
+    assert os.path.isfile(path)
+    clock.now += 2
+    list(blocks.upload_file_set)
+    assert not os.path.exists(path)
+
+
+def test_gradios_cache_cleaner_never_deletes_a_held_upload(janitor_setup):
+    blocks, janitor, _, root = janitor_setup
+    path = upload(blocks, root, "slice.png")
+    with janitor.using([path], session("page")):
+        pass
+    delete_files_created_by_app(blocks, age=None)  # every file, whatever its age
+    assert os.path.isfile(path)
+
+
+def test_an_identical_upload_waiting_for_its_request_outlives_every_other_session(janitor_setup):
+    blocks, janitor, _, root = janitor_setup
+    first = upload(blocks, root, "slice.png", "same-hash")
+    second = upload(blocks, root, "slice.png", "same-hash")  # another client, same bytes: the same path
+    assert first == second
+    with janitor.using([first], session("a")):
+        pass
+    with janitor.using([first], session("a")):  # client a classifies again: takes no second upload
+        pass
+    janitor.session_ended(session("a"))
+    assert os.path.isfile(second), "deleted while client b's request had not started"
+    with janitor.using([second], session("b")):
+        pass
+    janitor.session_ended(session("b"))
+    assert not os.path.exists(second)
+
+
+def test_a_client_that_uploads_the_same_file_for_each_call_leaves_nothing_when_it_closes(janitor_setup):
+    blocks, janitor, _, root = janitor_setup
+    client = session("gradio_client")
+    for _ in range(3):
+        path = upload(blocks, root, "slice.png", "same-hash")
+        with janitor.using([path], client):
+            pass
+    janitor.session_ended(client)
+    assert not os.path.exists(path)
+
+
+def test_identical_uploads_held_by_two_sessions_go_only_when_neither_holds_them(janitor_setup):
+    """Same bytes and name from two clients are one path: one client's end never deletes the other's file."""
+    blocks, janitor, clock, root = janitor_setup
+    path = upload(blocks, root, "slice.png", "same-hash")
+    with janitor.using([path], session("a")):
+        pass
+    assert upload(blocks, root, "slice.png", "same-hash") == path  # client b, the same bytes
+    with janitor.using([path], session("b")):
+        pass
+    janitor.session_ended(session("a"))
+    assert os.path.isfile(path), "client a's page closed and took client b's upload with it"
+    clock.now += 300
+    with janitor.using([path], session("b")):  # b classifies again
+        pass
+    clock.now += 400  # a's hold would have lapsed by now, b's has not
+    list(blocks.upload_file_set)
+    assert os.path.isfile(path)
+    janitor.session_ended(session("b"))
+    assert not os.path.exists(path) and len(blocks.upload_file_set) == 0

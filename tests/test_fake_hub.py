@@ -263,3 +263,50 @@ def test_server_side_seeding_and_range(fake_hub):
     assert head.headers["X-Repo-Commit"] == sha and head.headers["Content-Length"] == "10"
     missing = httpx2.head(f"{fake_hub.url}/nobody/nothing/resolve/main/a.txt")
     assert missing.status_code == 404 and missing.headers["X-Error-Code"] == "RepoNotFound"
+
+
+def _pushed_to_a_branch_and_a_pull_request(api: HfApi, folder: Path) -> tuple[str, str, object]:
+    """v1 on main, v2 on a new branch "dev", v3 in a pull request; (main sha, dev sha, the PR's CommitInfo)."""
+    api.create_repo(REPO)
+    main = api.upload_folder(folder_path=folder, repo_id=REPO, commit_message="v1").oid
+    api.create_branch(REPO, branch="dev", exist_ok=True)
+    api.create_branch(REPO, branch="dev", exist_ok=True)  # 409 swallowed
+    (folder / "config.json").write_bytes(b'{"v": 2}\n')
+    dev = api.upload_folder(folder_path=folder, repo_id=REPO, revision="dev", commit_message="v2").oid
+    (folder / "config.json").write_bytes(b'{"v": 3}\n')
+    return main, dev, api.upload_folder(folder_path=folder, repo_id=REPO, create_pr=True, commit_message="v3")
+
+
+@pytest.mark.parametrize("xet", [False, True], ids=["create_commit", "pipelined-upload"])
+def test_branch_and_pull_request_uploads(fake_hub, tmp_path, monkeypatch, xet):
+    """Without hf_xet the client commits with ?create_pr=1; with it, it opens the PR itself and commits to its ref."""
+    configure_hf_hub(monkeypatch, fake_hub.url, tmp_path / "home", disable_xet=not xet)
+    folder = tmp_path / "model"
+    _make_folder(folder, big_size=64 * 1024)
+    api = HfApi()
+    main, dev, pr = _pushed_to_a_branch_and_a_pull_request(api, folder)
+    posts = [path for method, path in fake_hub.requests if method == "POST"]
+    opened_by_client = [path for path in posts if path.endswith(f"/{REPO}/discussions")]
+    committed_with_flag = [path for path in posts if "/commit/" in path and "create_pr=1" in path]
+    assert (len(opened_by_client), len(committed_with_flag)) == ((1, 0) if xet else (0, 1))
+
+    assert fake_hub.resolve(REPO) == main  # neither the branch nor the PR touched main
+    assert fake_hub.resolve(REPO, "dev") == dev != main
+    assert [c.title for c in api.list_repo_commits(REPO, revision="dev")] == ["v2", "v1", "initial commit"]
+    assert pr.pr_num == 1 and pr.pr_revision == "refs/pr/1" and pr.pr_url.endswith(f"/{REPO}/discussions/1")
+    assert fake_hub.resolve(REPO, "refs/pr/1") == pr.oid
+    assert api.list_repo_commits(REPO, revision="refs/pr/1")[1].commit_id == main  # the PR starts at main
+    assert Path(hf_hub_download(REPO, "config.json", revision="refs/pr/1")).read_bytes() == b'{"v": 3}\n'
+    assert Path(hf_hub_download(REPO, "config.json", revision="dev")).read_bytes() == b'{"v": 2}\n'
+    refs = api.list_repo_refs(REPO, include_pull_requests=True)
+    assert [(r.ref, r.target_commit) for r in refs.pull_requests] == [("refs/pr/1", pr.oid)]
+    assert sorted(r.name for r in refs.branches) == ["dev", "main"]
+    details = api.get_discussion_details(REPO, 1)
+    assert details.is_pull_request and details.target_branch == "refs/heads/main" and details.git_reference == \
+        "refs/pr/1"
+    # A second PR gets the next number; a missing PR ref is a missing revision.
+    (folder / "config.json").write_bytes(b'{"v": 4}\n')
+    assert api.upload_folder(folder_path=folder, repo_id=REPO, create_pr=True).pr_num == 2
+    with pytest.raises(RevisionNotFoundError):
+        hf_hub_download(REPO, "config.json", revision="refs/pr/9")
+    assert not [p for _, p in fake_hub.requests if "xet" in p]

@@ -18,7 +18,7 @@ from gradio_client import Client, handle_file
 
 from app_server import start_app
 from conftest import REPO, synthetic_slice
-from benchmarks.hostile_corpus import HEAVY, HostileFile, send_corpus, write_corpus
+from benchmarks.hostile_corpus import HEAVY, HostileFile, hostile_zips, send_corpus, write_corpus
 from benchmarks.readings import peak_rss
 from lung_classifier.decoding.images import load_rgb
 from lung_classifier.decoding.limits import MAX_SIDE, MIN_SIDE, ImageError
@@ -26,7 +26,9 @@ from lung_classifier.decoding.limits import MAX_SIDE, MIN_SIDE, ImageError
 PEAK_RSS_LIMIT = 2.5 * 2**30
 KINDS = ["truncated-", "bitflip-", "bomb-", "deflate", "rle", "animated", "cmyk", "palette", "16bit", "exif-",
          "empty", "notes.txt", "page.html", "drawing.svg", "report.pdf", "slices.zip", "no-pixels.dcm",
-         "tag-RescaleSlope-1_2", "tag-RescaleSlope-1e30"]
+         "tag-RescaleSlope-1_2", "tag-RescaleSlope-1e30", "jpeg-progressive", "repeated-scans", "pages", "frames",
+         "rgba-40mp", "header-elements", "one-byte-runs", "valid-jll", "valid-jls", "valid-j2k", "larger-than-header",
+         "no-end-marker", "wrong-bit-depth"]
 
 
 @pytest.fixture(scope="module")
@@ -132,14 +134,14 @@ def test_peak_server_memory_under_16_hostile_clients_stays_under_2_5_gib(
     try:
         sender = subprocess.run(
             [sys.executable, "-m", "benchmarks.hostile_corpus", "--url", server.url,
-             "--dir", str(tmp_path / "corpus"), "--clients", "16"],
+             "--dir", str(tmp_path / "corpus"), "--clients", "16", "--zips"],
             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=1800)
         assert sender.returncode == 0, sender.stderr[-3000:]
         summary = json.loads(sender.stdout.strip().splitlines()[-1])
         peak = peak_rss(server.process.pid)
         assert server.process.poll() is None, f"the server died:\n{server.log()[-3000:]}"
         assert not summary["problems"], "\n".join(summary["problems"][:50])
-        assert summary["requests"] >= 16 * 2 * len(HEAVY)
+        assert summary["requests"] >= 16 * (2 * len(HEAVY) + len(hostile_zips()))
         assert peak < PEAK_RSS_LIMIT, f"peak RSS {peak / 2**30:.2f} GiB (limit {PEAK_RSS_LIMIT / 2**30:.1f} GiB)"
         normal_request_is_answered_correctly(server.url, tmp_path, library)
     finally:

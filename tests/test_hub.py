@@ -60,7 +60,7 @@ def test_parse_repo_id():
 
 
 def test_push_then_load_by_repo_id_rebuilds_from_the_head(hub_env, local, images, own_cache, tiny_standard_backbone):
-    commit = local.push_to_hub(REPO)
+    commit = local.push_to_hub(REPO).oid
     assert SHA.match(commit)
     assert hub_env.fake_hub.resolve(REPO) == commit
     assert set(local.config["files"]) | set(local.config["saved_model_files"]) | {"config.json"} <= set(
@@ -91,7 +91,7 @@ def test_a_trusted_saved_model_is_downloaded_and_loaded_as_it_is(hub_env, local,
 
 
 def test_pinned_revision_fetches_the_first_commit(hub_env, local, tmp_path, tiny_standard_backbone):
-    first = local.push_to_hub(REPO)
+    first = local.push_to_hub(REPO).oid
 
     edited = tmp_path / "edited"
     shutil.copytree(local.directory, edited)
@@ -99,7 +99,7 @@ def test_pinned_revision_fetches_the_first_commit(hub_env, local, tmp_path, tiny
     card.write_text(card.read_text() + "\n## Changelog\n\n- second upload\n")
     config = json.loads((edited / package.CONFIG).read_text())
     package.write_config(edited, config)
-    second = hub.upload(edited, REPO, commit_message="second")
+    second = hub.upload(edited, REPO, commit_message="second").oid
     assert SHA.match(second) and second != first
 
     latest = LungClassifier.from_pretrained(REPO)
@@ -113,7 +113,7 @@ def test_pinned_revision_fetches_the_first_commit(hub_env, local, tmp_path, tiny
 
 
 def test_offline_refetch_uses_the_cache(hub_env, local, images, tiny_standard_backbone):
-    first = local.push_to_hub(REPO)
+    first = local.push_to_hub(REPO).oid
     online = LungClassifier.from_pretrained(REPO)
     expected = predictions(online, images)
 
@@ -249,6 +249,61 @@ def test_a_package_name_that_climbs_out_stays_in_the_cache(hub_env, local, own_c
     remote = LungClassifier.from_pretrained(REPO)
     assert remote.directory.parent == own_cache / "packages" and remote.directory.name.startswith("x-")
     assert [p.name for p in own_cache.iterdir()] == ["packages"]
+
+
+@pytest.fixture
+def edited(local, tmp_path) -> LungClassifier:
+    """The package with one more line in its card (checksums updated): something new to push."""
+    directory = tmp_path / "edited"
+    shutil.copytree(local.directory, directory)
+    card = directory / "README.md"
+    card.write_text(card.read_text() + "\n## Changelog\n\n- second upload\n")
+    package.write_config(directory, json.loads((directory / package.CONFIG).read_text()))
+    return LungClassifier.from_pretrained(directory, trust_saved_model=True)
+
+
+def test_push_to_a_branch_leaves_main_alone(hub_env, local, edited):
+    """branch= as in ModelHubMixin.push_to_hub: created from main when new, committed to, main untouched."""
+    main = local.push_to_hub(REPO).oid
+    pushed = edited.push_to_hub(REPO, branch="candidate", commit_message="candidate head")
+    assert SHA.match(pushed.oid) and pushed.oid != main and pushed.pr_url is None
+    assert hub_env.fake_hub.resolve(REPO) == main
+    assert hub_env.fake_hub.resolve(REPO, "candidate") == pushed.oid
+    assert [c.commit_id for c in hub_env.api().list_repo_commits(REPO, revision="candidate")][:2] == [pushed.oid, main]
+    assert hub_env.fake_hub.get_file(REPO, "README.md", revision="candidate") == \
+        (edited.directory / "README.md").read_bytes() != hub_env.fake_hub.get_file(REPO, "README.md")
+    # The branch exists now: pushing to it again is a commit on it (here an empty one, so none).
+    assert edited.push_to_hub(REPO, branch="candidate").oid == pushed.oid
+    remote = LungClassifier.from_pretrained(REPO, revision="candidate", trust_saved_model=True)
+    assert remote.config == edited.config and remote.origin.endswith(f"{REPO}@candidate")
+
+
+def test_push_as_a_pull_request_then_load_it_by_its_ref(hub_env, local, edited):
+    """create_pr=True opens a pull request against main: main stays, the PR's ref loads."""
+    main = local.push_to_hub(REPO).oid
+    pushed = edited.push_to_hub(REPO, create_pr=True, commit_message="proposed package")
+    assert pushed.pr_num == 1 and pushed.pr_revision == "refs/pr/1" and pushed.pr_url.endswith("/discussions/1")
+    assert hub_env.fake_hub.resolve(REPO) == main
+    assert hub_env.fake_hub.resolve(REPO, "refs/pr/1") == pushed.oid
+    assert hub_env.api().get_discussion_details(REPO, 1).title == "proposed package"
+    remote = LungClassifier.from_pretrained(REPO, revision=pushed.pr_revision, trust_saved_model=True)
+    assert remote.config == edited.config
+    # branch= also takes a pull request's ref, to add a commit to it (it is not a branch to create).
+    more = local.push_to_hub(REPO, branch=pushed.pr_revision, commit_message="back to the first card")
+    assert hub_env.fake_hub.resolve(REPO, "refs/pr/1") == more.oid != pushed.oid
+    assert [ref.name for ref in hub_env.api().list_repo_refs(REPO).branches] == ["main"]
+
+
+def test_branch_and_create_pr_together_are_refused_before_anything_is_sent(hub_env, local):
+    with pytest.raises(ValueError, match="pass branch='dev' or create_pr=True, not both"):
+        local.push_to_hub(REPO, branch="dev", create_pr=True)
+    assert hub_env.fake_hub.requests == []
+
+
+def test_push_to_a_missing_pull_request_is_a_hub_error_naming_it(hub_env, local):
+    local.push_to_hub(REPO)
+    with pytest.raises(HubError, match=f"uploading to Hub repo '{REPO}@refs/pr/7' failed"):
+        local.push_to_hub(REPO, branch="refs/pr/7")
 
 
 def test_upload_without_a_token_is_a_hub_error(hub_env, local, monkeypatch):

@@ -13,8 +13,8 @@ from PIL import Image, ImageOps
 from conftest import need_shared_data
 from benchmarks.hostile_corpus import (DEFLATED, EXPLICIT_LE, JPEG_BASELINE, _dataset_bytes, _file_meta,
                                        ct_pixels, deflated_dicom, dicom_file, dicom_header, encapsulated, encode,
-                                       rle_dicom, slice_image)
-from lung_classifier.decoding import dicom, images, limits
+                                       many_frames_gif, many_pages_tiff, rle_dicom, slice_image)
+from lung_classifier.decoding import dicom, images, jpeg_layout, limits
 from lung_classifier.decoding.images import load_rgb
 from lung_classifier.decoding.limits import MAX_SIDE, ImageError
 from lung_classifier.decoding.rendering import DICOM_WINDOW
@@ -70,6 +70,79 @@ def test_formats_outside_the_allow_list_are_refused(format):
         load_rgb(data)
 
 
+def test_16_bit_png_over_max_side_is_downscaled_not_refused():
+    """Pillow cannot LANCZOS-resize I;16 ("image has wrong mode"): it goes through mode I."""
+    ramp = np.tile(np.linspace(0, 65535, 2048).astype(np.uint16), (2048, 1))
+    rgb = load_rgb(encode(Image.fromarray(ramp), "PNG"))
+    assert rgb.shape == (MAX_SIDE, MAX_SIDE, 3)
+    assert abs(int(rgb[0, 0, 0]) - 0) <= 1 and abs(int(rgb[0, -1, 0]) - 255) <= 1
+    assert np.all(np.diff(rgb[MAX_SIDE // 2, 8:-8, 0].astype(int)) >= 0)  # still a ramp
+
+
+def progressive_jpeg(size=(640, 480), colour=True, **options) -> bytes:
+    from benchmarks.hostile_corpus import texture
+
+    return encode(texture(*size, colour=colour), "JPEG", quality=75, progressive=True, **options)
+
+
+@pytest.mark.parametrize("colour, subsampling, scans", [(False, -1, 6), (True, 2, 10), (True, 0, 10)])
+def test_jpeg_layout_counts_scans_and_libjpegs_coefficient_buffer_exactly(colour, subsampling, scans):
+    layout = jpeg_layout.read_layout(io.BytesIO(progressive_jpeg(colour=colour, subsampling=subsampling)), "a")
+    assert (layout.width, layout.height, layout.progressive, layout.scans) == (640, 480, True, scans)
+    luma = 80 * 60 * 64 * 2  # 8x8 blocks x 64 coefficients x 2 bytes
+    chroma = luma if subsampling == 0 else luma // 4
+    assert layout.coefficient_bytes() == (luma + 2 * chroma if colour else luma)
+    baseline = jpeg_layout.read_layout(io.BytesIO(encode(Image.new("RGB", (640, 480)), "JPEG")), "a")
+    assert (baseline.scans, baseline.coefficient_bytes()) == (1, 0)
+
+
+def test_a_thumbnail_inside_app1_is_not_counted():
+    body = b"Exif\0\0" + progressive_jpeg((160, 120))
+    main = encode(Image.new("RGB", (640, 480)), "JPEG")
+    data = main[:2] + b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body + main[2:]
+    layout = jpeg_layout.read_layout(io.BytesIO(data), "a")
+    assert (layout.width, layout.scans) == (640, 1)
+
+
+def test_repeated_scans_are_refused_before_libjpeg_sees_them(monkeypatch):
+    from benchmarks.hostile_corpus import repeated_scans
+
+    base = progressive_jpeg(colour=False)  # 6 scans
+    assert load_rgb(repeated_scans(base, jpeg_layout.MAX_SCANS - 6)).shape == (480, 640, 3)
+    monkeypatch.setattr(Image, "open", lambda *args, **kwargs: pytest.fail("PIL opened it"))
+    with pytest.raises(ImageError, match="more than 64 scans"):
+        load_rgb(repeated_scans(base, jpeg_layout.MAX_SCANS - 5))
+
+
+@pytest.mark.parametrize("marker", [0xC3, 0xC9, 0xCB, 0xCF])
+def test_arithmetic_lossless_and_hierarchical_jpeg_frames_are_refused(marker):
+    data = bytearray(encode(Image.new("RGB", (64, 64)), "JPEG"))
+    data[data.index(b"\xff\xc0") + 1] = marker
+    with pytest.raises(ImageError, match=f"SOF{marker - 0xC0}"):
+        load_rgb(bytes(data))
+
+
+def test_a_progressive_jpeg_reserves_its_coefficient_buffer(monkeypatch):
+    reserved = []
+    reserve = limits.BUDGET.reserve
+    monkeypatch.setattr(limits.BUDGET, "reserve", lambda n, name: reserved.append(n) or reserve(n, name))
+    data = progressive_jpeg((4000, 3000), subsampling=0)
+    load_rgb(data)
+    assert reserved[-1] >= 3 * 500 * 375 * 128  # three full-size components, whatever draft() does
+
+
+@pytest.mark.parametrize("make", [lambda: many_pages_tiff(20_000), lambda: many_frames_gif(1_000_000)],
+                         ids=["tiff-20000-pages", "gif-1m-frames"])
+def test_many_pages_or_frames_are_refused_without_walking_them(make):
+    import resource
+
+    data = make()
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_utime
+    with pytest.raises(ImageError, match="animated image or has several pages"):
+        load_rgb(data)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_utime - start < 0.3
+
+
 # --- DICOM ------------------------------------------------------------------------------------------
 
 
@@ -115,7 +188,9 @@ def test_signed_12_bit_pixels_are_sign_extended():
     (lambda: dicom_file(ct_pixels(64), NumberOfFrames="2"), "2 frames"),
     (lambda: dicom_file(ct_pixels(64), PhotometricInterpretation="PALETTE COLOR"), "greyscale"),
     (lambda: _file_meta(EXPLICIT_LE) + _dataset_bytes(dicom_header(8000, 8000), False), "too large"),
-], ids=["deflated", "jpeg", "multi-valued-slope", "nan-slope", "huge-intercept", "frames", "palette", "8000x8000"])
+    (lambda: rle_dicom(rows=2048, columns=2048, segments=[b"\x00\x07" * 2**22] * 2), "more than 1,048,576 runs"),
+], ids=["deflated", "jpeg", "multi-valued-slope", "nan-slope", "huge-intercept", "frames", "palette", "8000x8000",
+        "rle-runs"])
 def test_dicom_refusals_name_the_reason(make, message):
     with pytest.raises(ImageError, match=message):
         load_rgb(make())
@@ -183,53 +258,77 @@ def test_budget_never_lets_reservations_add_up_past_it():
             pass
 
 
-def test_the_largest_common_images_fit_the_budget():
-    """40 MP grey, RGBA or palette PNGs and 40 MP 16-bit uncompressed DICOMs are decoded, not refused for memory."""
-    side = int(limits.MAX_PIXELS ** 0.5)
-    for mode in ("L", "RGB", "RGBA", "P", "I;16"):
-        pil = Image.new(mode, (1, 1))
-        pil._size = (side, side)  # the estimate reads the declared size only
-        pil.format = "PNG"
-        assert images._pil_bytes(pil) <= limits.DECODE_BUDGET_BYTES, mode
-    geometry = dicom._Geometry(side, side, 16, 12, True, False, 1.0, 0.0)
-    assert dicom._dicom_bytes(geometry, "1.2.840.10008.1.2.1", 2 * side * side) <= limits.DECODE_BUDGET_BYTES
+FIT_AT_40_MP = {("PNG", "L"), ("PNG", "RGB"), ("BMP", "RGB"), ("TIFF", "L"), ("TIFF", "RGB"), ("TIFF", "1"),
+                ("JPEG", "L"), ("JPEG", "RGB"), ("JPEG", "CMYK")}
+"""The 40 MP kinds that fit the decode budget (README, Input limits); progressive JPEG only up to 4:2:0."""
+REFUSED_AT_40_MP = {("PNG", "LA"), ("PNG", "RGBA"), ("PNG", "P"), ("PNG", "I;16"), ("GIF", "P"), ("WEBP", "RGB"),
+                    ("TIFF", "CMYK"), ("TIFF", "RGBA")}
 
 
-MEASURE_PEAK = """
-import sys
-import numpy as np
-from benchmarks.readings import peak_rss, reset_peak_rss, rss_bytes
-from lung_classifier.decoding import limits
-from lung_classifier.decoding.images import load_rgb
-small, large = sys.argv[1], sys.argv[2]
-load_rgb(small)  # the same kind of file, small: imports and decoder set-up are not counted
-reserved = []
-original = limits.BUDGET.reserve
-limits.BUDGET.reserve = lambda nbytes, name: reserved.append(nbytes) or original(nbytes, name)
-reset_peak_rss()
-before = rss_bytes()
-load_rgb(large)
-print(peak_rss() - before, max(reserved))
-"""
+def test_which_40_mp_kinds_fit_the_budget():
+    """What the README says about 40 MP files, from the same reservations the decoder makes."""
+    width, height = 6000, 6600  # 39.6 MP
+    target = limits.target_size(width, height, "x")
+    for kind in FIT_AT_40_MP | REFUSED_AT_40_MP:
+        size = (width, height)
+        if kind[0] == "JPEG":  # decoded at 1/4 scale (draft), so the reservation is the draft's
+            size = (width // 4, height // 4)
+        fits = images.decode_bytes(*kind, size, target) <= limits.DECODE_BUDGET_BYTES
+        assert fits == (kind in FIT_AT_40_MP), kind
+    progressive = {subsampling: jpeg_layout.JpegLayout(0xC2, width, height, sampling, 10).coefficient_bytes()
+                   for subsampling, sampling in (("4:2:0", ((2, 2), (1, 1), (1, 1))),
+                                                 ("4:4:4", ((1, 1), (1, 1), (1, 1))))}
+    draft = (width // 4, height // 4)
+    assert images.decode_bytes("JPEG", "RGB", draft, target, progressive["4:2:0"]) <= limits.DECODE_BUDGET_BYTES
+    assert images.decode_bytes("JPEG", "RGB", draft, target, progressive["4:4:4"]) > limits.DECODE_BUDGET_BYTES
+    geometry = dicom._Geometry(height, width, 16, 12, True, False, 1.0, 0.0)
+    assert dicom._dicom_bytes(geometry, "1.2.840.10008.1.2.1", 2 * width * height) <= limits.DECODE_BUDGET_BYTES
 
 
-@pytest.mark.parametrize("kind", ["png", "rle", "dicom"])
-def test_estimates_bound_what_a_decode_really_uses(kind, tmp_path):
-    """The budget only bounds memory if each estimate covers the decode's real peak (RSS, fresh process)."""
+def measured_peaks(kinds: dict, folder) -> dict[str, dict]:
+    """benchmarks.decode_peaks on one file per kind: peak RSS and reservation of each decode, in fresh forks."""
+    import json
     import subprocess
     import sys
 
     from conftest import REPO
-    from benchmarks.hostile_corpus import black_png, zero_runs
 
-    make = {"png": lambda side: black_png(side, side),
-            "rle": lambda side: rle_dicom(rows=side, columns=side, segments=[zero_runs(side * side)] * 2),
-            "dicom": lambda side: dicom_file(np.zeros((side, side), np.uint16), BitsStored=12)}[kind]
-    small, large = tmp_path / "small", tmp_path / "large"
-    small.write_bytes(make(64))
-    large.write_bytes(make(5000))
-    done = subprocess.run([sys.executable, "-c", MEASURE_PEAK, str(small), str(large)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    paths = {}
+    for kind, make in kinds.items():
+        paths[kind] = folder / f"{len(paths):02d}"
+        paths[kind].write_bytes(make())
+    done = subprocess.run([sys.executable, "-m", "benchmarks.decode_peaks", *map(str, paths.values())], cwd=REPO,
+                          capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-2000:]
-    peak, estimate = map(int, done.stdout.split())
-    assert 0 < peak <= estimate, f"peak {peak / 2**20:.0f} MiB > estimate {estimate / 2**20:.0f} MiB"
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    return {kind: result for kind, result in zip(paths, results, strict=True)}
+
+
+def over_reservation(results: dict[str, dict]) -> list[str]:
+    return [f"{kind}: peak {r['peak'] / 2**20:.0f} MiB > reserved {r['reserved'] / 2**20:.0f} MiB"
+            for kind, r in results.items() if r["outcome"].startswith("ok") and r["peak"] > r["reserved"]]
+
+
+def test_every_accepted_kind_decodes_within_its_reservation(tmp_path):
+    """The budget only bounds memory if each reservation covers its decode's real peak: one file of every
+    accepted kind (format, mode, encoding), downscaled like a large upload, each measured in a fresh fork."""
+    from benchmarks.hostile_corpus import accepted_kinds
+
+    results = measured_peaks(accepted_kinds(1600, 1400), tmp_path)
+    assert all(r["outcome"].startswith("ok") for r in results.values()), results
+    assert not over_reservation(results), over_reservation(results)
+
+
+@pytest.mark.slow  # about 3 minutes: 33 files of 40 MP (and 2048x2048 compressed DICOM)
+def test_every_accepted_kind_at_40_mp_is_decoded_within_its_reservation_or_refused_before_decoding(tmp_path):
+    """What the README says of 40 MP files, measured: each decodes within its reservation, or the budget refuses
+    it before decoding (REFUSED_AT_40_MP, and progressive 4:4:4 JPEG); RLE of that many runs is refused for CPU."""
+    from benchmarks.hostile_corpus import accepted_kinds
+
+    results = measured_peaks(accepted_kinds(6000, 6600), tmp_path)
+    assert not over_reservation(results), over_reservation(results)
+    refused = {kind: r["outcome"] for kind, r in results.items() if not r["outcome"].startswith("ok")}
+    for_memory = {kind for kind, outcome in refused.items() if "memory limit" in outcome}
+    assert for_memory == {"PNG LA", "PNG RGBA", "PNG P", "PNG I;16", "GIF", "WebP RGB", "WebP RGBA", "TIFF RGBA",
+                          "TIFF CMYK", "TIFF I;16", "JPEG progressive 4:4:4"}, refused
+    assert set(refused) - for_memory == {"DICOM RLE"} and "runs for one segment" in refused["DICOM RLE"], refused

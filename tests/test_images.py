@@ -270,7 +270,7 @@ def animated_gif() -> bytes:
         (lambda: encode(Image.new("L", (1, 1)), "PNG"), "too small"),
         (lambda: encode(Image.new("L", (MIN_SIDE - 1, 100)), "PNG"), "too small"),
         (lambda: np.zeros((1, 1), np.uint8), "too small"),
-        (animated_gif, "animated image with 2 frames"),
+        (animated_gif, "animated image or has several pages"),
         (lambda: png_claiming_size(100_000, 100_000), "too large"),
         (lambda: 42, "unsupported input type int"),
         (lambda: Path("/nonexistent/dir/slice.png"), "no such file"),

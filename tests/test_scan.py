@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import weakref
 import zipfile
@@ -60,11 +61,13 @@ def test_a_folder_scan_gives_slices_in_name_order_and_the_packages_scan_verdict(
 
 def test_as_dict_is_json_ready_and_shows_names_only(classifier, scan_folder):
     record = json.loads(json.dumps(classifier.analyze_scan(scan_folder).as_dict()))
-    assert set(record) == {"verdict", "label", "probabilities", "out_of_distribution", "ood_reason", "top", "slices",
-                           "notes"}
+    assert set(record) == {"verdict", "label", "probabilities", "out_of_distribution", "ood_reason", "top",
+                           "top_numbers", "slices", "notes"}
     assert len(record["slices"]) == len(SCAN)
     row = record["slices"][0]
-    assert set(row) == {"index", "name", "position", "label", "probabilities", "out_of_distribution"}
+    assert set(row) == {"index", "number", "name", "position", "label", "probabilities", "out_of_distribution"}
+    assert [row["number"] for row in record["slices"]] == [row["index"] + 1 for row in record["slices"]]
+    assert record["top_numbers"] == [record["slices"][i]["number"] for i in record["top"]]
     assert row["name"] == "case (1).png" and str(scan_folder) not in json.dumps(record)
 
 
@@ -144,3 +147,21 @@ def test_refusals_reach_the_caller_as_scan_errors(classifier, tmp_path):
         classifier.analyze_scan(tmp_path / "missing")
     with pytest.raises(ValueError, match="at least 1"):
         classifier.analyze_scan(tmp_path, batch_size=0)
+
+
+def test_the_packages_flagged_fraction_decides_when_a_scan_gets_no_verdict(classifier, scan_folder, monkeypatch):
+    """max_flagged_fraction is read from the package's scan block, and the reason quotes that value."""
+    analyze_batch = classifier.analyze_batch
+
+    def three_flagged(images, **kwargs):  # the scan's 10 slices come in one batch: the first three flagged
+        return [dataclasses.replace(a, out_of_distribution=i < 3, ood_reason="made up" if i < 3 else None)
+                for i, a in enumerate(analyze_batch(images, **kwargs))]
+
+    monkeypatch.setattr(classifier, "analyze_batch", three_flagged)
+    assert classifier.config["scan"]["max_flagged_fraction"] == 0.5
+    assert not classifier.analyze_scan(scan_folder).out_of_distribution  # 3 of 10 is not more than half
+    monkeypatch.setattr(classifier, "config", {**classifier.config,
+                                               "scan": {**classifier.config["scan"], "max_flagged_fraction": 0.25}})
+    result = classifier.analyze_scan(scan_folder)
+    assert result.out_of_distribution and result.label is None
+    assert "3 of 10 slices are unlike the training slices (more than 25%)" in result.ood_reason

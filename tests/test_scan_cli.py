@@ -55,11 +55,12 @@ def test_plain_output_and_csv_table(tiny_package, scan_zip, tmp_path, capsys):
     assert lines[:2] == [f"slices: {len(SCAN)}", "verdict: Malignant"]
     assert lines[2].startswith("probabilities: Normal 0.")
     assert lines[3] == "top slices (drove the verdict):"
-    assert sum(line.startswith("  #") for line in lines) == 3
+    top = [line for line in lines if line.startswith("  slice ")]
+    assert len(top) == 3 and all(line.split()[1].isdigit() for line in top)
     assert any(line.startswith("note: skipped 1 file") and "notes.txt" in line for line in lines)
     with open(table, newline="") as stream:
         rows = list(csv.DictReader(stream))
-    assert list(rows[0]) == ["index", "name", "position", "label", "p_Normal", "p_Benign", "p_Malignant",
+    assert list(rows[0]) == ["number", "index", "name", "position", "label", "p_Normal", "p_Benign", "p_Malignant",
                              "out_of_distribution"]
     assert [row["name"] for row in rows] == [f"slice {n}.png" for n in range(1, len(SCAN) + 1)]
     assert all(abs(sum(float(row[f"p_{label}"]) for label in LABELS) - 1) < 1e-4 for row in rows)
@@ -87,6 +88,7 @@ def test_a_flagged_dicom_scan_says_so(tiny_package, tmp_path, capsys):
     assert lines[1] == f"verdict: {OOD_NOTICE}"
     assert lines[2].startswith("flagged: 3 of 3 slices") and lines[3] == "top slices (least like the training slices):"
     assert " at 0.0 mm: " in out_line(lines, "IM0.dcm")
+    assert not any(label in line for line in lines[3:] for label in LABELS)  # no class probability, flagged
 
 
 def out_line(lines: list[str], name: str) -> str:

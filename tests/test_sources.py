@@ -13,7 +13,7 @@ from lung_classifier.decoding.images import Slice
 from lung_classifier.scan.aggregation import ScanRule, withheld_reason
 from lung_classifier.verdict import CANCER_ON_DICOM, NON_AXIAL, UNVALIDATED_DICOM, ood_reason
 from training import cv, data, decision, fit, per_source
-from training.multisource import AS_IS, PACKAGE_RENDERING, SourceData, TrainingSet, read_dicom_hu, render
+from training.multisource import AS_IS, PACKAGE_RENDERING, SourceData, TrainingSet
 from training.sources import Source, SourceError, check_unique, near_duplicate_groups, parse_source
 
 LABELS = ["Normal", "Benign", "Malignant"]
@@ -87,15 +87,12 @@ def test_near_duplicate_groups_join_look_alikes_and_copies_within_a_class_only()
     assert len(set(groups)) == 4
 
 
-def test_dicom_series_are_one_group_each_and_rendered_as_the_library_renders(tmp_path):
+def test_dicom_series_are_one_group_each(tmp_path):
     from pydicom.data import get_testdata_file
 
-    from lung_classifier.decoding.images import load_rgb
     from training.multisource import read_dicom_folders
 
     ct = Path(get_testdata_file("CT_small.dcm"))
-    for window in ((350.0, 900.0), (50.0, 350.0), (600.0, 1200.0)):
-        assert np.array_equal(render(read_dicom_hu(ct), window), load_rgb(ct, dicom_window=window))
     for series in ("normal001", "P001"):
         (tmp_path / series).mkdir()
         for index in range(2):

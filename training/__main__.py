@@ -177,7 +177,7 @@ def train(args: argparse.Namespace, resnet: "keras.Model", digest: str) -> int:
         return status
     if args.push_to_hub:
         from lung_classifier.package import hub
-        print(f"   pushed to {args.push_to_hub} at commit {hub.upload(args.output, args.push_to_hub)}")
+        print(f"   pushed to {args.push_to_hub} at commit {hub.upload(args.output, args.push_to_hub).oid}")
     print(f"Done in {time.perf_counter() - started:.0f} s: {args.output}")
     return 0
 

@@ -1,50 +1,67 @@
-"""The model card: the top-level model_card.md template filled with measured values."""
+"""The model card, built with huggingface_hub: ModelCardData for the YAML front matter, EvalResults of
+the measured means from which the library generates the model-index, and the top-level model_card.md
+as the Jinja template of the body (ModelCard.from_template).
+
+Only training writes cards, so this lives here rather than in the lung_classifier library: the runtime
+never builds one, it ships the README.md training wrote.
+"""
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 from typing import Any
 
+import jinja2
+import jinja2.meta
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
 TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
-PLACEHOLDER = re.compile(r"\{\{ (\w+) \}\}")
+TASK = ("image-classification", "Lung CT slice classification")
+DATASET = ("lung-ct-sources", "IQ-OTH/NCCD, Chest CT-Scan and COVID-CT-MD (grouped repeated cross-validation "
+           "stratified by source x class, mean over folds)")
+DATASETS = ["IQ-OTH/NCCD lung cancer dataset", "Chest CT-Scan images Dataset (Kaggle)", "COVID-CT-MD"]
+TAGS = ["medical-imaging", "lung-cancer", "ct", "resnet50", "tensorflow", "saved-model", "image-classification"]
+DIGITS = 4
+"""The model-index rounds the CV means to this many decimals (the card's tables give the intervals)."""
 
 
-def render(template: str, values: dict[str, Any]) -> str:
-    """Replace every {{ name }}; a placeholder without a value is an error, not a blank."""
-    missing = sorted(set(PLACEHOLDER.findall(template)) - set(values))
+def eval_results(labels: list[str], summary: dict[str, dict[str, float]]) -> list[EvalResult]:
+    """The cross-validated means as huggingface_hub EvalResults: accuracy, macro F1 and each class's recall."""
+    measured = [("accuracy", "accuracy", "accuracy"), ("f1", "macro F1", "macro_f1")]
+    measured += [("recall", f"{label} recall", f"recall_{label}") for label in labels]
+    task_type, task_name = TASK
+    dataset_type, dataset_name = DATASET
+    return [EvalResult(task_type=task_type, task_name=task_name, dataset_type=dataset_type, dataset_name=dataset_name,
+                       metric_type=kind, metric_name=name, metric_value=round(summary[key]["mean"], DIGITS))
+            for kind, name, key in measured]
+
+
+def card_data(config: dict[str, Any], summary: dict[str, dict[str, float]]) -> ModelCardData:
+    """The front matter; huggingface_hub validates the EvalResults and writes them as the model-index.
+
+    No base_model: the frozen backbone is keras.applications.ResNet50's ImageNet weights, which no
+    Hub repo holds (config.json's backbone block names them and their sha256).
+    """
+    return ModelCardData(license="cc-by-4.0", library_name="keras", pipeline_tag="image-classification", tags=TAGS,
+                         datasets=DATASETS, metrics=["accuracy", "f1", "recall"],
+                         model_name=config["name"], eval_results=eval_results(config["labels"], summary))
+
+
+def build(data: ModelCardData, values: dict[str, Any], template: Path = TEMPLATE) -> ModelCard:
+    """The card: the template's front matter is ``{{ card_data }}``, its body is filled from ``values``.
+
+    A variable the template uses without a value is an error, not a blank (Jinja would render it empty).
+    """
+    text = template.read_text(encoding="utf-8")
+    used = jinja2.meta.find_undeclared_variables(jinja2.Environment().parse(text))
+    missing = sorted(used - {"card_data"} - set(data.to_dict()) - set(values))
     if missing:
         raise KeyError(f"model card values missing: {', '.join(missing)}")
-    return PLACEHOLDER.sub(lambda match: str(values[match.group(1)]), template)
+    card = ModelCard.from_template(data, template_str=text, **values)
+    if text.endswith("\n") and not card.text.endswith("\n"):
+        card.text += "\n"  # Jinja drops a template's final newline (from_template cannot ask it to keep it)
+    return card
 
 
-def metadata(config: dict[str, Any], summary: dict[str, dict[str, float]]) -> str:
-    """Hugging Face YAML front matter, with a model-index of the cross-validated means.
-
-    JSON is valid YAML, so each value is written with json.dumps: no YAML library needed.
-    """
-    results = [("accuracy", "accuracy", summary["accuracy"]["mean"]), ("f1", "macro F1", summary["macro_f1"]["mean"])]
-    results += [("recall", f"{label} recall", summary[f"recall_{label}"]["mean"]) for label in config["labels"]]
-    metrics = [{"type": kind, "name": name, "value": round(value, 4)} for kind, name, value in results]
-    entries = {
-        "license": "cc-by-4.0",
-        "library_name": "keras",
-        "pipeline_tag": "image-classification",
-        "tags": ["medical-imaging", "lung-cancer", "ct", "resnet50", "tensorflow", "saved-model", "image-classification"],
-        "datasets": ["IQ-OTH/NCCD lung cancer dataset"],
-        "metrics": ["accuracy", "f1", "recall"],
-        "model-index": [{
-            "name": config["name"],
-            "results": [{
-                "task": {"type": "image-classification", "name": "Lung CT slice classification"},
-                "dataset": {"type": "iq-oth-nccd", "name": "IQ-OTH/NCCD (patient-grouped repeated cross-validation, mean over folds)"},
-                "metrics": metrics,
-            }],
-        }],
-    }
-    return "\n".join(f"{key}: {json.dumps(value)}" for key, value in entries.items())
-
-
-def write_card(directory: Path, values: dict[str, Any], template: Path = TEMPLATE) -> None:
-    (directory / "README.md").write_text(render(template.read_text(), values))
+def write_card(directory: Path, data: ModelCardData, values: dict[str, Any], template: Path = TEMPLATE) -> None:
+    build(data, values, template).save(directory / "README.md")

@@ -162,16 +162,26 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: {args.data} has classes the model does not know: {', '.join(unknown)}", file=sys.stderr)
         return 2
-    results = []
-    for first in range(0, len(dataset.items), 32):
-        results += classifier.analyze_batch([item.path for item in dataset.items[first:first + 32]])
+    results, items, failures = [], [], []
+    for outcome in classifier.analyze_many(dataset.items, read=lambda item: item.path, batch_size=32):
+        if outcome.analysis is None:  # scored without it, and said so
+            failures.append(str(outcome.error))  # names the file
+            continue
+        results.append(outcome.analysis)
+        items.append(outcome.item)
+    if not results:
+        print(f"error: no image of {args.data} could be read:\n" + "\n".join(failures), file=sys.stderr)
+        return 2
     probabilities = np.array([[r.probabilities[label] for label in labels] for r in results])
-    y_true = np.array([labels.index(item.label) for item in dataset.items])
+    y_true = np.array([labels.index(item.label) for item in items])
     metrics = report(probabilities, y_true, labels, predicted=np.array([labels.index(r.label) for r in results]))
     metrics["ood_flag_rate"] = float(np.mean([r.out_of_distribution for r in results]))
     print(f"model: {classifier.origin}\ndata: {args.data}\n")
     print(format_report(metrics, labels))
     print(f"\nflagged out-of-distribution: {metrics['ood_flag_rate']:.1%}")
+    if failures:
+        metrics["unreadable"] = failures
+        print(f"\nnot scored, unreadable ({len(failures)}):\n" + "\n".join(failures))
     if args.json:
         args.json.write_text(json.dumps(metrics, indent=2) + "\n")
     return 0

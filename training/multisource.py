@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
+from lung_classifier.decoding.images import load_rgb
+from lung_classifier.decoding.limits import ImageError
 from lung_classifier.decoding.rendering import DICOM_WINDOW
 from training import data, features
 from training.data import LABELS
@@ -116,36 +118,16 @@ def read_sources(sources: list[Source], progress: bool = True) -> list[SourceDat
     return read
 
 
-def read_dicom_hu(path: Path) -> np.ndarray:
-    """TRAINING-ONLY DICOM READER (pydicom with its pylibjpeg plugins): the slice in HU.
-
-    The library's decoder (lung_classifier.decoding) refuses JPEG Lossless, COVID-CT-MD's
-    encoding, until issue 17 item 1 lands; the rendering below is the library's window
-    mapping (tests/test_sources.py holds it to load_rgb on a DICOM both can read).
-    """
-    import pydicom
-
-    header = pydicom.dcmread(path)
-    slope, intercept = float(getattr(header, "RescaleSlope", 1.0)), float(getattr(header, "RescaleIntercept", 0.0))
-    return header.pixel_array.astype(np.float32) * slope + intercept
-
-
-def render(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """HU -> RGB uint8 through a (centre, width) window, as lung_classifier.decoding.dicom renders."""
-    centre, width = window
-    grey = np.round(np.clip((hu - (centre - width / 2.0)) / width, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return np.repeat(grey[:, :, None], 3, axis=2)
-
-
 def read_dicom_folders(folders: list[Path], labels: dict[Path, str]) -> data.Dataset:
-    """One item per DICOM file (fingerprint at the package window); unreadable files are reported."""
+    """One item per DICOM file, decoded by the library's one decoder (fingerprint at the package window);
+    unreadable files are reported."""
     items, skipped = [], []
     for folder in folders:
         for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
             try:
-                rgb = render(read_dicom_hu(path), DICOM_WINDOW)
-            except Exception as error:  # one damaged file must not end the read
-                skipped.append((path, f"{type(error).__name__}: {error}"))
+                rgb = load_rgb(path, dicom_window=DICOM_WINDOW)
+            except (ImageError, OSError) as error:  # one damaged file must not end the read
+                skipped.append((path, str(error)))
                 print(f"warning: skipped {path}: {error}", file=sys.stderr)
                 continue
             items.append(data.Item(path=path, label=labels[folder], md5=hashlib.md5(path.read_bytes()).hexdigest(),
@@ -174,7 +156,7 @@ def build(read: list[SourceData], extractor: "keras.Model", digest: str, input_s
                 for first in tqdm(range(0, len(items), features.BATCH), file=sys.stderr,
                                   desc=f"{entry.source.name} at {window_name(window)}", unit="batch"):
                     chunk = items[first:first + features.BATCH]
-                    rows.append(derived(prepare_batch([render(read_dicom_hu(item.path), window) for item in chunk],
+                    rows.append(derived(prepare_batch([load_rgb(item.path, dicom_window=window) for item in chunk],
                                                       input_size)))
                 derived.save()
                 renderings.append((window_name(window), np.concatenate(rows)))

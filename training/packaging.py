@@ -24,7 +24,6 @@ from lung_classifier.decoding.rendering import TRAINING_RANGE
 from lung_classifier.model.head import Head
 from lung_classifier.model.network import CAM_CHOICES, SERVED, TAPS, LungModel
 from lung_classifier.model.preprocessing import RESAMPLE
-from lung_classifier.scan.aggregation import MAX_FLAGGED_FRACTION
 from training import (calibration, card, cv, decision, evaluate, faithfulness, fit, guard, per_source, scan_cv,
                       selection)
 from training.cv import Pipeline
@@ -106,7 +105,7 @@ def write(out: Path, model: LungModel, head: Head, record: TrainingRecord) -> in
     summary = record.chosen.summary
     (out / "metrics.json").write_text(json.dumps(metrics(record), indent=2) + "\n")
     config = package_config(record, head)
-    card.write_card(out, card_values(record, config, summary, head))
+    card.write_card(out, card.card_data(config, summary), card_values(record, config, summary, head))
     if not record.args.head_only:
         model.export(out / package.SAVED_MODEL)
     package.write_config(out, config)
@@ -232,7 +231,6 @@ def scan_config(record: TrainingRecord) -> dict[str, Any]:
     """The whole-scan rule (lung_classifier.scan.aggregation.ScanRule.from_config reads it) and its evidence."""
     chosen = record.scan_chosen
     return {**chosen.rule.as_config(), "rule": chosen.rule.describe(),
-            "max_flagged_fraction": MAX_FLAGGED_FRACTION,
             "chosen_for": "scan-level CV over pseudo-patients: no malignant scan called Normal, then the highest "
                           "mean macro-F1",
             "cv": {name: chosen.summary[name] for name in ("accuracy", "macro_f1", "recall_Malignant")},
@@ -340,7 +338,6 @@ def card_values(record: TrainingRecord, config: dict[str, Any], summary: dict[st
     rendering = config["rendering"]
     trades = trade_curves(record)
     return {
-        "metadata": card.metadata(config, summary),
         "name": args.name, "labels": ", ".join(labels), "intended_use": INTENDED_USE,
         "backbone_digest": record.digest, "taps": ", ".join(TAPS),
         "feature_dim": head.kernel.shape[0],
@@ -388,6 +385,7 @@ def card_values(record: TrainingRecord, config: dict[str, Any], summary: dict[st
                                            args.folds, args.repeats, unit="scan"),
         "scan_rule": record.scan_chosen.rule.describe(),
         "scan_confident": f"{record.scan_chosen.rule.confident_malignant:.2f}",
+        "scan_max_flagged": f"{record.scan_chosen.rule.max_flagged_fraction:.0%}",
         "n_scans": len(set(record.training.group[scan_cv.scan_rows(record.training)].tolist())),
         "repo_hint": args.push_to_hub or "OWNER/NAME", "command": record.command, "train_seconds": record.seconds,
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from lung_classifier.scan.aggregation import ScanRule, scan_flagged, withheld_reason
+from lung_classifier.scan.aggregation import ScanRule, withheld_reason
 from lung_classifier.verdict import decide
 from training import cv, fit
 from training.cv import Fold
@@ -207,7 +207,7 @@ def scan_checks(training: TrainingSet, crossfitted: cv.CrossFitted, rule: ScanRu
                 flags = product_flags(training, members, labels, guard_flags[repeat, members], list(dicom_labels))
                 probabilities = crossfitted.probabilities[repeat, members]
                 malignant_unflagged.append(float(np.mean((labels == training.labels.index("Malignant")) & ~flags)))
-                if scan_flagged(flags):
+                if rule.flagged(flags):
                     verdicts.append("no verdict (most slices flagged)")
                     continue
                 decision = rule.decide(probabilities[~flags])

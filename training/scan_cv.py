@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from lung_classifier.scan.aggregation import MALIGNANT, ScanRule, scan_flagged
+from lung_classifier.scan.aggregation import MALIGNANT, ScanRule
 from training import calibration, cv, decision, evaluate
 from training.multisource import TrainingSet
 
@@ -80,7 +80,7 @@ def pool_scans(rule: ScanRule, probabilities: np.ndarray, flagged: np.ndarray, y
         if len(set(y[index].tolist())) != 1:
             raise ValueError(f"pseudo-patient {group} holds slices of several classes: not a scan")
         inside = index[~flagged[index]]
-        scan_flags.append(scan_flagged(flagged[index]))
+        scan_flags.append(rule.flagged(flagged[index]))
         members.append(inside)
         evidence.append(rule.evidence(probabilities[inside]) if len(inside) else np.zeros(probabilities.shape[1]))
         truth.append(int(y[index[0]]))
@@ -95,7 +95,8 @@ def fit_rule(rule: ScanRule, scans: list[Scans], malignant: int) -> ScanRule:
     fitted = calibration.fit(evidence, y)
     offsets = decision.choose_offsets(fitted.probabilities(evidence), y, malignant, decision.MIN_MALIGNANT_RECALL)
     return ScanRule(rule.labels, rule.pool, rule.k, fitted.temperature, fitted.bias, offsets,
-                    confident_threshold([s.top_malignant[(s.y == malignant) & ~s.flagged] for s in scans]))
+                    confident_threshold([s.top_malignant[(s.y == malignant) & ~s.flagged] for s in scans]),
+                    rule.max_flagged_fraction)
 
 
 def confident_threshold(top_malignant: list[np.ndarray]) -> float:

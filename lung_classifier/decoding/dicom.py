@@ -1,10 +1,11 @@
 """A DICOM slice -> greyscale pixels in the package's window, reading only what the header bounds.
 
-Accepted: uncompressed little endian (implicit or explicit VR) and RLE Lossless (decoded
-in :mod:`.rle`, never past the declared size), one greyscale frame of 8 or 16 bits
-(MONOCHROME1/2). Refused: Deflated Explicit VR Little Endian (it inflates the whole
-dataset before any tag can be checked), the JPEG family (JPEG, JPEG-LS, JPEG 2000, HTJ2K:
-the embedded stream declares its own size), big endian and video syntaxes. Of a DICOM
+Accepted: uncompressed little endian (implicit or explicit VR), RLE Lossless (decoded
+in :mod:`.rle`, never past the declared size), and JPEG Lossless, JPEG-LS and JPEG 2000
+(decoded by GDCM after :mod:`.dicom_jpeg` has checked the codestream against the header);
+one greyscale frame of 8 or 16 bits (MONOCHROME1/2). Refused: Deflated Explicit VR Little
+Endian (it inflates the whole dataset before any tag can be checked), lossy baseline and
+extended JPEG (not a CT archive's encoding), HTJ2K, big endian and video syntaxes. Of a DICOM
 file only the pixel geometry, the slice orientation, the rescale slope/intercept and the
 pixel data are read; no other tag (whole-scan ordering reads position, instance number
 and series identity too: :func:`read_dicom_placement`). The header is read by pydicom
@@ -22,16 +23,18 @@ from typing import BinaryIO, Iterator
 import numpy as np
 from PIL import Image
 
-from . import rle
+from . import dicom_jpeg, rle
 from .limits import BUDGET, MIN_SIDE, RESAMPLE, SLACK, ImageError, check_declared, target_size
 
 MAX_DICOM_HEADER_READ = 512 * 2**10
 """Bytes the DICOM header pass may read (skipped elements are seeked over, not read)."""
-_DICOM_HEADER_BYTES = 16 * 2**20
-"""Budget reserved while pydicom parses a header: at most MAX_DICOM_HEADER_READ of nested items."""
+_DICOM_HEADER_BYTES = 64 * 2**20
+"""Budget reserved while pydicom parses a header: it builds about 90 bytes of objects per header byte (measured:
+37 MiB for 0.4 MB of tiny elements in items), and reads at most MAX_DICOM_HEADER_READ."""
 
 _UNCOMPRESSED = {"1.2.840.10008.1.2": True, "1.2.840.10008.1.2.1": False}  # syntax -> implicit VR
 _RLE = "1.2.840.10008.1.2.5"
+_ACCEPTED_TEXT = "uncompressed little endian, RLE Lossless, JPEG Lossless, JPEG-LS or JPEG 2000"
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _PIXEL_DATA = 0x7FE00010
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
@@ -128,6 +131,8 @@ def decode(stream: BinaryIO, size: int, name: str, window: tuple[float, float]) 
         geometry = _Geometry.read(header, name)
     if pixel_element.get("tag") != _PIXEL_DATA:
         raise ImageError(f"{name} is a DICOM file without pixel data (not an image)")
+    if syntax in dicom_jpeg.SYNTAXES:
+        dicom_jpeg.check_size(geometry.frame, syntax, name)
     with BUDGET.reserve(_dicom_bytes(geometry, syntax, size - stream.tell()), name):
         stored = _read_pixels(stream, size, syntax, pixel_element["length"], geometry, name)
         grey = _window(stored, geometry, window)
@@ -154,10 +159,9 @@ def _read_dicom_header(header_stream: _HeaderReader, at_pixel_data, name: str, t
     if not syntax:
         raise ImageError(f"{name} is a DICOM file without a transfer syntax in its file meta "
                          "(damaged or not conformant): export it again or as PNG")
-    if syntax not in _UNCOMPRESSED and syntax != _RLE:
+    if syntax not in _UNCOMPRESSED and syntax != _RLE and syntax not in dicom_jpeg.SYNTAXES:
         raise ImageError(f"{name}: DICOM encoding {UID(syntax).name} ({syntax}) is not accepted (accepted: "
-                         "uncompressed little endian or RLE Lossless): save it uncompressed, e.g. `gdcmconv --raw`, "
-                         "or as PNG")
+                         f"{_ACCEPTED_TEXT}): save it uncompressed, e.g. `gdcmconv --raw`, or as PNG")
     header = read_dataset(header_stream, _UNCOMPRESSED.get(syntax, False), True, stop_when=at_pixel_data,
                           specific_tags=[Tag(keyword) for keyword in tags])
     return syntax, header
@@ -216,6 +220,10 @@ def _numbers(header, keyword: str, count: int, name: str) -> tuple[float, ...] |
 def _dicom_bytes(geometry: "_Geometry", syntax: str, remaining: int) -> int:
     """Upper bound of decoding the pixels: the stored bytes (and RLE input), a masked copy, the grey image."""
     stored = geometry.pixels * geometry.bytes_per_pixel
+    if syntax in dicom_jpeg.SYNTAXES:  # the frame, its encapsulated copy, GDCM's buffers and the decoded copies
+        compressed = min(remaining, dicom_jpeg.compressed_limit(geometry.frame))
+        return 2 * compressed + dicom_jpeg.DECODE_BYTES_PER_PIXEL * geometry.pixels + 2 * stored \
+            + geometry.pixels + SLACK
     if syntax == _RLE:  # the encapsulated frame (at most what the file holds), one decoded segment
         encapsulated = min(remaining, rle.frame_limit(geometry.pixels, geometry.bytes_per_pixel))
         return encapsulated + stored + 2 * geometry.pixels + SLACK
@@ -238,6 +246,10 @@ class _Geometry:
     @property
     def bytes_per_pixel(self) -> int:
         return self.bits_allocated // 8
+
+    @property
+    def frame(self) -> dicom_jpeg.Frame:
+        return dicom_jpeg.Frame(self.rows, self.columns, self.bits_allocated, self.bits_stored, self.signed)
 
     @classmethod
     def read(cls, header, name: str) -> "_Geometry":
@@ -319,9 +331,13 @@ def _read_pixels(stream: BinaryIO, size: int, syntax: str, length: int, geometry
     element = stream.read(8)  # tag and (VR and) length, already known from the header pass
     if not _UNCOMPRESSED.get(syntax, False) and element[4:6] in _LONG_VRS:
         stream.read(4)
-    if syntax == _RLE:
+    if syntax in dicom_jpeg.SYNTAXES or syntax == _RLE:
         if length != 0xFFFFFFFF:
-            raise ImageError(f"{name}: its RLE pixel data is not encapsulated (damaged file)")
+            raise ImageError(f"{name}: its compressed pixel data is not encapsulated (damaged file)")
+    if syntax in dicom_jpeg.SYNTAXES:
+        stored = dicom_jpeg.decode(stream, geometry.frame, syntax, name)
+        return _mask(stored, geometry)
+    if syntax == _RLE:
         native = rle.read_frame(stream, size - stream.tell(), geometry.rows, geometry.columns,
                                 geometry.bytes_per_pixel, name)
     else:
@@ -332,7 +348,11 @@ def _read_pixels(stream: BinaryIO, size: int, syntax: str, length: int, geometry
         if len(native) < expected:
             raise ImageError(f"{name}: its DICOM pixel data is truncated ({len(native):,} of {expected:,} bytes)")
     dtype = np.dtype(f"<{'i' if geometry.signed else 'u'}{geometry.bytes_per_pixel}")
-    stored = np.frombuffer(native, dtype).reshape(geometry.rows, geometry.columns)
+    return _mask(np.frombuffer(native, dtype).reshape(geometry.rows, geometry.columns), geometry)
+
+
+def _mask(stored: np.ndarray, geometry: _Geometry) -> np.ndarray:
+    """Keep BitsStored bits: sign-extend a signed value from its top stored bit, clear an unsigned one's extra bits."""
     unused = geometry.bits_allocated - geometry.bits_stored
     if unused and geometry.signed:  # sign-extend from BitsStored
         stored = (stored << unused) >> unused

@@ -6,7 +6,9 @@ train/serve skew, no lossy re-encoding).
 
 - **Headers first.** A file's declared size and frame count are checked before a single
   pixel is decoded (:mod:`.limits`): more than ``MAX_PIXELS`` pixels or several frames is
-  refused, and the decode reserves its memory from the process budget.
+  refused; a JPEG's markers are walked first (:mod:`.jpeg_layout`: frame type, scan count,
+  coefficient buffer), and the decode reserves an upper bound of its memory
+  (:func:`decode_bytes`) from the process budget.
 - **Accepted formats.** Images: JPEG (and a phone's MPO, first picture), PNG (not
   animated), BMP, TIFF (one page), WebP (not animated) and single-frame GIF; PIL is
   asked to try no other decoder. DICOM: see :mod:`.dicom`.
@@ -26,7 +28,7 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from . import dicom
+from . import dicom, jpeg_layout
 from .limits import BUDGET, MAX_PIXELS, MIN_SIDE, RESAMPLE, SLACK, ImageError, check_declared, target_size
 from .rendering import DICOM_WINDOW
 
@@ -73,6 +75,8 @@ def read_slice(image: ImageInput, *, dicom_window: tuple[float, float] = DICOM_W
 def _decode(image: ImageInput, window: tuple[float, float]) -> Slice:
     """Every input kind -> RGB uint8, at most MAX_SIDE on the long side."""
     if isinstance(image, np.ndarray):
+        if image.size == 0:  # before anything reduces over it (np.max of nothing is a plain ValueError)
+            raise ImageError(f"array of shape {image.shape} holds no pixel: give an H x W (x 1/3/4) image")
         if image.ndim >= 2:
             check_declared(image.shape[1], image.shape[0], "array")
         return Slice(_shrink_rgb(_array_to_rgb(image)))
@@ -110,14 +114,23 @@ def _stream_to_slice(stream: BinaryIO, size: int, name: str, window: tuple[float
 
 def _pil_stream_to_rgb(stream: BinaryIO, name: str) -> np.ndarray:
     try:
+        coefficients = 0
+        if stream.read(2) == b"\xff\xd8":  # JPEG: frame type, scan count and coefficient buffer before libjpeg
+            stream.seek(0)
+            layout = jpeg_layout.read_layout(stream, name)
+            check_declared(layout.width, layout.height, name)
+            coefficients = layout.coefficient_bytes()
+        stream.seek(0)
         with Image.open(stream, formats=PIL_FORMATS) as pil:
-            frames = 1 if pil.format == "MPO" else getattr(pil, "n_frames", 1)  # MPO: a photo plus previews
-            if frames > 1:
-                raise ImageError(f"{name} is an animated image with {frames} frames: upload a single CT slice")
+            # is_animated reads at most the second frame's header; n_frames would walk every frame
+            # (7.5 s of CPU for a TIFF of 20,000 pages, 5.9 s for a GIF of 1,000,000 frames).
+            if pil.format != "MPO" and getattr(pil, "is_animated", False):  # MPO: a photo plus previews
+                raise ImageError(f"{name} is an animated image or has several pages: upload a single CT slice")
             check_declared(pil.width, pil.height, name)
+            target = target_size(pil.width, pil.height, name)
             if pil.format in ("JPEG", "MPO"):
-                pil.draft(pil.mode, target_size(pil.width, pil.height, name))  # libjpeg's 1/2..1/8 scaling
-            with BUDGET.reserve(_pil_bytes(pil), name):
+                pil.draft(pil.mode, target)  # libjpeg's 1/2..1/8 scaling
+            with BUDGET.reserve(decode_bytes(pil.format or "", pil.mode, pil.size, target, coefficients), name):
                 pil.load()
                 return _pil_to_rgb(pil, name)
     except ImageError:
@@ -132,14 +145,57 @@ def _pil_stream_to_rgb(stream: BinaryIO, name: str) -> np.ndarray:
                          "export the slice again") from None
 
 
-def _pil_bytes(pil: Image.Image) -> int:
-    """Upper bound of a decode's memory: PIL's storage at the decoded size, a mode conversion, slack."""
-    native = {"1": 1, "L": 1, "P": 1}.get(pil.mode, 2 if pil.mode.startswith("I;16") else 4)
-    converted = 0 if pil.mode in _DIRECT_MODES or pil.mode.startswith("I;16") else 4
-    libtiff = 4 if pil.format == "TIFF" else 0  # libtiff may decode through a full-size RGBA buffer
-    return pil.width * pil.height * (native + converted + libtiff) + SLACK
+def decode_bytes(format: str, mode: str, size: tuple[int, int], target: tuple[int, int],
+                 coefficients: int = 0) -> int:
+    """Upper bound of one PIL decode, from the decoded size (after draft) to the RGB result, term by term.
+
+    Measured per kind against the peak (tests/test_image_limits.py); Pillow 12's resize and
+    reduce read where a term was not obvious:
+      native       PIL's storage: 1 B/px (modes 1, L, P), 2 (I;16), 4 (every other mode)
+      decoder      WebP: its animation decoder holds the frame as bytes and a canvas, 12 B/px;
+                   JPEG: libjpeg's coefficient buffer when progressive or multi-scan (jpeg_layout)
+      convert      P/PA -> RGBA 4 B/px, 1 -> L 1 B/px, CMYK/YCbCr/LAB/HSV -> RGB 4 B/px
+      resize       RGBA and LA (and P through RGBA): Pillow premultiplies a full-size copy and
+                   resizes it without reducing_gap, so its horizontal pass is target width x full
+                   height; other modes: the reduce() copy (bands x px / f^2) and a pass on it
+      output       4 copies of the target at 4 B/px (resize, transpose, array, RGB)
+    """
+    width, height = size
+    pixels = width * height
+    working = _working_mode(mode)
+    total = _native_bytes(mode) * pixels + coefficients + SLACK
+    if format == "WEBP":
+        total += 12 * pixels
+    if working != mode:
+        total += {"L": 1, "I": 4}.get(working, 4) * pixels
+    bands = 1 if working == "L" else 4
+    if target != size:
+        if working in ("RGBA", "LA"):
+            total += bands * pixels + bands * target[0] * height
+        else:
+            fx, fy = (max(1, int(side / goal / _REDUCING_GAP)) for side, goal in zip(size, target))
+            reduced = bands * (width // fx + 1) * (height // fy + 1) if fx * fy > 1 else 0
+            total += reduced + bands * target[0] * (height // fy + 1)
+    return total + 4 * 4 * target[0] * target[1]
 
 
+def _native_bytes(mode: str) -> int:
+    return 2 if mode.startswith("I;16") else {"1": 1, "L": 1, "P": 1}.get(mode, 4)
+
+
+def _working_mode(mode: str) -> str:
+    """The mode _pil_to_rgb resizes in: 1 -> L, P/PA -> RGBA, I;16 -> I, other non-direct modes -> RGB."""
+    if mode == "1":
+        return "L"
+    if mode in ("P", "PA"):
+        return "RGBA"
+    if mode.startswith("I;16"):
+        return "I"
+    return mode if mode in _DIRECT_MODES else "RGB"
+
+
+_REDUCING_GAP = 3
+"""Pillow reduces by an integer factor first while the image is 3 times the target or more (its quality default)."""
 _DIRECT_MODES = ("L", "LA", "RGB", "RGBA", "I", "F")
 """Modes resized and turned into arrays as they are; others are converted at full size first."""
 
@@ -154,15 +210,11 @@ def _pil_to_rgb(pil: Image.Image, name: str) -> np.ndarray:
     """Downscale to MAX_SIDE, turn upright (EXIF), then to RGB: 16-bit scaled, transparency black."""
     check_declared(pil.width, pil.height, name)
     orientation = _ORIENTATION.get(pil.getexif().get(0x0112))
-    if pil.mode == "1":
-        pil = pil.convert("L")
-    elif pil.mode in ("P", "PA"):
-        pil = pil.convert("RGBA")
-    elif pil.mode not in _DIRECT_MODES and not pil.mode.startswith("I;16"):
-        pil = pil.convert("RGB")  # CMYK, YCbCr, LAB, HSV, ...
     target = target_size(pil.width, pil.height, name)
+    if _working_mode(pil.mode) != pil.mode and (target != pil.size or not pil.mode.startswith("I;16")):
+        pil = pil.convert(_working_mode(pil.mode))  # CMYK, YCbCr, ... -> RGB; I;16 only to resize (Pillow cannot)
     if target != pil.size:
-        pil = pil.resize(target, RESAMPLE, reducing_gap=3.0)
+        pil = pil.resize(target, RESAMPLE, reducing_gap=_REDUCING_GAP)
     if orientation is not None:
         pil = pil.transpose(orientation)
     if pil.mode in ("I", "F") or pil.mode.startswith("I;16"):

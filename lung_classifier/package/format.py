@@ -25,9 +25,13 @@ HEAD = "head.npz"
 SAVED_MODEL = "saved_model"
 CARD = "README.md"
 
-_NAME_PART = re.compile(r"^[A-Za-z0-9_.+-]+$")
-"""Characters a listed file name may use: no separators, drive letters or glob characters."""
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_NAME_PART = re.compile(r"[A-Za-z0-9_.+-]+")
+"""Characters a listed file name may use (fullmatch: no separators, drive letters, glob characters, newline)."""
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_CONFIG_BYTES = 2**20
+"""A config.json larger than this is not a package config (the shipped one is about 10 KB)."""
+MAX_CONFIG_DEPTH = 32
+"""Deepest JSON nesting a config may have (the shipped one nests 4): json's parser recurses once per level."""
 
 
 class PackageError(RuntimeError):
@@ -49,7 +53,7 @@ def sha256_file(path: Path) -> str:
 def check_name(name: object) -> str:
     """A listed file name: relative POSIX path inside the package, plain characters only."""
     parts = name.split("/") if isinstance(name, str) else []
-    if not parts or any(part in ("", ".", "..") or not _NAME_PART.match(part) for part in parts):
+    if not parts or any(part in ("", ".", "..") or not _NAME_PART.fullmatch(part) for part in parts):
         raise PackageError(
             f"{name!r} is not an allowed package file name (relative path inside the package; "
             "letters, digits and _ . + - only; no '..', no absolute path)"
@@ -98,10 +102,7 @@ def parse_config(config_path: Path) -> dict[str, Any]:
     Checks nothing on disk but the file itself, so the Hub download can learn which files
     to fetch from it before fetching them.
     """
-    try:
-        config = json.loads(Path(config_path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PackageError(f"{config_path}: not valid JSON ({exc})") from None
+    config = _read_json(Path(config_path))
     if not isinstance(config, dict):
         raise PackageError(f"{config_path}: not a JSON object")
     if config.get("format") != FORMAT:
@@ -133,11 +134,55 @@ def parse_config(config_path: Path) -> dict[str, Any]:
             if name.startswith(SAVED_MODEL + "/") != inside:
                 where = f"under {SAVED_MODEL}/" if inside else f"outside {SAVED_MODEL}/"
                 raise PackageError(f"{config_path}: {field} lists {name!r}, which is not {where}")
-            if not isinstance(digest, str) or not _SHA256.match(digest):
+            if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
                 raise PackageError(f"{config_path}: {name} has no valid sha256 digest")
     if HEAD not in config.get("files", {}):
         raise PackageError(f"{config_path}: lists no {HEAD}, the trained head")
     return config
+
+
+def _read_json(path: Path) -> Any:
+    """A config file's JSON value; every way it can be unreadable is a PackageError that says which."""
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise PackageError(f"{path}: {size:,} bytes is too large for a package config (at most "
+                           f"{MAX_CONFIG_BYTES // 2**20} MiB): not a lung_classifier package")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PackageError(f"{path}: not valid JSON (not UTF-8 text: {exc.reason} at byte {exc.start})") from None
+    depth = _json_depth(text)
+    if depth > MAX_CONFIG_DEPTH:
+        raise PackageError(f"{path}: JSON nested {depth:,} levels deep (at most {MAX_CONFIG_DEPTH}): not a "
+                           "lung_classifier package config")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PackageError(f"{path}: not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # ValueError: an integer of more than 4300 digits
+        raise PackageError(f"{path}: not a usable JSON config ({str(exc)[:120]})") from None
+
+
+def _json_depth(text: str) -> int:
+    """Deepest [ / { nesting, brackets inside strings ignored: one linear pass, so no recursion is relied on."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
 
 
 def listed_files(config: dict[str, Any], saved_model: bool = True) -> list[str]:
@@ -155,7 +200,13 @@ def _unlisted(directory: Path, root: Path, listed: set[str], ignore: frozenset[s
             if path.is_symlink():
                 if entry in subfolders:
                     raise PackageError(f"{directory}: {relative} is a symlink to a directory; refusing it")
-                if not path.resolve().is_relative_to(root.resolve()):
+                try:
+                    target = path.resolve()
+                except (RuntimeError, OSError) as exc:  # a loop: RuntimeError on Python 3.11, OSError on 3.13
+                    raise PackageError(f"{directory}: {relative} is a symlink that cannot be resolved "
+                                       f"({exc.__class__.__name__}: a loop or a broken chain); a package holds "
+                                       "plain files") from None
+                if not target.is_relative_to(root.resolve()):
                     raise PackageError(f"{directory}: {relative} is a symlink pointing outside the package")
             elif entry in files and not path.is_file():
                 raise PackageError(f"{directory}: {relative} is not a regular file")

@@ -12,10 +12,15 @@ import contextlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .format import CONFIG, PackageError, listed_files, parse_config
 
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo
+
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+"""owner/name (fullmatch); huggingface_hub's validate_repo_id has the last word (no "..", "--", ".git")."""
 HUB_FILES = frozenset({".gitattributes"})
 """Files the Hub adds to every repo; present in a snapshot, never part of a package."""
 
@@ -25,9 +30,18 @@ class HubError(RuntimeError):
 
 
 def parse_repo_id(source: str) -> str | None:
-    """'owner/name' or 'hf://owner/name' -> 'owner/name'; anything else -> None."""
+    """'owner/name' or 'hf://owner/name' -> 'owner/name' when huggingface_hub accepts it too; anything else -> None."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
     repo_id = source[len("hf://"):] if source.startswith("hf://") else source
-    return repo_id if REPO_ID.match(repo_id) else None
+    if REPO_ID.fullmatch(repo_id) is None:
+        return None
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        return None
+    return repo_id
 
 
 def download(repo_id: str, *, revision: str | None = None, token: bool | str | None = None,
@@ -98,16 +112,28 @@ def _errors(repo_id: str, revision: str | None, where: str) -> Iterator[None]:
 
 
 def upload(directory: Path, repo_id: str, *, token: str | None = None, private: bool | None = None,
-           commit_message: str = "Upload lung CT classifier package") -> str:
-    """Create the repo if needed and upload the package directory as one commit; returns its sha."""
+           commit_message: str = "Upload lung CT classifier package", branch: str | None = None,
+           create_pr: bool = False) -> CommitInfo:
+    """Create the repo if needed and upload the package directory as one commit, as ModelHubMixin.push_to_hub does.
+
+    ``branch`` is created from main if it does not exist yet (or names a pull request's ``refs/pr/N``
+    to add to it); ``create_pr`` opens a pull request against main instead of committing to it.
+    Returns huggingface_hub's CommitInfo: ``.oid`` is the commit sha, ``.pr_url``/``.pr_num`` name the
+    pull request.
+    """
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
+    if create_pr and branch is not None:
+        raise ValueError(f"create_pr opens a pull request against main (huggingface_hub's upload_folder cannot "
+                         f"target another branch): pass branch={branch!r} or create_pr=True, not both")
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        commit = api.upload_folder(folder_path=str(directory), repo_id=repo_id, repo_type="model",
-                                   commit_message=commit_message)
+        if branch is not None and not branch.startswith("refs/pr/"):
+            api.create_branch(repo_id, branch=branch, repo_type="model", exist_ok=True)
+        return api.upload_folder(folder_path=str(directory), repo_id=repo_id, repo_type="model",
+                                 commit_message=commit_message, revision=branch, create_pr=create_pr)
     except (HfHubHTTPError, OSError) as exc:
-        raise HubError(f"uploading to Hub repo {repo_id!r} failed: {exc}") from None
-    return commit.oid
+        where = f"{repo_id}@{branch}" if branch else repo_id
+        raise HubError(f"uploading to Hub repo {where!r} failed: {exc}") from None

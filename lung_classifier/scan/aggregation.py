@@ -32,6 +32,9 @@ NORMAL = "Normal"
 MALIGNANT = "Malignant"
 CONFIDENT_MALIGNANT = 0.9
 """A slice with calibrated P(Malignant) at or above this keeps its scan from being called Normal."""
+MAX_FLAGGED_FRACTION = 0.5
+"""A scan is out of distribution when more than this fraction of its slices are: no scan verdict then.
+Training writes it into the package's scan block; this default serves packages written before it was."""
 EPS = 1e-6
 
 
@@ -55,6 +58,7 @@ class ScanRule:
     bias: np.ndarray | None = None  # (C,) added after the temperature; zeros if None
     offsets: np.ndarray | None = None  # (C,) label = argmax(log p + offsets); zeros if None
     confident_malignant: float = CONFIDENT_MALIGNANT
+    max_flagged_fraction: float = MAX_FLAGGED_FRACTION
 
     def __post_init__(self) -> None:
         if self.pool not in POOLS:
@@ -63,9 +67,16 @@ class ScanRule:
             raise ValueError(f"scan rules need {NORMAL} and {MALIGNANT} among the labels, got {self.labels}")
         if self.k < 1:
             raise ValueError(f"k must be at least 1, got {self.k}")
+        if not 0.0 <= self.max_flagged_fraction < 1.0:
+            raise ValueError(f"max_flagged_fraction must be in [0, 1), got {self.max_flagged_fraction}")
 
     def describe(self) -> str:
         return f"top-{self.k} mean" if self.pool == "top_k_mean" else self.pool.replace("_", " ")
+
+    def flagged(self, slice_flags: np.ndarray) -> bool:
+        """Whether a scan gets no verdict; otherwise its verdict comes from its in-distribution slices only."""
+        flags = np.asarray(slice_flags, bool)
+        return bool(len(flags) == 0 or flags.mean() > self.max_flagged_fraction)
 
     def evidence(self, probabilities: np.ndarray) -> np.ndarray:
         """(C,) log evidence per class from (n, C) slice probabilities; n >= 1."""
@@ -119,16 +130,17 @@ class ScanRule:
         return {"pool": self.pool, "k": self.k, "temperature": self.temperature,
                 "bias": dict(zip(self.labels, _floats(self.bias, len(self.labels)))),
                 "offsets": dict(zip(self.labels, _floats(self.offsets, len(self.labels)))),
-                "confident_malignant": self.confident_malignant}
+                "confident_malignant": self.confident_malignant, "max_flagged_fraction": self.max_flagged_fraction}
 
     @classmethod
     def from_config(cls, labels: tuple[str, ...], block: Mapping[str, Any]) -> "ScanRule":
-        """The package's ``config["scan"]`` block."""
+        """The package's ``config["scan"]`` block (one without max_flagged_fraction predates it: the default)."""
         return cls(labels=tuple(labels), pool=str(block["pool"]), k=int(block["k"]),
                    temperature=float(block["temperature"]),
                    bias=np.array([float(block["bias"][label]) for label in labels]),
                    offsets=np.array([float(block["offsets"][label]) for label in labels]),
-                   confident_malignant=float(block["confident_malignant"]))
+                   confident_malignant=float(block["confident_malignant"]),
+                   max_flagged_fraction=float(block.get("max_flagged_fraction", MAX_FLAGGED_FRACTION)))
 
 
 def _floats(values: np.ndarray | None, n: int) -> list[float]:
@@ -158,12 +170,3 @@ def withheld_reason(rule: ScanRule, label: int, probabilities: np.ndarray, flags
         return CANCER_ON_DICOM if dicom_labels else UNVALIDATED_DICOM
     return None
 
-
-MAX_FLAGGED_FRACTION = 0.5
-"""A scan is out of distribution when more than this fraction of its slices are: no scan verdict then."""
-
-
-def scan_flagged(slice_flags: np.ndarray) -> bool:
-    """Whether a scan gets no verdict; otherwise its verdict comes from its in-distribution slices only."""
-    flags = np.asarray(slice_flags, bool)
-    return bool(len(flags) == 0 or flags.mean() > MAX_FLAGGED_FRACTION)

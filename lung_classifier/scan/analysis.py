@@ -21,11 +21,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..decoding.images import ImageInput, Slice
-from ..decoding.limits import ImageError
 from ..decoding.series import ScanError, ScanSource, Series, SliceEntry, open_series
+from ..many import analyze_many
 from ..package.format import PackageError
 from ..verdict import OOD_NOTICE, Analysis
-from .aggregation import MAX_FLAGGED_FRACTION, MALIGNANT, ScanRule, scan_flagged, withheld_reason
+from .aggregation import MALIGNANT, ScanRule, withheld_reason
 
 class SliceClassifier(Protocol):
     """What a scan needs of a classifier (LungClassifier is one): its package, and slices read and analysed."""
@@ -52,6 +52,12 @@ class ScanSlice:
     position: float | None  # DICOM: mm along the slice normal; None for images
     index: int  # position in ScanResult.slices
     analysis: Analysis  # without heatmap
+
+    @property
+    def number(self) -> int:
+        """The slice's number as people see it on the page, in the CLI and in the API's rows: 1-based, in body
+        order (``index`` + 1)."""
+        return self.index + 1
 
 
 @dataclass(frozen=True)
@@ -86,14 +92,16 @@ class ScanResult:
         """JSON-ready: the verdict, scan probabilities, top slices, a row per slice, notes (no heatmaps)."""
         return {"verdict": self.verdict, "label": self.label, "probabilities": self.probabilities,
                 "out_of_distribution": self.out_of_distribution, "ood_reason": self.ood_reason, "top": self.top,
+                "top_numbers": [self.slices[i].number for i in self.top],
                 "slices": [slice_row(scan_slice) for scan_slice in self.slices], "notes": self.notes}
 
 
 def slice_row(scan_slice: ScanSlice) -> dict[str, Any]:
-    """One slice as a table row; a flagged slice has no label (as the predict command's JSON)."""
+    """One slice as a table row: ``index`` (0-based, into ``slices``) and ``number`` (1-based, as people see it);
+    a flagged slice has no label (as Analysis.as_dict)."""
     analysis = scan_slice.analysis
-    return {"index": scan_slice.index, "name": scan_slice.name, "position": scan_slice.position,
-            "label": None if analysis.out_of_distribution else analysis.label,
+    return {"index": scan_slice.index, "number": scan_slice.number, "name": scan_slice.name,
+            "position": scan_slice.position, "label": None if analysis.out_of_distribution else analysis.label,
             "probabilities": analysis.probabilities, "out_of_distribution": analysis.out_of_distribution}
 
 
@@ -113,54 +121,41 @@ def analyze_scan(classifier: SliceClassifier, source: ScanSource, *, top_k: int 
         raise ValueError(f"top_k and batch_size must be at least 1, got {top_k} and {batch_size}")
     rule = scan_rule(classifier)
     with open_series(source) as series:
-        slices, entries, notes, dicom = _analyze_slices(classifier, series, batch_size, progress)
+        slices, entries, notes = _analyze_slices(classifier, series, batch_size, progress)
         if not slices:
             raise ScanError("no slice of the upload could be decoded (" + "; ".join(notes) + "): upload the "
                             "DICOM files of one series, or the slice images")
-        label, probabilities, flagged, reason, top = _decide(classifier, rule, slices, top_k, dicom)
+        label, probabilities, flagged, reason, top = _decide(classifier, rule, slices, top_k, series.dicom)
         heatmaps, images = _explain(classifier, series, [entries[index] for index in top], top) if explain else ({}, {})
     return ScanResult(slices, label, probabilities, flagged, reason, top, heatmaps, images, notes)
 
 
 def _analyze_slices(classifier: SliceClassifier, series: Series, batch_size: int,
                     progress: Callable[[int, int], None] | None
-                    ) -> tuple[list[ScanSlice], list[SliceEntry], list[str], bool]:
-    """Decode and analyse batch by batch, keeping only the results (and each analysed slice's entry);
-    the last value says whether any slice was DICOM."""
+                    ) -> tuple[list[ScanSlice], list[SliceEntry], list[str]]:
+    """Decode and analyse batch by batch, keeping only the results (and each analysed slice's entry)."""
     slices: list[ScanSlice] = []
     entries: list[SliceEntry] = []
-    dicom = False
-    total = len(series.slices)
-    if progress is not None:
-        progress(0, total)
-    for start in range(0, total, batch_size):
-        batch = series.slices[start:start + batch_size]
-        decoded, kept = [], []
-        for entry in batch:
-            try:
-                decoded.append(classifier.read(series.read(entry)))
-                kept.append(entry)
-            except ImageError as exc:  # one bad slice does not hide the others: noted, and the scan goes on
-                message = str(exc).replace(entry.key, entry.name).replace(UNNAMED, entry.name, 1)  # never a path
-                series.notes.unreadable(entry.name, message)
-        dicom = dicom or any(item.dicom for item in decoded)
-        for entry, analysis in zip(kept, classifier.analyze_batch(decoded)):
-            slices.append(ScanSlice(entry.name, entry.position, len(slices), analysis))
-            entries.append(entry)
-        del decoded
-        if progress is not None:
-            progress(min(start + batch_size, total), total)
-    return slices, entries, series.notes.render(), dicom
+    for outcome in analyze_many(classifier, series.slices, read=series.read, batch_size=batch_size,
+                                progress=progress):
+        entry = outcome.item
+        if outcome.analysis is None:  # one bad slice does not hide the others: noted, and the scan goes on
+            message = str(outcome.error).replace(entry.key, entry.name).replace(UNNAMED, entry.name, 1)  # no path
+            series.notes.unreadable(entry.name, message)
+            continue
+        slices.append(ScanSlice(entry.name, entry.position, len(slices), outcome.analysis))
+        entries.append(entry)
+    return slices, entries, series.notes.render()
 
 
 def _decide(classifier: SliceClassifier, rule: ScanRule, slices: list[ScanSlice], top_k: int,
             dicom: bool) -> tuple[str | None, dict[str, float] | None, bool, str | None, list[int]]:
     flags = np.array([scan_slice.analysis.out_of_distribution for scan_slice in slices])
     k = min(top_k, len(slices))
-    if scan_flagged(flags):
+    if rule.flagged(flags):
         reasons = Counter(scan_slice.analysis.ood_reason for scan_slice in slices if scan_slice.analysis.ood_reason)
         reason = (f"{int(flags.sum())} of {len(slices)} slices are unlike the training slices (more than "
-                  f"{MAX_FLAGGED_FRACTION:.0%}); most often: {reasons.most_common(1)[0][0]}")
+                  f"{rule.max_flagged_fraction:.0%}); most often: {reasons.most_common(1)[0][0]}")
         scores = np.array([scan_slice.analysis.ood_score for scan_slice in slices])
         return None, None, True, reason, [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
     kept = np.flatnonzero(~flags)

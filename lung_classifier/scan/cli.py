@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from ..decoding.limits import ImageError
 from ..package.format import PackageError
+from ..verdict import labels_meaning, shown_label
 from .aggregation import NORMAL
 from .analysis import ScanResult, slice_row
 
@@ -60,17 +61,22 @@ def run_scan(classifier: LungClassifier, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.as_dict()))
         return 0
-    print_summary(result, sys.stdout)
+    print_summary(result, sys.stdout, labels_meaning(classifier.config))
     if args.csv:
         write_csv(result, args.csv, classifier.labels)
         print(f"per-slice table: {args.csv}")
     return 0
 
 
-def print_summary(result: ScanResult, out: TextIO) -> None:
-    """Verdict, probabilities or flag, top slices, notes: what a person reads."""
+def print_summary(result: ScanResult, out: TextIO, meanings: dict[str, str] | None = None) -> None:
+    """Verdict, probabilities or flag, top slices (numbered from 1, as on the page), notes: what a person reads.
+
+    A flagged scan or slice shows no class probability: its numbers are not meaningful (--json keeps them).
+    """
+    meanings = meanings or {}
     print(f"slices: {len(result.slices)}", file=out)
-    print(f"verdict: {result.verdict}", file=out)
+    verdict = result.verdict if result.out_of_distribution else shown_label(str(result.label), meanings)
+    print(f"verdict: {verdict}", file=out)
     if result.out_of_distribution:
         print(f"flagged: {result.ood_reason}", file=out)
         print("top slices (least like the training slices):", file=out)
@@ -80,23 +86,28 @@ def print_summary(result: ScanResult, out: TextIO) -> None:
         print(f"top slices ({why}):", file=out)
     for index in result.top:
         scan_slice = result.slices[index]
+        analysis = scan_slice.analysis
         where = f" at {scan_slice.position:.1f} mm" if scan_slice.position is not None else ""
-        scores = "  ".join(f"{k} {p:.3f}" for k, p in scan_slice.analysis.probabilities.items())
-        print(f"  #{index} {scan_slice.name}{where}: {scan_slice.analysis.verdict}  ({scores})", file=out)
+        if analysis.out_of_distribution:
+            said = f"{analysis.verdict} (OOD score {analysis.ood_score:.2f})"
+        else:
+            said = f"{analysis.verdict}  (" + "  ".join(f"{k} {p:.3f}" for k, p in analysis.probabilities.items()) + ")"
+        print(f"  slice {scan_slice.number} ({scan_slice.name}){where}: {said}", file=out)
     for note in result.notes:
         print(f"note: {note}", file=out)
 
 
 def write_csv(result: ScanResult, path: str, labels: tuple[str, ...]) -> None:
-    """One row per slice in body order: index, name, position, label (empty when flagged), P(label)..., flag."""
+    """One row per slice in body order: number (1-based), index, name, position, label (empty when flagged),
+    P(label)..., flag."""
     with open(path, "w", newline="", encoding="utf-8") as stream:
         writer = csv.writer(stream)
-        writer.writerow(["index", "name", "position", "label", *(f"p_{label}" for label in labels),
+        writer.writerow(["number", "index", "name", "position", "label", *(f"p_{label}" for label in labels),
                          "out_of_distribution"])
         for scan_slice in result.slices:
             row = slice_row(scan_slice)
-            writer.writerow([row["index"], row["name"], "" if row["position"] is None else f"{row['position']:.3f}",
-                             row["label"] or "", *(f"{row['probabilities'][label]:.6f}" for label in labels),
+            position = "" if row["position"] is None else f"{row['position']:.3f}"
+            writer.writerow([row["number"], row["index"], row["name"], position, row["label"] or "", *(f"{row['probabilities'][label]:.6f}" for label in labels),
                              row["out_of_distribution"]])
 
 
