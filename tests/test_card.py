@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import jinja2
 import jinja2.meta
@@ -130,12 +131,15 @@ def test_card_front_matter(readme, config, metrics):
 
 def test_card_text(tiny_package, readme, config, metrics):
     assert "not a medical device" in readme
-    assert "10.17632/bhmdr45bh2" in readme
-    assert "CC BY 4.0" in readme
+    # Every source in the training-data table, with its counts per class and groups.
+    for name, source in config["training"]["sources"].items():
+        cells = " | ".join(f"{source['classes'][label]['slices']} ({source['classes'][label]['groups']})"
+                           for label in config["labels"])
+        assert f"| {name} | `{Path(source['folder']).name}` | {cells} |" in readme
     assert f"Lung CT slice classifier: {config['name']}" in readme
     assert "**Normal, Benign, Malignant**" in readme
     # CV numbers with intervals, and no single-split numbers.
-    assert "5-fold patient-grouped, stratified cross-validation,\nrepeated 2 times" in readme
+    assert "5-fold patient-grouped cross-validation, stratified\nby source x class, repeated 2 times" in readme
     cv = metrics["cv"]
     assert f"| macro-F1 | {cv['macro_f1']['mean']:.3f} [{cv['macro_f1']['low']:.3f}, {cv['macro_f1']['high']:.3f}] |" \
         in readme
