@@ -155,7 +155,7 @@ def test_card_text(tiny_package, readme, config, metrics):
     assert "| photographs (matplotlib's sample images) | 3 |" in readme
     assert "| Benign recall >= 0.7 |" in readme
     # The whole-scan rule's numbers as the package stores them.
-    assert f"more than {config['scan']['max_flagged_fraction']:.0%} of its slices flagged out of\ndistribution" \
+    assert f"more than {config['scan']['max_flagged_fraction']:.0%} of its slices flagged out of distribution" \
         in readme
     # Reproduction command and usage hint.
     assert "python -m training --data" in readme and "--input-size 64" in readme
@@ -206,10 +206,13 @@ def test_config_describes_the_model(tiny_package, config):
 def test_config_training_record(config):
     training = config["training"]
     assert training["seed"] == 0
-    assert training["cv"] == {"folds": 5, "repeats": 2}
+    assert training["cv"] == {"folds": 5, "repeats": 2, "strata": "source x class"}
+    (source,) = training["sources"].values()  # --data: one source, grouped into pseudo-patients
+    assert source["grouping"] == "pseudo-patients" and source["rendering"] == "image files as they are"
     for label in config["labels"]:
-        assert training["classes"][label]["images"] == 30
-        assert training["classes"][label]["groups"] >= 5
+        assert source["classes"][label]["slices"] == 30
+        assert source["classes"][label]["groups"] >= 5
+    assert config["rendering"]["dicom_validated_labels"] == []
 
 
 def test_config_checksums_cover_the_package(tiny_package, config):
