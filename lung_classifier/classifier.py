@@ -80,7 +80,8 @@ class LungClassifier:
         self.ood_threshold: float = float(Head.load(directory / package.HEAD).ood_threshold)
         """The head's threshold, which the graph's flag uses: messages quote this one."""
         self.dicom_window = rendering.dicom_window(config)
-        self.dicom_validated = bool(config["rendering"].get("dicom_validated", False))
+        self.dicom_labels: tuple[str, ...] = rendering.dicom_validated_labels(config)
+        """Labels a DICOM slice may be answered with (the evidence's); any other DICOM answer is flagged."""
         rebuilt = config.get("rebuilt")
         self.precision: str = rebuilt.get("precision", "float32") if isinstance(rebuilt, dict) else "as shipped"
         """The backbone's number format: "float32" or "bfloat16" when rebuilt here, "as shipped" when trusted."""
@@ -146,10 +147,11 @@ class LungClassifier:
         results = []
         for index, item in enumerate(decoded):
             score = float(outputs["ood_score"][index])
+            label = self.labels[int(outputs["label"][index])]
             reason = ood_reason(item, bool(outputs["out_of_distribution"][index]), score, self.ood_threshold,
-                                self.dicom_validated)
+                                label, self.dicom_labels)
             results.append(Analysis(
-                label=self.labels[int(outputs["label"][index])],
+                label=label,
                 probabilities={label: float(p) for label, p in zip(self.labels, outputs["probabilities"][index])},
                 ood_score=score,
                 out_of_distribution=reason is not None,

@@ -72,19 +72,25 @@ def shown_label(label: str, meanings: dict[str, str]) -> str:
 
 
 NON_AXIAL = "a reformatted (coronal, sagittal or oblique) DICOM slice: the model knows only axial slices"
-UNVALIDATED_DICOM = ("a DICOM file: this model was validated only on the IQ-OTH/NCCD slices (JPEG exports of one "
-                     "hospital's scanner), and its guard cannot tell other scanners' or windows' slices from "
-                     "malignant ones (see the model card)")
+UNVALIDATED_DICOM = ("a DICOM file: no DICOM source was among this model's training sources, so no answer on "
+                     "DICOM was validated (see the model card)")
+CANCER_ON_DICOM = ("a cancer finding on DICOM is not validated (no cancer DICOM among the training sources): "
+                   "no diagnosis; have it read by a specialist")
 
 
-def ood_reason(decoded: Slice, feature_flag: bool, score: float, threshold: float,
-               dicom_validated: bool) -> str | None:
-    """The first reason to withhold a diagnosis, or None."""
+def ood_reason(decoded: Slice, feature_flag: bool, score: float, threshold: float, label: str,
+               dicom_labels: tuple[str, ...]) -> str | None:
+    """The first reason to withhold a diagnosis, or None.
+
+    ``dicom_labels`` are the labels the evidence validated on DICOM (the package config's
+    ``rendering.dicom_validated_labels``: the classes of its DICOM training sources). An axial
+    DICOM slice at the package window that passes the guard is answered only with one of them.
+    """
     if decoded.dicom and decoded.axial is False:
         return NON_AXIAL
     if feature_flag:
         return (f"an image whose features are unlike the training slices (score {score:.2f} above the threshold "
                 f"{threshold:.2f})")
-    if decoded.dicom and not dicom_validated:
-        return UNVALIDATED_DICOM
+    if decoded.dicom and label not in dicom_labels:
+        return CANCER_ON_DICOM if dicom_labels else UNVALIDATED_DICOM
     return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import jinja2
 import jinja2.meta
@@ -130,12 +131,15 @@ def test_card_front_matter(readme, config, metrics):
 
 def test_card_text(tiny_package, readme, config, metrics):
     assert "not a medical device" in readme
-    assert "10.17632/bhmdr45bh2" in readme
-    assert "CC BY 4.0" in readme
+    # Every source in the training-data table, with its counts per class and groups.
+    for name, source in config["training"]["sources"].items():
+        cells = " | ".join(f"{source['classes'][label]['slices']} ({source['classes'][label]['groups']})"
+                           for label in config["labels"])
+        assert f"| {name} | `{Path(source['folder']).name}` | {cells} |" in readme
     assert f"Lung CT slice classifier: {config['name']}" in readme
     assert "**Normal, Benign, Malignant**" in readme
     # CV numbers with intervals, and no single-split numbers.
-    assert "5-fold patient-grouped, stratified cross-validation,\nrepeated 2 times" in readme
+    assert "5-fold patient-grouped cross-validation, stratified\nby source x class, repeated 2 times" in readme
     cv = metrics["cv"]
     assert f"| macro-F1 | {cv['macro_f1']['mean']:.3f} [{cv['macro_f1']['low']:.3f}, {cv['macro_f1']['high']:.3f}] |" \
         in readme
@@ -151,7 +155,7 @@ def test_card_text(tiny_package, readme, config, metrics):
     assert "| photographs (matplotlib's sample images) | 3 |" in readme
     assert "| Benign recall >= 0.7 |" in readme
     # The whole-scan rule's numbers as the package stores them.
-    assert f"more than {config['scan']['max_flagged_fraction']:.0%} of its slices flagged out of\ndistribution" \
+    assert f"more than {config['scan']['max_flagged_fraction']:.0%} of its slices flagged out of distribution" \
         in readme
     # Reproduction command and usage hint.
     assert "python -m training --data" in readme and "--input-size 64" in readme
@@ -202,10 +206,13 @@ def test_config_describes_the_model(tiny_package, config):
 def test_config_training_record(config):
     training = config["training"]
     assert training["seed"] == 0
-    assert training["cv"] == {"folds": 5, "repeats": 2}
+    assert training["cv"] == {"folds": 5, "repeats": 2, "strata": "source x class"}
+    (source,) = training["sources"].values()  # --data: one source, grouped into pseudo-patients
+    assert source["grouping"] == "pseudo-patients" and source["rendering"] == "image files as they are"
     for label in config["labels"]:
-        assert training["classes"][label]["images"] == 30
-        assert training["classes"][label]["groups"] >= 5
+        assert source["classes"][label]["slices"] == 30
+        assert source["classes"][label]["groups"] >= 5
+    assert config["rendering"]["dicom_validated_labels"] == []
 
 
 def test_config_checksums_cover_the_package(tiny_package, config):

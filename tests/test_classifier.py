@@ -281,8 +281,9 @@ def dicom_slice(tmp_path, orientation: list[float] | None) -> str:
 
 
 @pytest.mark.parametrize("orientation, reason", [
-    ([1, 0, 0, 0, 1, 0], "a DICOM file: this model was validated only"),  # axial
-    (None, "a DICOM file: this model was validated only"),  # orientation not recorded
+    # axial: the tiny package has no DICOM source (its kNN guard may flag the slice first)
+    ([1, 0, 0, 0, 1, 0], "a DICOM file: no DICOM source|features are unlike the training slices"),
+    (None, "a DICOM file: no DICOM source|features are unlike the training slices"),  # orientation not recorded
     ([1, 0, 0, 0, 0, -1], "reformatted"),  # coronal
     ([0, 1, 0, 0, 0, -1], "reformatted"),  # sagittal
 ])
@@ -290,7 +291,7 @@ def test_dicom_input_is_never_diagnosed_and_reformats_say_why(classifier, tmp_pa
     path = dicom_slice(tmp_path, orientation)
     result = classifier.analyze(path)
     assert result.out_of_distribution and result.verdict == "Unlike the training data: no diagnosis"
-    assert reason in result.ood_reason
+    assert any(part in result.ood_reason for part in reason.split("|")), result.ood_reason
     assert classifier.predict(path)["out_of_distribution"] is True
     # Rendered at the package's window, which the config records.
     from lung_classifier.decoding.images import load_rgb

@@ -43,7 +43,7 @@ def test_out_of_fold_fills_every_slice_from_a_head_that_never_saw_it():
 
     def fit_and_score(fold):
         seen.append((set(fold.train.tolist()), set(fold.test.tolist())))
-        return np.tile([[1.0, 0.0, 0.0]], (len(fold.test), 1)), np.zeros(len(fold.test))
+        return np.tile([[1.0, 0.0, 0.0]], (len(fold.test), 1)), np.zeros((len(fold.test), 2))
 
     oof = cv.out_of_fold(len(y), 3, folds, fit_and_score)
     assert oof.logits.shape == (2, len(y), 3) and not np.isnan(oof.logits).any()
@@ -55,13 +55,13 @@ def test_cross_fit_never_fits_the_pipeline_on_the_fold_it_scores(monkeypatch):
     y, groups = grouped_labels(rng)
     folds = cv.grouped_folds(y, groups, k=5, repeats=2)
     logits = np.eye(3)[y] * 2.0 + rng.normal(size=(len(y), 3))
-    oof = cv.OutOfFold(np.stack([logits, logits]), rng.normal(size=(2, len(y))), folds)
+    oof = cv.OutOfFold(np.stack([logits, logits]), rng.normal(size=(2, len(y), 2)), folds)
     fitted_on = []
     real_fit = cv.fit_pipeline
 
-    def recording_fit(logits, scores, labels, malignant, recall):
+    def recording_fit(logits, scores, labels, malignant, recall, sources):
         fitted_on.append(len(labels))
-        return real_fit(logits, scores, labels, malignant, recall)
+        return real_fit(logits, scores, labels, malignant, recall, sources)
 
     monkeypatch.setattr(cv, "fit_pipeline", recording_fit)
     crossfitted = cv.cross_fit(oof, y, ["Normal", "Benign", "Malignant"], 2, 0.99)
@@ -87,7 +87,7 @@ def test_summary_interval_is_the_percentile_range_of_the_folds():
 # --- the decision rule --------------------------------------------------------------------------------
 
 
-def test_decision_offsets_reach_the_malignant_recall_target_at_the_best_macro_f1():
+def test_decision_offsets_reach_the_malignant_recall_target_at_the_best_balanced_accuracy():
     rng = np.random.default_rng(4)
     n = 600
     y = rng.integers(0, 3, n)
@@ -101,14 +101,16 @@ def test_decision_offsets_reach_the_malignant_recall_target_at_the_best_macro_f1
     predicted = decide(probabilities, offsets)
     assert offsets[0] == 0.0
     assert np.mean(predicted[y == 2] == 2) >= 0.99
-    # No other grid point meeting the target has a better macro-F1.
-    from training.evaluate import macro_f1
-    best = macro_f1(y, predicted, 3)
+    # No other grid point meeting the target has a better balanced accuracy.
+    def balanced(labels: np.ndarray) -> float:
+        return float(np.mean([np.mean(labels[y == c] == c) for c in range(3)]))
+
+    best = balanced(predicted)
     for b in decision.OFFSET_GRID[::4]:
         for m in decision.OFFSET_GRID[::4]:
             other = decide(probabilities, np.array([0.0, b, m]))
             if np.mean(other[y == 2] == 2) >= 0.99:
-                assert macro_f1(y, other, 3) <= best + 1e-12
+                assert balanced(other) <= best + 1e-12
 
 
 def test_decision_rule_in_the_graph_matches_the_numpy_rule():
@@ -122,7 +124,8 @@ def test_decision_rule_in_the_graph_matches_the_numpy_rule():
     head = Head(feature_mean=np.zeros(dims), feature_scale=np.ones(dims), kernel=rng.normal(size=(dims, 3)),
                 bias=rng.normal(size=3), temperature=np.array(0.7), decision_offsets=np.array([0.0, 0.5, 1.75]),
                 ood_components=np.eye(dims)[:2], ood_scale=np.ones(2), ood_residual=np.array(1.0),
-                ood_threshold=np.array(2.0)).as_float32()
+                ood_threshold=np.array(2.0), knn_components=np.eye(dims)[:2], knn_bank=np.eye(2)[:1],
+                knn_threshold=np.array(10.0)).as_float32()  # a kNN distance is at most 2: that part never flags
     x = rng.normal(size=(500, dims)).astype(np.float32)
     outputs = head_outputs(tf.constant(x), HeadVariables(head))
     probabilities = outputs["probabilities"].numpy()

@@ -209,7 +209,8 @@ def test_ood_score_is_about_one_on_training_data_and_large_off_it():
     head = Head(feature_mean=mean, feature_scale=scale, kernel=np.zeros((dims, 3)), bias=np.zeros(3),
                 temperature=np.array(1.0), decision_offsets=np.zeros(3), ood_components=statistics.components,
                 ood_scale=statistics.scale, ood_residual=np.array(statistics.residual),
-                ood_threshold=np.array(np.inf)).as_float32()
+                ood_threshold=np.array(1e6), knn_components=statistics.components[:2], knn_bank=np.eye(2)[:1],
+                knn_threshold=np.array(1e9)).as_float32()  # the kNN part (<= 2 x 1e6 / 1e9) stays below the PCA score
 
     def scores(x: np.ndarray) -> np.ndarray:
         graph = head_outputs(tf.constant(x, tf.float32), HeadVariables(head))["ood_score"].numpy()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lung_classifier import package
-from lung_classifier.decoding.rendering import IQ_OTH_RENDERING
+from lung_classifier.decoding.rendering import TRAINING_RANGE
 from lung_classifier.package import PackageError
 from conftest import require
 
@@ -155,7 +155,7 @@ def test_write_config_overrides_format_and_checksums_given_by_the_caller(tmp_pat
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "a.txt").write_text("a")
     minimal = {"labels": ["x"], "input": {"size": 8}, "backbone": {"weights_sha256": "0"},
-               "gradcam": {"layers": "conv4+conv5"}, "rendering": IQ_OTH_RENDERING}
+               "gradcam": {"layers": "conv4+conv5"}, "rendering": TRAINING_RANGE}
     written = package.write_config(tmp_path, {**minimal, "format_version": 99,
                                               "files": {"stale": "0"}, "saved_model_files": {"s": "0"}})
     assert written["format_version"] == package.FORMAT_VERSION
@@ -522,6 +522,10 @@ def random_resnet_head_package(directory: Path, weights_sha256: str, seed: int =
         ood_scale=rng.uniform(0.5, 2, components).astype(np.float32),
         ood_residual=np.array(1.0, np.float32),
         ood_threshold=np.array(3.0, np.float32),
+        knn_components=axes.T.astype(np.float32),
+        knn_bank=(lambda rows: rows / np.linalg.norm(rows, axis=1, keepdims=True))(
+            rng.normal(size=(16, components))).astype(np.float32),
+        knn_threshold=np.array(2.0, np.float32),
     )
     directory.mkdir(parents=True)
     head.save(directory / package.HEAD)
@@ -536,7 +540,7 @@ def random_resnet_head_package(directory: Path, weights_sha256: str, seed: int =
                      "frozen": True, "taps": list(TAPS), "weights_sha256": weights_sha256},
         "head": {"file": package.HEAD},
         "gradcam": {"layers": "conv4+conv5"},
-        "rendering": IQ_OTH_RENDERING,
+        "rendering": TRAINING_RANGE,
     }
     return package.write_config(directory, config)
 

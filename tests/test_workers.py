@@ -40,7 +40,7 @@ def test_parallel_head_fits_equal_the_same_fits_one_after_another():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(120, 40)) + np.repeat(np.eye(3, 40) * 2, 40, axis=0)
     y = np.repeat(np.arange(3), 40)
-    settings = [fit.HeadSettings(c, balanced, False) for c in (0.01, 0.1, 1.0) for balanced in (True, False)]
+    settings = [fit.HeadSettings(c, weighting) for c in (0.01, 0.1, 1.0) for weighting in fit.WEIGHTINGS]
 
     def kernel(s: fit.HeadSettings) -> np.ndarray:
         return fit.fit_linear(x, y, 3, s).kernel

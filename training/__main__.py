@@ -1,15 +1,18 @@
 """Train the head on a frozen ResNet50, chosen and measured by repeated grouped CV, and write a package.
 
-    python -m training --data DIR --output DIR [--head-only] [--push-to-hub OWNER/NAME]
+    python -m training --source NAME=FOLDER[;OPTIONS] [--source ...] --output DIR [--head-only]
+    python -m training --data DIR --output DIR          (one image source)
 
-The story, top to bottom: read the images and group them into pseudo-patients; cache
-backbone features once per image and view; compare candidate heads by patient-grouped,
-repeated cross-validation through the whole pipeline; fit the chosen head on all the
-data, with calibration, the Malignant-first decision rule and the OOD threshold taken
-from its out-of-fold outputs; choose the Grad-CAM layer by a deletion test; measure the
-OOD guard on shifted slices; choose the whole-scan pooling rule by scan-level CV;
-write the package (SavedModel, config, card, plots) and
-check the exported model gives the in-memory model's answers.
+The story, top to bottom: read each source (its label map, its grouping rule, DICOM
+rendered at several windows); cache backbone features once per file and rendering;
+compare candidate heads by patient-grouped, repeated cross-validation through the whole
+pipeline; fit the chosen head on all the data, with calibration, the Malignant-first
+decision rule and the two OOD thresholds taken from its out-of-fold outputs; measure
+every source within CV and left out (leave-one-source-out); choose the Grad-CAM layer by
+a deletion test; measure the OOD guard on shifted slices; choose the whole-scan pooling
+rule by scan-level CV and run each DICOM series through it; write the package
+(SavedModel, config, card, plots) and check the exported model gives the in-memory
+model's answers.
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ if TYPE_CHECKING:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, type=Path, help="class-per-folder image directory")
+    parser.add_argument("--source", action="append", default=[], metavar="SPEC",
+                        help="a training source: 'NAME=FOLDER[;labels=PATTERN:CLASS,...][;grouping=RULE]"
+                             "[;findings=PATTERN:TEXT,...][;licence=TEXT]' (repeat for several; see training.sources)")
+    parser.add_argument("--data", type=Path, help="one class-per-folder image source (the same as --source NAME=DATA)")
     parser.add_argument("--output", required=True, type=Path, help="package directory to write")
     parser.add_argument("--seed", type=int, default=0, help="shuffles the CV folds")
     parser.add_argument("--folds", type=int, default=5, help="K of the grouped K-fold CV")
@@ -45,6 +51,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the package to this Hub model repo")
     args = parser.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
+    from training.sources import SourceError, check_unique, parse_source
+
+    try:
+        args.sources = [parse_source(text) for text in args.source]
+        if args.data is not None:
+            args.sources.append(parse_source(f"{args.data.resolve().name or 'data'}={args.data}"))
+        check_unique(args.sources)
+    except SourceError as exc:
+        parser.error(str(exc))
     return args
 
 
@@ -54,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     from training.data import DatasetError, require_class_folders
 
     try:
-        require_class_folders(args.data)  # fail on a wrong --data before loading ResNet50
+        for source in args.sources:  # fail on a wrong folder before loading ResNet50
+            require_class_folders(source.folder)
         source = backbone.resolve_weights(args.weights)
         print(f"Backbone weights: {source.origin}")
         resnet = backbone.load_resnet50(source, input_shape=(args.input_size, args.input_size, 3))
@@ -69,18 +85,27 @@ def train(args: argparse.Namespace, resnet: "keras.Model", digest: str) -> int:
     import tensorflow as tf
 
     from lung_classifier.model.network import LungModel, build_extractor
-    from training import cv, data, decision, faithfulness, features, fit, guard, packaging, scan_cv, selection
+    from training import (cv, decision, faithfulness, features, fit, guard, multisource, packaging, per_source,
+                          scan_cv, selection)
+    from training.data import DatasetError
 
     started = time.perf_counter()
     tf.config.experimental.enable_op_determinism()
 
-    print(f"1. Reading {args.data}")
-    dataset = data.scan_folder(args.data)
-    labels = list(dataset.labels)
-    groups = np.array(data.group_items(dataset))
-    y = np.array([labels.index(item.label) for item in dataset.items])
-    print(f"   {len(dataset.items)} images in {len(set(groups.tolist()))} pseudo-patients, "
-          f"{len(dataset.skipped)} unreadable skipped")
+    print(f"1. Reading {len(args.sources)} source(s): " + ", ".join(f"{s.name} ({s.folder})" for s in args.sources))
+    try:
+        read = multisource.read_sources(args.sources)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    print("2. Backbone features (frozen, cached per file and per rendering) and groups")
+    extractor = build_extractor(resnet)
+    training = multisource.build(read, extractor, digest, args.input_size)
+    labels, y, groups, sources = training.labels, training.y, training.group, training.source
+    for name, entry in training.describe().items():
+        counts = ", ".join(f"{label} {c['slices']} slices / {c['groups']} groups" for label, c in entry["classes"].items())
+        print(f"   {name}: {counts}; {entry['rows']} rows; {entry['skipped']} unreadable skipped")
     if "Malignant" not in labels:
         print("error: no Malignant class folder: the decision rule is built around it", file=sys.stderr)
         return 2
@@ -91,37 +116,37 @@ def train(args: argparse.Namespace, resnet: "keras.Model", digest: str) -> int:
               "too few for grouped cross-validation (lower --folds or add data)", file=sys.stderr)
         return 2
 
-    print("2. Backbone features (frozen, cached per image and view)")
-    extractor = build_extractor(resnet)
-    paths, md5s = [item.path for item in dataset.items], [item.md5 for item in dataset.items]
-    views = {view: features.extract(extractor, paths, md5s, args.input_size,
-                                    features.FeatureCache(features.cache_key(digest, args.input_size, view)), view)
-             for view in features.VIEWS}
-
-    print(f"3. Choosing the head by {args.folds}-fold grouped CV, repeated {args.repeats} times")
-    folds = cv.grouped_folds(y, groups, args.folds, args.repeats, args.seed)
-    results = selection.compare(views, y, labels, folds, malignant, decision.MIN_MALIGNANT_RECALL)
+    print(f"3. Choosing the head by {args.folds}-fold grouped CV (strata: source x class), "
+          f"repeated {args.repeats} times")
+    folds = cv.grouped_folds(y, groups, args.folds, args.repeats, args.seed, sources)
+    results = selection.compare(training.features, y, sources, labels, folds, malignant, decision.MIN_MALIGNANT_RECALL)
     chosen = selection.best(results)
     print(cv.format_summary(chosen.summary, chosen.crossfitted.confusion(y, len(labels)), labels,
                             args.folds, args.repeats))
-    without_rule = cv.summarise(cv.cross_fit(chosen.oof, y, labels, malignant, 0.0).reports, labels)
-    print(f"   without the recall-first rule: macro-F1 {cv.format_interval(without_rule, 'macro_f1')}, "
-          f"Malignant recall {cv.format_interval(without_rule, 'recall_Malignant')}")
+    without_rule = cv.summarise(cv.cross_fit(chosen.oof, y, labels, malignant, 0.0, sources).reports, labels)
+    within = per_source.within(training, chosen.crossfitted, chosen.oof)
+    print(per_source.format_within(within))
 
-    print(f"4. Fitting the chosen head ({chosen.settings.describe()}) on all {len(y)} images")
-    rows, targets = fit.training_rows(views, y, np.arange(len(y)), chosen.settings)
-    linear = fit.fit_linear(rows, targets, len(labels), chosen.settings)
-    ood = fit.ood_statistics((views["plain"] - linear.mean) / linear.scale)
+    print(f"4. Fitting the chosen head ({chosen.settings.describe()}) on all {len(y)} rows")
+    linear = fit.fit_linear(training.features, y, len(labels), chosen.settings, sources)
+    ood = fit.guard_statistics((training.features - linear.mean) / linear.scale)
     repeats = chosen.oof.logits.shape[0]
-    pipeline = cv.fit_pipeline(chosen.oof.logits.reshape(-1, len(labels)), chosen.oof.ood_scores.ravel(),
-                               np.tile(y, repeats), malignant, decision.MIN_MALIGNANT_RECALL)
-    head = fit.assemble(linear, ood, pipeline.calibration, pipeline.offsets, pipeline.ood_threshold)
+    pipeline = cv.fit_pipeline(chosen.oof.logits.reshape(-1, len(labels)), chosen.oof.ood_scores.reshape(-1, 2),
+                               np.tile(y, repeats), malignant, decision.MIN_MALIGNANT_RECALL, np.tile(sources, repeats))
+    head = fit.assemble(linear, ood, pipeline.calibration, pipeline.offsets, pipeline.thresholds)
     print(f"   temperature {pipeline.calibration.temperature:.3f}, decision offsets {np.round(pipeline.offsets, 2)}, "
-          f"OOD threshold {pipeline.ood_threshold:.3f}")
+          f"OOD thresholds: PCA score {pipeline.thresholds[0]:.3f}, kNN distance {pipeline.thresholds[1]:.3f}")
 
-    print("5. Grad-CAM layer by the deletion test, and the OOD guard on shifted slices")
+    print("5. Leave-one-source-out")
+    loso = per_source.loso(training, chosen.settings, args.folds, args.seed) if len(training.sources) > 1 else {}
+    if loso:
+        print(per_source.format_loso(loso))
+
+    print("6. Grad-CAM layer by the deletion test, and the OOD guard on shifted slices")
     model = LungModel(extractor, head, args.input_size)
-    probe = guard.probe_slices(paths, y, args.input_size)
+    images = np.flatnonzero(~training.dicom_rows())
+    probe_paths = [training.sources[training.source[i]].dataset.items[training.item[i]].path for i in images]
+    probe = guard.probe_slices(probe_paths, y[images], args.input_size)
     derived = features.ArrayFeatures(extractor, args.input_size,
                                      features.FeatureCache(features.cache_key(digest, args.input_size, "derived")))
     cam = faithfulness.measure(model, probe, seed=args.seed, features=derived)
@@ -131,20 +156,23 @@ def train(args: argparse.Namespace, resnet: "keras.Model", digest: str) -> int:
     derived.save()
     print(guard.format_table(shifts))
 
-    print("6. Whole-scan rule by scan-level CV (pseudo-patients as scans)")
-    scan_results = scan_cv.compare(chosen.crossfitted, y, groups, folds, labels)
+    print("7. Whole-scan rule by scan-level CV (pseudo-patients and DICOM series as scans)")
+    scans = scan_cv.scan_rows(training)
+    scan_crossfitted, scan_folds = scan_cv.restrict(training, chosen.crossfitted, folds, scans)
+    scan_results = scan_cv.compare(scan_crossfitted, y[scans], groups[scans], scan_folds, labels)
     scan_chosen = scan_cv.best(scan_results)
     print(scan_cv.format_table(scan_results, scan_chosen))
+    scan_checks = per_source.scan_checks(training, chosen.crossfitted, scan_chosen.rule)
+    print(per_source.format_scans(scan_checks))
 
-    print(f"7. Writing the package to {args.output}")
+    print(f"8. Writing the package to {args.output}")
     command = "python -m training " + " ".join(shlex.quote(a) for a in args.argv)
-    training = packaging.TrainingRecord(
-        args=args, dataset=dataset, groups=groups, y=y, labels=labels, digest=digest, results=results,
+    record = packaging.TrainingRecord(
+        args=args, training=training, results=results, digest=digest,
         chosen=chosen, without_rule=without_rule, pipeline=pipeline, faithfulness=cam, shifts=shifts,
-        scan_results=scan_results, scan_chosen=scan_chosen,
-        command=command,
-        seconds=round(time.perf_counter() - started))
-    status = packaging.write(args.output, model, head, training)
+        scan_results=scan_results, scan_chosen=scan_chosen, within=within, loso=loso, scan_checks=scan_checks,
+        command=command, seconds=round(time.perf_counter() - started))
+    status = packaging.write(args.output, model, head, record)
     if status:
         return status
     if args.push_to_hub:

@@ -17,7 +17,9 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
 TASK = ("image-classification", "Lung CT slice classification")
-DATASET = ("iq-oth-nccd", "IQ-OTH/NCCD (patient-grouped repeated cross-validation, mean over folds)")
+DATASET = ("lung-ct-sources", "IQ-OTH/NCCD, Chest CT-Scan and COVID-CT-MD (grouped repeated cross-validation "
+           "stratified by source x class, mean over folds)")
+DATASETS = ["IQ-OTH/NCCD lung cancer dataset", "Chest CT-Scan images Dataset (Kaggle)", "COVID-CT-MD"]
 TAGS = ["medical-imaging", "lung-cancer", "ct", "resnet50", "tensorflow", "saved-model", "image-classification"]
 DIGITS = 4
 """The model-index rounds the CV means to this many decimals (the card's tables give the intervals)."""
@@ -41,7 +43,7 @@ def card_data(config: dict[str, Any], summary: dict[str, dict[str, float]]) -> M
     Hub repo holds (config.json's backbone block names them and their sha256).
     """
     return ModelCardData(license="cc-by-4.0", library_name="keras", pipeline_tag="image-classification", tags=TAGS,
-                         datasets=["IQ-OTH/NCCD lung cancer dataset"], metrics=["accuracy", "f1", "recall"],
+                         datasets=DATASETS, metrics=["accuracy", "f1", "recall"],
                          model_name=config["name"], eval_results=eval_results(config["labels"], summary))
 
 

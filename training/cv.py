@@ -33,24 +33,25 @@ class Fold:
 
 
 def grouped_folds(y: np.ndarray, groups: np.ndarray, k: int = K_FOLDS, repeats: int = REPEATS,
-                  seed: int = 0) -> list[Fold]:
-    """K stratified folds of whole groups, R times with a different shuffle each time."""
+                  seed: int = 0, sources: np.ndarray | None = None) -> list[Fold]:
+    """K folds of whole groups stratified by source x class, R times with a different shuffle each time."""
     from sklearn.model_selection import StratifiedGroupKFold
 
+    strata = y if sources is None else np.array([f"{source}|{label}" for source, label in zip(sources, y)])
     folds = []
     for repeat in range(repeats):
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed + repeat)
-        for train, test in splitter.split(np.zeros(len(y)), y, groups):
+        for train, test in splitter.split(np.zeros(len(y)), strata, groups):
             folds.append(Fold(repeat, train, test))
     return folds
 
 
 @dataclass(frozen=True)
 class OutOfFold:
-    """Out-of-fold head outputs: each slice's logits and OOD score from heads that never saw its group."""
+    """Out-of-fold head outputs: each slice's logits and OOD scores from heads that never saw its group."""
 
     logits: np.ndarray  # (R, N, C)
-    ood_scores: np.ndarray  # (R, N)
+    ood_scores: np.ndarray  # (R, N, 2): PCA score, kNN distance (training.fit.Guard)
     folds: list[Fold]
 
 
@@ -61,7 +62,7 @@ FitAndScore = Callable[[Fold], tuple[np.ndarray, np.ndarray]]
 def out_of_fold(n: int, n_classes: int, folds: list[Fold], fit_and_score: FitAndScore) -> OutOfFold:
     repeats = max(fold.repeat for fold in folds) + 1
     logits = np.full((repeats, n, n_classes), np.nan, np.float64)
-    scores = np.full((repeats, n), np.nan, np.float64)
+    scores = np.full((repeats, n, 2), np.nan, np.float64)
     for fold, (fold_logits, fold_scores) in zip(folds, workers.parallel_map(fit_and_score, folds)):
         logits[fold.repeat, fold.test], scores[fold.repeat, fold.test] = fold_logits, fold_scores
     if np.isnan(logits).any():
@@ -75,15 +76,22 @@ class Pipeline:
 
     calibration: calibration.Calibration
     offsets: np.ndarray  # (C,) log-probability offsets of the decision rule
-    ood_threshold: float
+    thresholds: tuple[float, float]  # PCA score, kNN distance
+
+    def flagged(self, scores: np.ndarray) -> np.ndarray:
+        """The guard: out of distribution where either score is above its threshold."""
+        return (scores[..., 0] > self.thresholds[0]) | (scores[..., 1] > self.thresholds[1])
 
 
 def fit_pipeline(logits: np.ndarray, ood_scores: np.ndarray, y: np.ndarray, malignant: int,
-                 min_malignant_recall: float) -> Pipeline:
-    """Calibration, decision rule and OOD threshold from out-of-fold outputs (rows may span repeats)."""
+                 min_malignant_recall: float, sources: np.ndarray | None = None) -> Pipeline:
+    """Calibration, decision rule and OOD thresholds from out-of-fold outputs (rows may span repeats)."""
+    sources = np.zeros(len(y), np.int64) if sources is None else sources
     calibrated = calibration.fit(logits, y)
-    offsets = decision.choose_offsets(calibrated.probabilities(logits), y, malignant, min_malignant_recall)
-    return Pipeline(calibrated, offsets, float(np.quantile(ood_scores, decision.OOD_QUANTILE)))
+    offsets = decision.choose_offsets(calibrated.probabilities(logits), y, malignant, min_malignant_recall, sources)
+    thresholds = tuple(max(float(np.quantile(ood_scores[sources == source, part], decision.OOD_QUANTILE))
+                           for source in np.unique(sources)) for part in range(2))
+    return Pipeline(calibrated, offsets, thresholds)
 
 
 @dataclass(frozen=True)
@@ -103,19 +111,21 @@ class CrossFitted:
 
 
 def cross_fit(oof: OutOfFold, y: np.ndarray, labels: list[str], malignant: int,
-              min_malignant_recall: float) -> CrossFitted:
+              min_malignant_recall: float, sources: np.ndarray | None = None) -> CrossFitted:
     """Score each fold with a pipeline fitted on the other folds' out-of-fold outputs."""
     shape = oof.logits.shape
+    sources = np.zeros(len(y), np.int64) if sources is None else sources
     probabilities, predicted, flagged = np.zeros(shape), np.zeros(shape[:2], np.int64), np.zeros(shape[:2], bool)
     reports = []
     for fold in oof.folds:
         others = np.setdiff1d(np.arange(len(y)), fold.test)
         logits, scores = oof.logits[fold.repeat], oof.ood_scores[fold.repeat]
-        pipeline = fit_pipeline(logits[others], scores[others], y[others], malignant, min_malignant_recall)
+        pipeline = fit_pipeline(logits[others], scores[others], y[others], malignant, min_malignant_recall,
+                                sources[others])
         p = pipeline.calibration.probabilities(logits[fold.test])
         labelled = decide(p, pipeline.offsets)
         probabilities[fold.repeat, fold.test], predicted[fold.repeat, fold.test] = p, labelled
-        flagged[fold.repeat, fold.test] = scores[fold.test] > pipeline.ood_threshold
+        flagged[fold.repeat, fold.test] = pipeline.flagged(scores[fold.test])
         report = evaluate.report(p, y[fold.test], labels, predicted=labelled)
         report["ood_flag_rate"] = float(np.mean(flagged[fold.repeat, fold.test]))
         reports.append(report)

@@ -15,6 +15,7 @@ import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -111,11 +112,13 @@ class Dataset:
         return [indices for indices in by_md5.values() if len(indices) > 1]
 
 
-def scan_folder(root: str | Path, progress: bool = True) -> Dataset:
-    """Read every file of every class folder under root; unreadable files are reported, not fatal."""
+def scan_folder(root: str | Path, progress: bool = True,
+                label_of: Callable[[str], str] = canonical_label) -> Dataset:
+    """Read every file of every class folder under root (class: label_of(folder name)); unreadable files are
+    reported, not fatal."""
     root = Path(root)
     folders = require_class_folders(root)
-    files = [(path, canonical_label(folder.name)) for folder in folders for path in _folder_files(folder)]
+    files = [(path, label_of(folder.name)) for folder in folders for path in _folder_files(folder)]
     items: list[Item] = []
     skipped: list[tuple[Path, str]] = []
     for path, label in tqdm(files, desc="reading images", unit="image", file=sys.stderr, disable=not progress):
@@ -199,7 +202,7 @@ def group_items(
     size when they are near-duplicates, or neighbours in file number (gaps allowed)
     that look alike. A change of image size between neighbours ends a scan.
     """
-    links = _UnionFind(len(dataset.items))
+    links = UnionFind(len(dataset.items))
     for indices in dataset.duplicate_sets():
         for index in indices[1:]:
             links.union(indices[0], index)
@@ -288,7 +291,7 @@ def _numbered_runs(items: list[Item]) -> list[list[int]]:
     return runs
 
 
-class _UnionFind:
+class UnionFind:
     """Disjoint sets over 0..n-1, so links of every kind compose into groups."""
 
     def __init__(self, size: int):

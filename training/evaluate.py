@@ -28,17 +28,6 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
     return float(f1.mean())
 
 
-def macro_f1_per_row(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """macro_f1 of each row of y_pred (G, N) against y_true (N,): one bincount for all rows."""
-    rows = np.arange(len(y_pred))[:, None] * n_classes * n_classes
-    matrix = np.bincount((rows + y_true * n_classes + y_pred).ravel(), minlength=len(y_pred) * n_classes * n_classes)
-    matrix = matrix.reshape(len(y_pred), n_classes, n_classes)
-    true_positive = np.diagonal(matrix, axis1=1, axis2=2).astype(np.float64)
-    denominator = matrix.sum(axis=1) + matrix.sum(axis=2)
-    f1 = np.divide(2 * true_positive, denominator, out=np.zeros(denominator.shape), where=denominator > 0)
-    return np.array([float(row.mean()) for row in f1])
-
-
 def reliability(probabilities: np.ndarray, y_true: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, float]]:
     """Per equal-width confidence bin: mean confidence, accuracy and count (top label)."""
     confidence = probabilities.max(axis=1)

@@ -25,12 +25,8 @@ from lung_classifier.model.preprocessing import RESAMPLE, prepare_batch
 BATCH = 32
 
 
-VIEWS = ("plain", "flip")
-"""Each slice as it is, and mirrored left-right (an augmented view for training)."""
-
-
 def cache_key(weights_id: str, input_size: int, view: str = "plain") -> str:
-    """Everything that changes a feature vector, hashed."""
+    """Everything that changes a feature vector, hashed ("plain": image files by md5; "derived": prepared arrays)."""
     identity = {"weights": weights_id, "input_size": input_size, "taps": TAPS, "resample": RESAMPLE, "v": 1}
     if view != "plain":
         identity["view"] = view
@@ -56,18 +52,18 @@ class FeatureCache:
 
 
 def extract(extractor: keras.Model, paths: list[Path], md5s: list[str], input_size: int,
-            cache: FeatureCache, view: str = "plain") -> np.ndarray:
-    """Pooled backbone features for each image (in the given view), computing only what the cache lacks."""
+            cache: FeatureCache) -> np.ndarray:
+    """Pooled backbone features for each image file, computing only what the cache lacks."""
     todo = sorted({md5: path for md5, path in zip(md5s, paths) if md5 not in cache.vectors}.items())
     if todo:
         features_of = tf.function(
             lambda images: pool(extractor(images)),
             input_signature=[tf.TensorSpec([None, input_size, input_size, 3], tf.float32)],
         )
-        with tqdm(total=len(todo), desc=f"backbone features ({view})", unit="image", file=sys.stderr) as bar:
+        with tqdm(total=len(todo), desc="backbone features", unit="image", file=sys.stderr) as bar:
             for first in range(0, len(todo), BATCH):
                 chunk = todo[first:first + BATCH]
-                batch = prepare_batch([_view(load_rgb(path), view) for _, path in chunk], input_size)
+                batch = prepare_batch([load_rgb(path) for _, path in chunk], input_size)
                 for (md5, _), vector in zip(chunk, features_of(tf.constant(batch)).numpy()):
                     cache.vectors[md5] = vector
                 bar.update(len(chunk))
@@ -104,10 +100,3 @@ class ArrayFeatures:
     def save(self) -> None:
         self.cache.save()
 
-
-def _view(rgb: np.ndarray, view: str) -> np.ndarray:
-    if view == "flip":
-        return np.ascontiguousarray(rgb[:, ::-1])
-    if view != "plain":
-        raise ValueError(f"unknown view {view!r}: one of {', '.join(VIEWS)}")
-    return rgb

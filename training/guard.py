@@ -1,8 +1,9 @@
 """How honest is the OOD guard? Flag rates on development slices and on shifted versions of them.
 
 The guard must let training-like slices through and stop what the model was never
-trained on. (DICOM input is flagged by the library whatever its score, see
-lung_classifier.verdict.ood_reason; this measures the feature-space guard alone.) Each
+trained on. (DICOM input is also flagged by the library when its label was not validated
+on DICOM, see lung_classifier.verdict.ood_reason; this measures the feature-space guard
+alone.) Each
 shift here is something a user could plausibly send: another display
 window, an inverted or blurred slice, a zoomed crop, a slice turned on its side, the CT
 that ships with pydicom, ordinary photographs, noise.

@@ -20,23 +20,37 @@ from typing import Any
 import numpy as np
 
 from lung_classifier import package
-from lung_classifier.decoding.rendering import IQ_OTH_RENDERING
+from lung_classifier.decoding.rendering import TRAINING_RANGE
 from lung_classifier.model.head import Head
 from lung_classifier.model.network import CAM_CHOICES, SERVED, TAPS, LungModel
 from lung_classifier.model.preprocessing import RESAMPLE
-from training import calibration, card, cv, data, decision, evaluate, faithfulness, guard, scan_cv, selection
+from training import (calibration, card, cv, decision, evaluate, faithfulness, fit, guard, per_source, scan_cv,
+                      selection)
 from training.cv import Pipeline
+from training.multisource import PACKAGE_RENDERING, TrainingSet
 
-MODEL_VERSION = "2.1.0"
+MODEL_VERSION = "3.0.0"
 CHANGELOG = {
+    "3.0.0": "several training sources (--source): IQ-OTH/NCCD, Chest CT-Scan, COVID-CT-MD DICOM at ten windows; "
+             "source-balanced head; offsets for Malignant recall >= 0.99 in every source with Malignant; guard = "
+             "PCA score OR distance to the 5th-nearest training row; \"Normal\" means no cancer finding; DICOM "
+             "answered only with the labels validated on DICOM; leave-one-source-out evaluation",
     "2.1.0": "whole-scan rule (pooling of slice probabilities, scan-level calibration and decision) chosen by "
              "scan-level CV over pseudo-patients; slice head unchanged",
     "2.0.0": "head chosen and measured by repeated patient-grouped CV and fit on all the data; "
              "Malignant-first decision rule; calibration on out-of-fold logits; Grad-CAM through the whole network",
     "1.0.0": "first release: head fit on a 70% grouped split",
 }
-INTENDED_USE = ("Research and teaching only: classifying one axial chest CT slice, windowed like the IQ-OTH/NCCD "
-                "exports, as Normal, Benign or Malignant. Not a medical device.")
+INTENDED_USE = ("Research and teaching only: classifying one axial chest CT slice, windowed like the training "
+                "sources (IQ-OTH/NCCD export range), as Normal (no cancer finding), Benign or Malignant. "
+                "Not a medical device.")
+LABELS_MEANING = {
+    "Normal": "no cancer finding: a healthy lung or a non-cancer finding (COVID-19 and community-acquired "
+              "pneumonia slices were trained as Normal); not a statement that the lung is healthy",
+    "Benign": "a benign nodule (IQ-OTH/NCCD's benign cases)",
+    "Malignant": "a malignant tumour (IQ-OTH/NCCD malignant cases; Chest CT-Scan adenocarcinoma, large cell and "
+                 "squamous cell carcinoma)",
+}
 TARGETS = (("macro_f1", "macro-F1", 0.85, ">="), ("recall_Malignant", "Malignant recall", 0.98, ">="),
            ("recall_Benign", "Benign recall", 0.70, ">="), ("ece", "ECE", 0.05, "<="))
 CALIBRATED_ECE = 0.05
@@ -48,10 +62,7 @@ class TrainingRecord:
     """Everything the training run measured and chose, for the config, card and metrics."""
 
     args: argparse.Namespace
-    dataset: data.Dataset
-    groups: np.ndarray
-    y: np.ndarray
-    labels: list[str]
+    training: TrainingSet
     digest: str
     results: list[selection.Result]
     chosen: selection.Result
@@ -61,8 +72,19 @@ class TrainingRecord:
     shifts: dict[str, dict[str, float]]
     scan_results: list[scan_cv.RuleResult]
     scan_chosen: scan_cv.RuleResult
+    within: dict[str, dict[str, Any]]  # per source, training.per_source.within
+    loso: dict[str, dict[str, Any]]  # per left-out source, training.per_source.loso
+    scan_checks: dict[str, dict[str, Any]]  # per DICOM series, training.per_source.scan_checks
     command: str
     seconds: int
+
+    @property
+    def labels(self) -> list[str]:
+        return self.training.labels
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.training.y
 
     @property
     def malignant(self) -> int:
@@ -100,7 +122,8 @@ def check_export(out: Path, model: LungModel, record: TrainingRecord, count: int
     from lung_classifier.model.preprocessing import prepare_batch
 
     print("   checking the exported SavedModel against the in-memory model")
-    paths = [item.path for item in record.dataset.items[:count]]
+    paths = [item.path for entry in record.training.sources if not entry.dicom
+             for item in entry.dataset.items][:count]
     images = tf.constant(prepare_batch([load_rgb(path) for path in paths], record.args.input_size))
     exported = tf.saved_model.load(str(out / package.SAVED_MODEL)).signatures["serving_default"](images=images)
     expected = model.predict(images)
@@ -117,10 +140,14 @@ def calibrated(summary: dict[str, dict[str, float]]) -> bool:
     return summary["ece"]["high"] <= CALIBRATED_ECE
 
 
-HEAD_NUMBERS = ("the one copy of the numbers the rules use: temperature, decision_offsets (the decision rule) "
-                "and ood_threshold; config.json describes the rules and does not repeat them")
-OOD_RULE = ("out_of_distribution = ood_score > ood_threshold (head.npz), or a DICOM slice that is not axial, or any "
-            "DICOM slice while rendering.dicom_validated is false; no diagnosis is given for a flagged input")
+HEAD_NUMBERS = ("the one copy of the numbers the rules use: temperature, decision_offsets (the decision rule), "
+                "ood_threshold and knn_threshold, and the guard's kNN bank; config.json describes the rules and "
+                "does not repeat them")
+OOD_RULE = ("ood_score = max(PCA score, kNN distance x ood_threshold / knn_threshold), so out_of_distribution = "
+            "ood_score > ood_threshold (head.npz) exactly when the PCA score is above ood_threshold or the cosine "
+            "distance to the 5th-nearest training row (the bank: training rows projected on 128 principal axes, "
+            "float16) is above knn_threshold; also flagged: a DICOM slice that is not axial, and a DICOM slice "
+            "whose label is not in rendering.dicom_validated_labels; no diagnosis is given for a flagged input")
 
 
 def package_config(record: TrainingRecord, head: Head) -> dict[str, Any]:
@@ -134,10 +161,11 @@ def package_config(record: TrainingRecord, head: Head) -> dict[str, Any]:
         "changelog": CHANGELOG,
         "intended_use": INTENDED_USE,
         "labels": labels,
+        "labels_meaning": {label: LABELS_MEANING[label] for label in labels if label in LABELS_MEANING},
         "input": {"size": size, "channels": "RGB", "dtype": "float32", "range": [0, 255],
                   "shape": ["N", size, size, 3],
                   "modality": "axial chest CT slice, windowed greyscale as the training slices were rendered"},
-        "rendering": IQ_OTH_RENDERING,
+        "rendering": rendering_config(record),
         "preprocessing": {"decoder": "lung_classifier.decoding.images.load_rgb", "resize": RESAMPLE,
                           "normalisation": "inside the model (ResNet50 caffe mode)"},
         "backbone": {"architecture": "keras.applications.ResNet50", "weights": "imagenet", "include_top": False,
@@ -151,10 +179,14 @@ def package_config(record: TrainingRecord, head: Head) -> dict[str, Any]:
                         "cv_ece": record.chosen.summary["ece"]},
         "decision_rule": {"rule": "label = argmax over classes of log(probability) + offset[class] "
                                   "(head.npz: decision_offsets)",
-                          "chosen_for": f"out-of-fold Malignant recall >= {decision.MIN_MALIGNANT_RECALL}, "
-                                        "then the highest macro-F1"},
-        "ood": {"quantile_of_out_of_fold": decision.OOD_QUANTILE, "components": int(head.ood_components.shape[0]),
-                "rule": OOD_RULE},
+                          "chosen_for": f"out-of-fold Malignant recall >= {decision.MIN_MALIGNANT_RECALL} in every "
+                                        "source with Malignant slices, then the highest mean over sources of "
+                                        "macro-F1"},
+        "ood": {"quantile_of_out_of_fold": decision.OOD_QUANTILE,
+                "threshold_rule": "each threshold = the highest over training sources of that source's "
+                                  f"{decision.OOD_QUANTILE} quantile of its cross-fitted out-of-fold scores",
+                "components": int(head.ood_components.shape[0]), "knn_components": int(head.knn_components.shape[0]),
+                "knn_bank_rows": int(head.knn_bank.shape[0]), "knn_k": fit.KNN_K, "rule": OOD_RULE},
         "gradcam": {"layers": record.faithfulness["chosen"], "taps": list(CAM_CHOICES[record.faithfulness["chosen"]])},
         "scan": scan_config(record),
         "outputs": {
@@ -168,12 +200,30 @@ def package_config(record: TrainingRecord, head: Head) -> dict[str, Any]:
                         "signature": "explain"},
         },
         "signatures": {"serving_default": list(SERVED), "explain": [*SERVED, "heatmap"], "features": ["features"]},
-        "training": {"data": str(record.args.data), "seed": record.args.seed,
-                     "cv": {"folds": record.args.folds, "repeats": record.args.repeats},
-                     "classes": data.group_summary(record.dataset, record.groups.tolist()),
-                     "exact_duplicates": sum(len(s) - 1 for s in record.dataset.duplicate_sets()),
-                     "grouping": "pseudo-patients: exact duplicates + adjacent near-identical slices",
+        "training": {"sources": record.training.describe(), "seed": record.args.seed,
+                     "weighting": fit.WEIGHTINGS[record.chosen.settings.weighting],
+                     "cv": {"folds": record.args.folds, "repeats": record.args.repeats,
+                            "strata": "source x class"},
                      "seconds": record.seconds},
+    }
+
+
+def rendering_config(record: TrainingRecord) -> dict[str, Any]:
+    """The training range, each source's rendering, and what the evidence validated (the library reads
+    dicom_validated_labels: DICOM slices are answered only with these labels)."""
+    training = record.training
+    dicom_labels = training.dicom_labels()
+    entry_classes = {name: list(entry["classes"]) for name, entry in training.describe().items()}
+    return {
+        **TRAINING_RANGE,
+        "training_slices": {name: entry["rendering"] for name, entry in training.describe().items()},
+        "dicom_validated_labels": dicom_labels,
+        "validated": {
+            name: (f"DICOM at the package window {PACKAGE_RENDERING}: answered only as {' or '.join(dicom_labels)} "
+                   "(the classes of the DICOM training sources) when the guard passes; any other label on DICOM, "
+                   "and reformatted DICOM, is flagged" if entry.dicom else
+                   f"image files as they are: {', '.join(entry_classes[name])} answered when the guard passes")
+            for name, entry in zip(training.names, training.sources)},
     }
 
 
@@ -190,6 +240,10 @@ def scan_config(record: TrainingRecord) -> dict[str, Any]:
 def metrics(record: TrainingRecord) -> dict[str, Any]:
     chosen = record.chosen
     return {
+        "per_source": record.within,
+        "leave_one_source_out": record.loso,
+        "scan_checks": record.scan_checks,
+        "trade": {name: [point.__dict__ for point in points] for name, points in trade_curves(record).items()},
         "cv": chosen.summary,
         "cv_confusion_matrix": chosen.crossfitted.confusion(record.y, len(record.labels)).tolist(),
         "cv_folds": chosen.crossfitted.reports,
@@ -216,6 +270,43 @@ def write_plots(directory: Path, record: TrainingRecord) -> None:
     evaluate.plot_confusion(confusion, labels, directory / "confusion_matrix.png", title)
     evaluate.plot_roc(after, truth, labels, directory / "roc_curves.png", title)
     evaluate.plot_reliability(before, after, truth, directory / "reliability.png", title)
+    for name, points in trade_curves(record).items():
+        per_source.plot_trade(points, shipped_point(record, name), directory / f"trade_{name}.png")
+
+
+def _trade_rows(record: TrainingRecord, name: str) -> np.ndarray:
+    training = record.training
+    return (training.source == training.names.index(name)) & training.answered_rendering()
+
+
+def trade_curves(record: TrainingRecord) -> dict[str, list[per_source.TradePoint]]:
+    """Per source with Normal and Malignant slices: recall against normals called Malignant (pooled out of fold)."""
+    training, curves = record.training, {}
+    repeats = record.chosen.crossfitted.probabilities.shape[0]
+    for name in training.names:
+        rows = _trade_rows(record, name)
+        present = {training.labels[v] for v in training.y[rows].tolist()}
+        if {"Normal", "Malignant"} <= present:
+            curves[name] = per_source.trade_curve(
+                record.chosen.crossfitted.probabilities[:, rows].reshape(-1, len(training.labels)),
+                np.tile(training.y[rows], repeats), training.labels)
+    return curves
+
+
+def shipped_point(record: TrainingRecord, name: str) -> dict[str, float]:
+    """Where the shipped rule (cross-fitted offsets) sits on a source's trade curve."""
+    training = record.training
+    rows = _trade_rows(record, name)
+    predicted, y = record.chosen.crossfitted.predicted[:, rows], np.broadcast_to(training.y[rows],
+                                                                               (record.chosen.crossfitted.predicted.shape[0], int(rows.sum())))
+    malignant = training.labels.index("Malignant")
+
+    def called(label: str) -> float:
+        if label not in training.labels or not (y == training.labels.index(label)).any():
+            return float("nan")
+        return float(np.mean(predicted[y == training.labels.index(label)] == malignant))
+
+    return {"recall": called("Malignant"), "normals": called("Normal"), "benign": called("Benign")}
 
 
 def targets_table(summary: dict[str, dict[str, float]]) -> str:
@@ -234,10 +325,18 @@ def card_values(record: TrainingRecord, config: dict[str, Any], summary: dict[st
                 head: Head) -> dict:
     """The card's numbers: the rules' numbers as the head stores them, the rest from the training record."""
     labels, pipeline, args = record.labels, record.pipeline, record.args
-    classes = config["training"]["classes"]
-    group_rows = ["| class | images | pseudo-patients |", "| --- | --- | --- |"]
-    group_rows += [f"| {label} | {classes[label]['images']} | {classes[label]['groups']} |" for label in labels]
+    sources = config["training"]["sources"]
+    source_rows = ["| source | folder | " + " | ".join(f"{label} slices (groups)" for label in labels)
+                   + " | grouping | rendering | findings | licence / citation |",
+                   "| --- | --- |" + " --- |" * len(labels) + " --- | --- | --- | --- |"]
+    for name, entry in sources.items():
+        cells = [f"{entry['classes'][label]['slices']} ({entry['classes'][label]['groups']})"
+                 if label in entry["classes"] else "-" for label in labels]
+        findings = "; ".join(f"{k}: {v}" for k, v in entry["findings"].items()) or "-"
+        source_rows.append(f"| {name} | `{Path(entry['folder']).name}` | " + " | ".join(cells)
+                           + f" | {entry['grouping']} | {entry['rendering']} | {findings} | {entry['licence']} |")
     rendering = config["rendering"]
+    trades = trade_curves(record)
     return {
         "name": args.name, "labels": ", ".join(labels), "intended_use": INTENDED_USE,
         "backbone_digest": record.digest, "taps": ", ".join(TAPS),
@@ -255,8 +354,22 @@ def card_values(record: TrainingRecord, config: dict[str, Any], summary: dict[st
         "training_window": f"width {rendering['window_width_hu'][0]}-{rendering['window_width_hu'][1]} HU, "
                            f"centre {rendering['window_centre_hu'][0]}-{rendering['window_centre_hu'][1]} HU",
         "dicom_window": f"centre {rendering['dicom_window']['centre']} / width {rendering['dicom_window']['width']} HU",
-        "n_images": len(record.dataset.items), "n_groups": len(set(record.groups.tolist())),
-        "n_duplicates": config["training"]["exact_duplicates"], "group_table": "\n".join(group_rows),
+        "n_rows": len(record.y), "n_slices": sum(len(entry.dataset.items) for entry in record.training.sources),
+        "n_groups": len(set(record.training.group.tolist())), "n_sources": len(sources),
+        "sources_table": "\n".join(source_rows), "weighting": config["training"]["weighting"],
+        "dicom_validated": (f"answered only as {' or '.join(rendering['dicom_validated_labels'])} (the classes of "
+                            "the DICOM training sources) when the guard passes; any other label on DICOM is flagged "
+                            "(\"a cancer finding on DICOM is not validated\")" if rendering["dicom_validated_labels"]
+                            else "every DICOM slice is flagged (no DICOM training source)"),
+        "knn_threshold": f"{float(head.knn_threshold):.3f}", "knn_components": config["ood"]["knn_components"],
+        "knn_rows": config["ood"]["knn_bank_rows"],
+        "per_source_table": per_source.format_within(record.within),
+        "loso_table": per_source.format_loso(record.loso) if record.loso else "(one source: nothing to leave out)",
+        "scan_checks_table": (per_source.format_scans(record.scan_checks) if record.scan_checks
+                              else "(no DICOM source)"),
+        "trade_section": "\n\n".join(f"**{name}**\n\n" + per_source.trade_table(points, shipped_point(record, name))
+                                      + f"\n\n![trade curve, {name}](plots/trade_{name}.png)"
+                                      for name, points in trades.items()),
         "folds": args.folds, "repeats": args.repeats,
         "cv_table": cv.format_summary(summary, record.chosen.crossfitted.confusion(record.y, len(labels)), labels,
                                       args.folds, args.repeats),
@@ -273,7 +386,7 @@ def card_values(record: TrainingRecord, config: dict[str, Any], summary: dict[st
         "scan_rule": record.scan_chosen.rule.describe(),
         "scan_confident": f"{record.scan_chosen.rule.confident_malignant:.2f}",
         "scan_max_flagged": f"{record.scan_chosen.rule.max_flagged_fraction:.0%}",
-        "n_scans": len(set(record.groups.tolist())),
+        "n_scans": len(set(record.training.group[scan_cv.scan_rows(record.training)].tolist())),
         "repo_hint": args.push_to_hub or "OWNER/NAME", "command": record.command, "train_seconds": record.seconds,
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
     }

@@ -1,6 +1,7 @@
 """Scan-level cross-validation: which pooling rule turns slice answers into the best scan answer.
 
-The pseudo-patients stand in for scans. Each slice's calibrated, cross-fitted
+The pseudo-patients and DICOM series stand in for scans (a near-duplicate group of an image
+source is not a scan, so such sources are left out here). Each slice's calibrated, cross-fitted
 out-of-fold probabilities (from heads that never saw its scan) are pooled per scan by
 every candidate rule; each rule's scan-level temperature, bias and decision offsets
 are cross-fitted on the other folds' scans, exactly as the slice pipeline is, and the
@@ -8,9 +9,9 @@ held-out scans are labelled by :meth:`ScanRule.label`, the confident-malignant
 guarantee included. The rule with the best mean macro-F1 among those that never call
 a malignant scan Normal is shipped, refitted on all scans of all repeats.
 
-Slices flagged out of distribution are left out of their scan's pooling, as the
-library does; a scan with more than half its slices flagged gets no verdict and is
-counted in the scan flag rate instead.
+Slices flagged out of distribution (by the guard, or a DICOM slice by the DICOM rule) are
+left out of their scan's pooling, as the library does; a scan with more than half its
+slices flagged gets no verdict and is counted in the scan flag rate instead.
 """
 
 from __future__ import annotations
@@ -22,12 +23,38 @@ import numpy as np
 
 from lung_classifier.scan.aggregation import MALIGNANT, ScanRule
 from training import calibration, cv, decision, evaluate
+from training.multisource import TrainingSet
 
 CONFIDENT_MIN, CONFIDENT_MAX, CONFIDENT_STEP = 0.5, 0.9, 0.05
 """Range and grid of the confidently-malignant threshold: never below an even chance, never above 0.9."""
 CANDIDATES = (("max", 1), ("top_k_mean", 2), ("top_k_mean", 3), ("top_k_mean", 5), ("noisy_or", 1),
               ("mean_logit", 1))
 """(pool, k) pairs compared; k matters only for top_k_mean."""
+
+
+SCAN_GROUPINGS = ("pseudo-patients", "series")
+
+
+def scan_rows(training: TrainingSet) -> np.ndarray:
+    """Row indices of slices whose groups are scans, as the product sees them (DICOM at the package window)."""
+    scan_like = np.array([entry.dicom or entry.source.grouping in SCAN_GROUPINGS for entry in training.sources])
+    return np.flatnonzero(scan_like[training.source] & training.answered_rendering())
+
+
+def restrict(training: TrainingSet, crossfitted: cv.CrossFitted, folds: list[cv.Fold],
+             rows: np.ndarray) -> tuple[cv.CrossFitted, list[cv.Fold]]:
+    """The cross-fitted outputs and folds of these rows only, with the DICOM rule added to the flags."""
+    from training.per_source import product_flags
+
+    dicom_labels = training.dicom_labels()
+    flagged = np.stack([product_flags(training, rows, crossfitted.predicted[r, rows], crossfitted.flagged[r, rows],
+                                      dicom_labels) for r in range(crossfitted.predicted.shape[0])])
+    position = np.full(len(training.y), -1)
+    position[rows] = np.arange(len(rows))
+    subset_folds = [cv.Fold(fold.repeat, position[np.intersect1d(fold.train, rows)],
+                            position[np.intersect1d(fold.test, rows)]) for fold in folds]
+    return (cv.CrossFitted(crossfitted.probabilities[:, rows], crossfitted.predicted[:, rows], flagged,
+                           crossfitted.reports), subset_folds)
 
 
 @dataclass(frozen=True)

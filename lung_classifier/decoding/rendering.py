@@ -14,19 +14,23 @@ from typing import Any
 DICOM_WINDOW = (350.0, 900.0)
 """(centre, width) in HU for DICOM input: the middle of the training slices' window range."""
 
-IQ_OTH_RENDERING: dict[str, Any] = {
-    "training_slices": "windowed greyscale JPEG exports of DICOM (IQ-OTH/NCCD)",
+TRAINING_RANGE: dict[str, Any] = {
     "window_width_hu": [350, 1200],
     "window_centre_hu": [50, 600],
     "dicom_window": {"centre": DICOM_WINDOW[0], "width": DICOM_WINDOW[1]},
-    "dicom_validated": False,
 }
-"""dicom_validated: whether answers on DICOM input may be given unflagged. Not for this model:
-no DICOM was available to validate on, and the guard measurement in training shows that a
-changed window keeps slices in distribution while turning most of them Malignant."""
+"""The IQ-OTH/NCCD export range every training rendering lies in, and the window DICOM input is rendered at.
+Training adds, per source, how its slices were rendered and what the evidence validated
+(``dicom_validated_labels``: the labels a DICOM slice may be answered with)."""
 
 
 def dicom_window(config: dict[str, Any]) -> tuple[float, float]:
     """The (centre, width) a package asks DICOM input to be rendered at (a required config field)."""
     window = config["rendering"]["dicom_window"]
     return float(window["centre"]), float(window["width"])
+
+
+def dicom_validated_labels(config: dict[str, Any]) -> tuple[str, ...]:
+    """The labels the evidence validated on DICOM at the package window; none for a package without DICOM sources
+    (or from before sources were recorded), so every DICOM slice is flagged there."""
+    return tuple(config["rendering"].get("dicom_validated_labels", ()))

@@ -1,7 +1,7 @@
 """The trained head as plain arrays: what a package's head.npz holds, readable without TensorFlow.
 
 Besides the classifier's weights it holds the one copy of the numbers the rules use (the
-softmax temperature, the decision offsets and the OOD threshold); the graph
+softmax temperature, the decision offsets and the two OOD thresholds); the graph
 (:mod:`.network`) is built from it and the library reads those numbers from it.
 """
 
@@ -11,6 +11,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
+
+
+KNN_K = 5
+"""The guard's kNN distance is to the 5th-nearest training row: one odd near-duplicate cannot vouch for an input."""
+COMPACT = ("knn_components", "knn_bank")
+"""Stored as float16 (training rounds them so before it measures anything): the bank is thousands of rows."""
 
 
 @dataclass(frozen=True)
@@ -26,11 +32,15 @@ class Head:
     ood_components: np.ndarray  # (K, D) principal axes of standardised training features
     ood_scale: np.ndarray  # (K,) their standard deviations
     ood_residual: np.ndarray  # () mean squared off-subspace residual on training features
-    ood_threshold: np.ndarray  # () score above which an input is out of distribution
+    ood_threshold: np.ndarray  # () PCA score above which an input is out of distribution
+    knn_components: np.ndarray  # (K, D) axes the kNN bank and inputs are projected on
+    knn_bank: np.ndarray  # (M, K) training rows, projected and unit length
+    knn_threshold: np.ndarray  # () distance to the 5th-nearest training row above which an input is out
 
     def save(self, path: Path) -> None:
-        """Plain float arrays in an .npz: loadable without pickle."""
-        np.savez(path, **{f.name: np.asarray(getattr(self, f.name), np.float32) for f in fields(self)})
+        """Plain float arrays in an .npz, loadable without pickle; the kNN arrays as float16 (COMPACT)."""
+        np.savez(path, **{f.name: np.asarray(getattr(self, f.name), np.float16 if f.name in COMPACT else np.float32)
+                          for f in fields(self)})
 
     @classmethod
     def load(cls, path: Path) -> "Head":

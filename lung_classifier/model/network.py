@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 
-from .head import Head
+from .head import KNN_K, Head
 
 TAPS = ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out")
 """ResNet50 stage outputs whose pooled activations feed the head (512 + 1024 + 2048 = 3584)."""
@@ -112,7 +112,13 @@ def head_outputs(features: tf.Tensor, head: "HeadVariables") -> dict[str, tf.Ten
     inside = tf.reduce_mean(tf.square(projected / head.ood_scale), axis=-1)
     residual = tf.reduce_mean(tf.square(z - tf.matmul(projected, head.ood_components)), axis=-1)
     # Both terms are ~1 on training data: distance within the subspace and off it.
-    ood_score = 0.5 * (inside + residual / head.ood_residual)
+    pca_score = 0.5 * (inside + residual / head.ood_residual)
+    near = tf.matmul(z, head.knn_components, transpose_b=True)
+    near = near / tf.maximum(tf.norm(near, axis=-1, keepdims=True), 1e-12)
+    k = tf.minimum(KNN_K, tf.shape(head.knn_bank)[0])
+    knn_distance = 1.0 - tf.math.top_k(tf.matmul(near, head.knn_bank, transpose_b=True), k=k).values[:, -1]
+    # One score in the PCA score's units: above ood_threshold exactly when either part is above its threshold.
+    ood_score = tf.maximum(pca_score, knn_distance * head.ood_threshold / head.knn_threshold)
     decision = tf.nn.log_softmax(scaled, axis=-1) + head.decision_offsets
     top2 = tf.math.top_k(decision, k=2).values
     return {

@@ -146,3 +146,27 @@ class ScanRule:
 def _floats(values: np.ndarray | None, n: int) -> list[float]:
     return [0.0] * n if values is None else [float(v) for v in values]
 
+
+def withheld_reason(rule: ScanRule, label: int, probabilities: np.ndarray, flags: np.ndarray, dicom: bool,
+                    dicom_labels: tuple[str, ...]) -> str | None:
+    """Why a scan verdict reached from its in-distribution slices must not be given, or None.
+
+    - A scan is never called Normal while a slice, flagged or not, has P(Malignant) at or above
+      the rule's confident_malignant (an in-distribution one already turns the verdict Malignant,
+      ScanRule.label; a flagged one cannot vouch for Malignant either): no diagnosis then.
+    - A DICOM scan is answered only with a label the evidence validated on DICOM.
+    ``probabilities`` (n, C) and ``flags`` (n,) are every slice's, flagged ones included.
+    """
+    from ..verdict import CANCER_ON_DICOM, UNVALIDATED_DICOM
+
+    malignant = rule.labels.index(MALIGNANT)
+    if rule.labels[label] == NORMAL and len(probabilities):
+        top = int(np.argmax(probabilities[:, malignant]))
+        if probabilities[top, malignant] >= rule.confident_malignant:
+            return (f"a slice has P(Malignant) {probabilities[top, malignant]:.2f}, at or above "
+                    f"{rule.confident_malignant:.2f}, but is {'flagged' if flags[top] else 'not trusted'}: a scan with "
+                    "such a slice is never called Normal; no diagnosis, have it read by a specialist")
+    if dicom and rule.labels[label] not in dicom_labels:
+        return CANCER_ON_DICOM if dicom_labels else UNVALIDATED_DICOM
+    return None
+

@@ -25,7 +25,7 @@ from ..decoding.series import ScanError, ScanSource, Series, SliceEntry, open_se
 from ..many import analyze_many
 from ..package.format import PackageError
 from ..verdict import OOD_NOTICE, Analysis
-from .aggregation import ScanRule
+from .aggregation import MALIGNANT, ScanRule, withheld_reason
 
 class SliceClassifier(Protocol):
     """What a scan needs of a classifier (LungClassifier is one): its package, and slices read and analysed."""
@@ -33,6 +33,7 @@ class SliceClassifier(Protocol):
     labels: tuple[str, ...]
     config: dict[str, Any]
     source_name: str
+    dicom_labels: tuple[str, ...]
 
     def read(self, image: ImageInput) -> Slice: ...
 
@@ -124,7 +125,7 @@ def analyze_scan(classifier: SliceClassifier, source: ScanSource, *, top_k: int 
         if not slices:
             raise ScanError("no slice of the upload could be decoded (" + "; ".join(notes) + "): upload the "
                             "DICOM files of one series, or the slice images")
-        label, probabilities, flagged, reason, top = _decide(classifier, rule, slices, top_k)
+        label, probabilities, flagged, reason, top = _decide(classifier, rule, slices, top_k, series.dicom)
         heatmaps, images = _explain(classifier, series, [entries[index] for index in top], top) if explain else ({}, {})
     return ScanResult(slices, label, probabilities, flagged, reason, top, heatmaps, images, notes)
 
@@ -147,8 +148,8 @@ def _analyze_slices(classifier: SliceClassifier, series: Series, batch_size: int
     return slices, entries, series.notes.render()
 
 
-def _decide(classifier: SliceClassifier, rule: ScanRule, slices: list[ScanSlice],
-            top_k: int) -> tuple[str | None, dict[str, float] | None, bool, str | None, list[int]]:
+def _decide(classifier: SliceClassifier, rule: ScanRule, slices: list[ScanSlice], top_k: int,
+            dicom: bool) -> tuple[str | None, dict[str, float] | None, bool, str | None, list[int]]:
     flags = np.array([scan_slice.analysis.out_of_distribution for scan_slice in slices])
     k = min(top_k, len(slices))
     if rule.flagged(flags):
@@ -158,9 +159,13 @@ def _decide(classifier: SliceClassifier, rule: ScanRule, slices: list[ScanSlice]
         scores = np.array([scan_slice.analysis.ood_score for scan_slice in slices])
         return None, None, True, reason, [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
     kept = np.flatnonzero(~flags)
-    probabilities = np.array([[slices[i].analysis.probabilities[label] for label in classifier.labels]
-                              for i in kept])
+    every = np.array([[s.analysis.probabilities[label] for label in classifier.labels] for s in slices])
+    probabilities = every[kept]
     decision = rule.decide(probabilities)
+    reason = withheld_reason(rule, decision.label, every, flags, dicom, classifier.dicom_labels)
+    if reason is not None:  # the most malignant slices are what a person should look at
+        order = np.argsort(-every[:, classifier.labels.index(MALIGNANT)], kind="stable")[:k]
+        return None, None, True, reason, [int(i) for i in order]
     order = np.argsort(-decision.contributions, kind="stable")[:min(k, len(kept))]
     return (classifier.labels[decision.label],
             {label: float(p) for label, p in zip(classifier.labels, decision.probabilities)},
