@@ -35,4 +35,5 @@ SOURCES := \
 	--source "covidctmd=$(DATA)/covidctmd;grouping=series;labels=*:Normal;findings=normal*:healthy (no finding),P*:COVID-19 pneumonia (no cancer),cap*:community-acquired pneumonia (no cancer);licence=COVID-CT-MD sample scans, Afshar et al., Scientific Data 2021, doi 10.1038/s41597-021-00900-3, development and evaluation use, cite the paper"
 
 default-model: setup  ## retrain the embedded default model on the three shared sources (../shared/data)
-	$(PY) -m training $(SOURCES) --output $(OUTPUT) --head-only
+	$(PY) -m training $(SOURCES) --output $(OUTPUT) --no-savedmodel
+	$(if $(filter lung_classifier/default_model,$(OUTPUT)),cp $(OUTPUT)/README.md model_card.md)  # the repo's card

@@ -22,7 +22,7 @@ from demo.components import DecisionLabel, SliceFile, SliceFiles
 from demo.startup import example_files, lean_tensorflow_import, warm_up
 from demo.uploads import UPLOAD_LIFETIME, keep_examples
 from lung_classifier import LungClassifier
-from lung_classifier.options import load, model_options
+from lung_classifier.cli.model_flags import load, model_options
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 MAX_FILE_SIZE = "50mb"

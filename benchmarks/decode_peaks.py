@@ -63,7 +63,7 @@ def _warm_up() -> None:
 
     from lung_classifier.decoding.images import load_rgb
 
-    from .hostile_corpus import accepted_kinds
+    from testkit.hostile_corpus import accepted_kinds
 
     with tempfile.TemporaryDirectory() as folder:
         for kind, make in accepted_kinds(64, 64).items():

@@ -2,7 +2,7 @@
 one upload of each class costs to decode or refuse.
 
 5h: the server is `python app.py` with the real model; the clients are 16 threads of a
-separate process (`benchmarks/hostile_corpus.py`, the same corpus and sender as the tests),
+separate process (`testkit/hostile_corpus.py`, the same corpus and sender as the tests),
 each sending every heavy file (the worst of each class: DICOM bombs, 40 MP progressive
 JPEGs, a 20,000-page TIFF, ...) to /predict, /analyze and /batch at once, then its share
 of the other files, then every hostile zip to /scan. Peak = the server's VmHWM
@@ -21,8 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from testkit.hostile_corpus import HEAVY, hostile_zips, write_heavy, write_zips
+
 from .common import REPO, Row
-from .hostile_corpus import HEAVY, hostile_zips, write_heavy, write_zips
 from .readings import peak_rss
 from .server import Server
 
@@ -57,7 +58,7 @@ def run(image: Path, quick: bool, log) -> Row:
         before = peak_rss(server.pid)
         log(f"  {CLIENTS} clients sending the corpus to {' '.join(endpoints)} (1/{share} of the light files)")
         sender = subprocess.run(
-            [sys.executable, "-m", "benchmarks.hostile_corpus", "--url", server.url,
+            [sys.executable, "-m", "testkit.hostile_corpus", "--url", server.url,
              "--dir", str(work / "corpus"), "--clients", str(CLIENTS), "--share", str(share),
              "--endpoints", *endpoints, "--zips"],
             cwd=REPO, capture_output=True, text=True, timeout=3600)

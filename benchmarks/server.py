@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from testkit.app_server import AppServer, app_command, app_env, free_port, spawn
 
 from .common import (
     REPO,
@@ -80,42 +81,29 @@ class ServerResults:
     details: list[str] = field(default_factory=list)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def server_env() -> dict[str, str]:
-    return {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
-            "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost", "PYTHONUNBUFFERED": "1"}
-
-
 class Server:
-    """app.py in a subprocess; start() returns the seconds to its first answered /predict."""
+    """app.py (the embedded default model) in a subprocess; start() returns the seconds to its first answered
+    /predict."""
 
     def __init__(self, batching: bool, log_dir: Path):
         self.batching = batching
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log_path = log_dir / f"app-{'batching' if batching else 'no-batching'}-{self.port}.log"
-        self.process: subprocess.Popen | None = None
+        self.app: AppServer | None = None
 
     def start(self, image: Path) -> float:
         from gradio_client import Client, handle_file
 
-        log = open(self.log_path, "w")
         started = time.perf_counter()
-        self.process = subprocess.Popen(self.command(), cwd=REPO, env=server_env(), stdout=log,
-                                        stderr=subprocess.STDOUT)
-        log.close()
+        self.app = spawn(self.command(), self.port, self.log_path, app_env())
         client = None
         while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"app.py exited with {self.process.returncode}:\n{self.log_tail()}")
+            if self.app.process.poll() is not None:
+                raise RuntimeError(f"app.py exited with {self.app.process.returncode}:\n{self.app.log_tail()}")
             if time.perf_counter() - started > START_TIMEOUT_S:
                 self.stop()
-                raise RuntimeError(f"app.py did not answer within {START_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
+                raise RuntimeError(f"app.py did not answer within {START_TIMEOUT_S:.0f} s:\n{self.app.log_tail()}")
             try:
                 client = client or Client(self.url, verbose=False, analytics_enabled=False, download_files=False)
                 client.predict(handle_file(str(image)), api_name="/predict")
@@ -124,27 +112,20 @@ class Server:
                 time.sleep(0.1)
 
     def command(self) -> list[str]:
-        return [sys.executable, "app.py", "--port", str(self.port)] + ([] if self.batching else ["--no-batching"])
+        return app_command(self.port, *([] if self.batching else ["--no-batching"]))
 
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+    @property
+    def process(self) -> subprocess.Popen:
+        assert self.app is not None
+        return self.app.process
 
     @property
     def pid(self) -> int:
-        assert self.process is not None
         return self.process.pid
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.app is not None:
+            self.app.stop()
 
 
 class FloorServer(Server):
@@ -276,7 +257,7 @@ def startup_phases(image: Path) -> list[tuple[str, float, float]]:
     (app.py overlaps the first model call with the page build and server start)."""
     import json
 
-    done = subprocess.run([sys.executable, "-m", "benchmarks.startup_phases", str(image)], cwd=REPO, env=server_env(),
+    done = subprocess.run([sys.executable, "-m", "benchmarks.startup_phases", str(image)], cwd=REPO, env=app_env(),
                           capture_output=True, text=True, timeout=START_TIMEOUT_S, check=True)
     return [tuple(phase) for phase in json.loads(done.stdout.strip().splitlines()[-1])]
 

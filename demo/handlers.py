@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 from gradio.components.label import LabelData
 
-from demo import rendering, scan_view, texts
+from demo import pictures, scan_view, texts
 from demo.batching import BatchingPredictor
 from demo.uploads import UploadJanitor, unique_png
 from lung_classifier import ImageError, LungClassifier
@@ -66,7 +66,7 @@ class Handlers:
             except ImageError as exc:
                 raise cannot_classify(exc) from None
             picture = None if result.out_of_distribution else unique_png(  # no heatmap presented as a finding
-                rendering.overlay(piece.rgb, result.heatmap), "slice-and-heatmap.png")
+                pictures.overlay(piece.rgb, result.heatmap), "slice-and-heatmap.png")
         return (texts.label_value(result), texts.why(result, self.classifier.config), picture, texts.note(result),
                 texts.details(result))
 
@@ -79,7 +79,7 @@ class Handlers:
                 rgb = self.classifier.read(slice_file).rgb
             except ImageError as exc:
                 raise cannot_classify(exc) from None
-        return unique_png(rendering.preview(rgb), "slice.png"), None, "", None, "", None
+        return unique_png(pictures.preview(rgb), "slice.png"), None, "", None, "", None
 
     def batch(self, slice_files: list[str] | str | None, request: gr.Request) -> list[list[Any]]:
         """One row per uploaded slice: file, prediction, each class probability, note. A slice unlike the
@@ -110,9 +110,9 @@ class Handlers:
         """The page's whole scan: verdict, note, curve along the body, top slices with Grad-CAM, every slice."""
         paths = scan_view.received(scan_files)
         with self.janitor.using(paths, request):
-            result, pictures = scan_view.analyze(self.classifier, paths, explain=True, progress=progress)
+            result, gallery = scan_view.analyze(self.classifier, paths, explain=True, progress=progress)
         return (texts.label_value(result), texts.why(result, self.classifier.config),
-                scan_view.note(result, len(pictures)), scan_view.plot(result), pictures, scan_view.table(result))
+                scan_view.note(result, len(gallery)), scan_view.plot(result), gallery, scan_view.table(result))
 
     def scan_api(self, scan_files: list[str] | str | None, request: gr.Request) -> tuple[LabelData, dict[str, Any]]:
         """A whole CT series (one zip, or the slices' files): the scan's verdict, and every slice's result, each

@@ -12,7 +12,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from demo import rendering, texts
+from demo import pictures, texts
 from demo.uploads import unique_png
 from lung_classifier import ImageError, LungClassifier, PackageError, ScanError, ScanResult, ScanSlice
 
@@ -107,7 +107,7 @@ def curve(result: ScanResult) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[x, CLASS, PROBABILITY])
 
 
-def note(result: ScanResult, pictures: int | None = None) -> str:
+def note(result: ScanResult, shown: int | None = None) -> str:
     """The verdict in words, the slices that drove it, what the reader skipped, and any overlay not shown."""
     count = len(result.slices)
     flagged = sum(piece.analysis.out_of_distribution for piece in result.slices)
@@ -125,8 +125,8 @@ def note(result: ScanResult, pictures: int | None = None) -> str:
         which = "least like the training slices" if result.out_of_distribution else "that contributed most"
         text += f"\n\nSlices {which}: {names}."
     lines = list(result.notes)
-    if pictures is not None and pictures < len(result.top):
-        lines.append(f"the overlay of {len(result.top) - pictures} of these slices is not shown: files of the same "
+    if shown is not None and shown < len(result.top):
+        lines.append(f"the overlay of {len(result.top) - shown} of these slices is not shown: files of the same "
                      "name could not all be read; give each slice file its own name")
     if lines:
         text += "\n\n" + "\n".join(f"- {line}" for line in lines)
@@ -148,10 +148,10 @@ def caption(piece: ScanSlice) -> str:
 def gallery(result: ScanResult) -> list[tuple[str, str]]:
     """The top slices as PNG files of this request alone, with captions: each beside its Grad-CAM overlay, or,
     for a flagged slice, alone (no heatmap presented as a finding)."""
-    pictures = []
+    shown = []
     for i in result.top:
         piece = result.slices[i]
-        pixels = (rendering.preview(result.images[i]) if piece.analysis.out_of_distribution
-                  else rendering.overlay(result.images[i], result.heatmaps[i]))
-        pictures.append((unique_png(pixels, f"slice-{piece.number}.png"), caption(piece)))
-    return pictures
+        pixels = (pictures.preview(result.images[i]) if piece.analysis.out_of_distribution
+                  else pictures.overlay(result.images[i], result.heatmaps[i]))
+        shown.append((unique_png(pixels, f"slice-{piece.number}.png"), caption(piece)))
+    return shown

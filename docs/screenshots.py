@@ -11,38 +11,29 @@ as tests/test_browser.py does.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script from docs/: the repository's testkit is importable
+
+from testkit.app_server import AppServer, app_command, app_env, free_port, spawn  # noqa: E402
 DOCS = REPO / "docs"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 SCAN_SLICES = 24
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(url: str, app: subprocess.Popen, seconds: float = 600) -> None:
+def wait_for(server: AppServer, seconds: float = 600) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if app.poll() is not None:
-            sys.exit("error: the app stopped before it answered")
-        try:
-            urllib.request.urlopen(url + "/gradio_api/info", timeout=2)
+        if server.process.poll() is not None:
+            sys.exit(f"error: the app stopped before it answered:\n{server.log_tail()}")
+        if server.answers():
             return
-        except OSError:
-            time.sleep(0.5)
+        time.sleep(0.5)
     sys.exit(f"error: the app did not answer within {seconds:.0f} s")
 
 
@@ -59,12 +50,11 @@ def main() -> None:
         sys.exit(f"error: {malignant}: the IQ-OTH/NCCD slices are not there (see ../shared/data/README.md)")
     photo = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 
-    port, temp = free_port(), tempfile.mkdtemp(prefix="screenshots-gradio-")
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": temp}
-    app = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=REPO, env=env)
-    url = f"http://127.0.0.1:{port}"
+    port, temp = free_port(), Path(tempfile.mkdtemp(prefix="screenshots-gradio-"))
+    app = spawn(app_command(port), port, temp / "app.log", app_env(GRADIO_TEMP_DIR=str(temp)), temp)
+    url = app.url
     try:
-        wait_for(url, app)
+        wait_for(app)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -98,8 +88,7 @@ def main() -> None:
             page.screenshot(path=str(DOCS / "scan-screenshot.png"), full_page=True)
             browser.close()
     finally:
-        app.terminate()
-        app.wait(timeout=60)
+        app.stop()
         shutil.rmtree(temp, ignore_errors=True)
     print("\n".join(str(DOCS / name) for name in ("screenshot.png", "refused-screenshot.png", "scan-screenshot.png")))
 

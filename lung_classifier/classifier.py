@@ -15,10 +15,10 @@ import numpy as np
 from PIL import Image
 
 from . import package
-from .decoding import rendering
+from .decoding import windowing
 from .decoding.images import ImageInput, Slice, read_slice
 from .decoding.series import ScanSource
-from .many import Outcome, T, analyze_many
+from .batch import Outcome, T, analyze_many
 from .model.preprocessing import prepare_batch
 from .package import hub
 from .scan.analysis import ScanResult, analyze_scan
@@ -79,8 +79,8 @@ class LungClassifier:
         self.input_size: int = config["input"]["size"]
         self.ood_threshold: float = float(Head.load(directory / package.HEAD).ood_threshold)
         """The head's threshold, which the graph's flag uses: messages quote this one."""
-        self.dicom_window = rendering.dicom_window(config)
-        self.dicom_labels: tuple[str, ...] = rendering.dicom_validated_labels(config)
+        self.dicom_window = windowing.dicom_window(config)
+        self.dicom_labels: tuple[str, ...] = windowing.dicom_validated_labels(config)
         """Labels a DICOM slice may be answered with (the evidence's); any other DICOM answer is flagged."""
         rebuilt = config.get("rebuilt")
         self.precision: str = rebuilt.get("precision", "float32") if isinstance(rebuilt, dict) else "as shipped"
@@ -166,7 +166,7 @@ class LungClassifier:
                      progress: Callable[[int, int], None] | None = None) -> Iterator[Outcome[T]]:
         """Each item's Outcome (analysis, or the reason it has none), in order, ``batch_size`` at a time.
 
-        A file that cannot be decoded fails its own Outcome only; see lung_classifier.many.
+        A file that cannot be decoded fails its own Outcome only; see lung_classifier.batch.
         """
         return analyze_many(self, items, read=read, batch_size=batch_size, max_pixels=max_pixels,
                             progress=progress)

@@ -20,9 +20,10 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from app_server import AppServer, local_url_line, start_app
 from conftest import REPO, synthetic_slice
-from benchmarks.hostile_corpus import encode, png_claiming_size
+from testkit.app_server import AppServer, local_url_line, start_app
+from testkit.dicom_files import ct_slice
+from testkit.hostile_corpus import encode, png_claiming_size
 
 
 LABELS = ["Normal", "Benign", "Malignant"]
@@ -80,34 +81,6 @@ def assert_same_prediction(value: dict, expected: dict) -> None:
 # --- input files ------------------------------------------------------------------------------
 
 
-def dicom_bytes(stored: np.ndarray | None) -> bytes:
-    """A minimal CT DICOM file: uint16 stored values, HU = stored - 1024; no pixel data if None."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    dataset = Dataset()
-    dataset.file_meta = FileMetaDataset()
-    dataset.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset.SOPClassUID = CTImageStorage
-    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID
-    dataset.Modality = "CT"
-    if stored is not None:
-        dataset.Rows, dataset.Columns = stored.shape
-        dataset.SamplesPerPixel = 1
-        dataset.PhotometricInterpretation = "MONOCHROME2"
-        dataset.BitsAllocated = dataset.BitsStored = 16
-        dataset.HighBit = 15
-        dataset.PixelRepresentation = 0
-        dataset.RescaleSlope = 1
-        dataset.RescaleIntercept = -1024
-        dataset.PixelData = stored.astype(np.uint16).tobytes()
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def animated_gif() -> bytes:
     frames = [Image.new("L", (40, 40), 0), Image.new("L", (40, 40), 255)]
     return encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
@@ -125,7 +98,7 @@ BAD_INPUTS = {  # file name -> (bytes, key phrase of the error message)
     "bomb.png": (lambda: png_claiming_size(100_000, 100_000), "too large"),
     "pixel.png": (lambda: encode(Image.new("L", (1, 1)), "PNG"), "too small"),
     "animated.gif": (animated_gif, "is an animated image"),
-    "no-pixels.dcm": (lambda: dicom_bytes(None), "without pixel data"),
+    "no-pixels.dcm": (lambda: ct_slice(None), "without pixel data"),
 }
 
 
@@ -145,7 +118,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     # Grey levels back to HU through the lung window (centre -600, width 1500), stored as HU + 1024.
     hounsfield = np.asarray(synthetic_slice("Malignant", 8), np.float64) / 255.0 * 1500.0 - 1350.0
     paths["slice.dcm"] = folder / "slice.dcm"
-    paths["slice.dcm"].write_bytes(dicom_bytes(np.round(hounsfield + 1024.0)))
+    paths["slice.dcm"].write_bytes(ct_slice(hounsfield))
     return paths
 
 
@@ -226,7 +199,7 @@ def test_analyze_returns_label_overlay_note_and_details(client, library, files):
     assert f"**{expected.label}**" in note
     assert f"Out-of-distribution score {expected.ood_score:.2f} (flagged above {library.ood_threshold:.2f})" in note
 
-    from demo.rendering import legend_height
+    from demo.pictures import legend_height
 
     assert Path(overlay).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(overlay) as image, Image.open(path) as original:
@@ -399,7 +372,7 @@ def test_large_slice_overlay_is_at_most_1024_pixels_per_picture(client, tmp_path
     path = tmp_path / "large-slice.png"
     synthetic_slice("Malignant", 4).resize((3000, 1500)).save(path)
     _, _, overlay, _, _ = client.predict(send(path), api_name="/analyze")
-    from demo.rendering import legend_height
+    from demo.pictures import legend_height
 
     with Image.open(overlay) as image:
         assert image.mode == "RGB"

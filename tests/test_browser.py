@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from app_server import AppServer, start_app
 from conftest import REPO, require, synthetic_slice
+from testkit.app_server import AppServer, start_app
 
 pytestmark = pytest.mark.browser
 
@@ -120,7 +120,7 @@ def test_page_shows_the_upload_at_once_classifies_it_and_explains_errors(page, s
     expect(page.get_by_test_id("label-output-value")).to_have_count(0)
     page.get_by_role("button", name="Classify", exact=True).click()
     expect(page.get_by_test_id("label-output-value")).to_have_text(shown)
-    from demo.rendering import legend_height
+    from demo.pictures import legend_height
 
     heatmap, width, height = picture(page, "heatmap")
     with Image.open(slice_path) as image:

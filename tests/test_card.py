@@ -14,6 +14,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard
 from PIL import Image
 
+from conftest import REPO
 from lung_classifier import package
 from lung_classifier.model.head import Head
 from lung_classifier.model.network import TAPS
@@ -65,6 +66,22 @@ def test_a_variable_without_a_value_is_an_error_not_a_blank(tmp_path):
     template.write_text("---\n{{ card_data }}\n---\n{{ a }} {{ c }} {{ b }}\n")
     with pytest.raises(KeyError, match="model card values missing: b, c"):
         card.build(card.card_data(CONFIG, SUMMARY), {"a": 1}, template)
+
+
+HUGGING_FACE_ORDER = ("Model details", "Intended use", "How to use", "Out of scope", "Limitations and risks",
+                      "Training data", "Evaluation")
+
+
+def test_the_template_follows_the_hugging_face_order_and_says_nothing_internal():
+    text = card.TEMPLATE.read_text()
+    sections = re.findall(r"^## (.+)$", text, re.M)
+    assert tuple(name for name in sections if name in HUGGING_FACE_ORDER) == HUGGING_FACE_ORDER, sections
+    assert not re.search(r"\bissue \d+|110 patients", text)
+
+
+def test_the_repository_card_is_the_default_package_card():
+    """model_card.md (what a reader of the repository opens) is the shipped card, not a template."""
+    assert (REPO / "model_card.md").read_bytes() == (REPO / "lung_classifier" / "default_model" / "README.md").read_bytes()
 
 
 def test_values_are_inserted_as_text_not_rendered_again(tmp_path):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from gradio.route_utils import delete_files_created_by_app
 
-from demo import rendering, texts
+from demo import pictures, texts
 from demo.uploads import UploadJanitor
 
 
@@ -24,42 +24,42 @@ def test_overlay_of_a_large_slice_is_uint8_at_display_size_without_a_full_size_f
     heatmap[:, width // 2:] = 1.0
     tracemalloc.start()
     try:
-        picture = rendering.overlay(rgb, heatmap)
+        picture = pictures.overlay(rgb, heatmap)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert picture.dtype == np.uint8
-    assert picture.shape == (768 + rendering.legend_height(1024), 2 * 1024 + rendering.GAP, 3)
+    assert picture.shape == (768 + pictures.legend_height(1024), 2 * 1024 + pictures.GAP, 3)
     # One full-size float32 plane is 48 MB; the old float64 colour map was 288 MB.
     assert peak < 24_000_000, f"peak {peak / 1e6:.0f} MB"
-    blended = picture[:, 1024 + rendering.GAP:]
-    assert tuple(blended[384, 10]) == tuple((4 * rendering.JET[0].astype(int) + 5) // 10)  # cold half
-    assert tuple(blended[384, -10]) == tuple((4 * rendering.JET[255].astype(int) + 5) // 10)  # hot half
+    blended = picture[:, 1024 + pictures.GAP:]
+    assert tuple(blended[384, 10]) == tuple((4 * pictures.JET[0].astype(int) + 5) // 10)  # cold half
+    assert tuple(blended[384, -10]) == tuple((4 * pictures.JET[255].astype(int) + 5) // 10)  # hot half
 
 
 def test_small_slices_are_shown_as_they_are():
     rgb = np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8)
-    assert rendering.preview(rgb) is rgb
-    picture = rendering.overlay(rgb, np.full((300, 200), 0.5, np.float32))
-    assert picture.shape == (300 + rendering.legend_height(200), 2 * 200 + rendering.GAP, 3)
+    assert pictures.preview(rgb) is rgb
+    picture = pictures.overlay(rgb, np.full((300, 200), 0.5, np.float32))
+    assert picture.shape == (300 + pictures.legend_height(200), 2 * 200 + pictures.GAP, 3)
     np.testing.assert_array_equal(picture[:300, :200], rgb)
 
 
 def test_the_heatmap_carries_its_colour_key_under_it():
-    picture = rendering.overlay(np.zeros((300, 200, 3), np.uint8), np.full((300, 200), 0.5, np.float32))
-    key = picture[300 + 4 + 2, 200 + rendering.GAP:]  # a row through the colour bar
-    assert tuple(key[0]) == tuple(rendering.JET[0]) and tuple(key[-1]) == tuple(rendering.JET[255])
+    picture = pictures.overlay(np.zeros((300, 200, 3), np.uint8), np.full((300, 200), 0.5, np.float32))
+    key = picture[300 + 4 + 2, 200 + pictures.GAP:]  # a row through the colour bar
+    assert tuple(key[0]) == tuple(pictures.JET[0]) and tuple(key[-1]) == tuple(pictures.JET[255])
     assert (picture[300:, :200] == 255).all()  # nothing under the slice itself
-    text = picture[300 + 4 + rendering.legend_height(200) // 2:, 200 + rendering.GAP:]
+    text = picture[300 + 4 + pictures.legend_height(200) // 2:, 200 + pictures.GAP:]
     assert (text < 128).any()  # "low ... influence on the label ... high", in black
 
-    assert (picture[:, 200:200 + rendering.GAP] == 255).all()
+    assert (picture[:, 200:200 + pictures.GAP] == 255).all()
 
 
 def test_preview_keeps_the_aspect_ratio_within_1024_pixels():
-    assert rendering.display_size(512, 512) == (512, 512)
-    assert rendering.display_size(2048, 1000) == (1024, 500)
-    assert rendering.preview(np.zeros((1000, 3000, 3), np.uint8)).shape == (341, 1024, 3)
+    assert pictures.display_size(512, 512) == (512, 512)
+    assert pictures.display_size(2048, 1000) == (1024, 500)
+    assert pictures.preview(np.zeros((1000, 3000, 3), np.uint8)).shape == (341, 1024, 3)
 
 
 def test_page_names_a_hub_model_with_its_repo_and_a_local_one_without_its_path():

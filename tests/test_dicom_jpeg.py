@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.hostile_corpus import (JPEG_2000, JPEG_LOSSLESS_SV1, JPEG_LS, compressed_dicom, ct_pixels,
+from testkit.hostile_corpus import (JPEG_2000, JPEG_LOSSLESS_SV1, JPEG_LS, compressed_dicom, ct_pixels,
                                        gdcm_codestream)
 from conftest import REPO, require
 from lung_classifier.decoding import dicom_jpeg

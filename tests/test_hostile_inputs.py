@@ -1,4 +1,4 @@
-"""The hostile corpus (benchmarks/hostile_corpus.py, 200+ files generated here) through the library and the app.
+"""The hostile corpus (testkit/hostile_corpus.py, 200+ files generated here) through the library and the app.
 
 Every file gets a result or a clear ImageError, never another exception, a hang or a dead
 server; the running app keeps its peak memory under 2.5 GiB while 16 clients send it all.
@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 
-from app_server import start_app
 from conftest import REPO, synthetic_slice
-from benchmarks.hostile_corpus import HEAVY, HostileFile, hostile_zips, send_corpus, write_corpus
+
 from benchmarks.readings import peak_rss
 from lung_classifier.decoding.images import load_rgb
 from lung_classifier.decoding.limits import MAX_SIDE, MIN_SIDE, ImageError
+from testkit.app_server import start_app
+from testkit.hostile_corpus import HEAVY, HostileFile, hostile_zips, send_corpus, write_corpus
 
 PEAK_RSS_LIMIT = 2.5 * 2**30
 KINDS = ["truncated-", "bitflip-", "bomb-", "deflate", "rle", "animated", "cmyk", "palette", "16bit", "exif-",
@@ -133,7 +134,7 @@ def test_peak_server_memory_under_16_hostile_clients_stays_under_2_5_gib(
     server = start_app(tiny_package, cache_root, tmp_path / "app")
     try:
         sender = subprocess.run(
-            [sys.executable, "-m", "benchmarks.hostile_corpus", "--url", server.url,
+            [sys.executable, "-m", "testkit.hostile_corpus", "--url", server.url,
              "--dir", str(tmp_path / "corpus"), "--clients", "16", "--zips"],
             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=1800)
         assert sender.returncode == 0, sender.stderr[-3000:]

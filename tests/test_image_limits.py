@@ -11,13 +11,13 @@ import pytest
 from PIL import Image, ImageOps
 
 from conftest import need_shared_data
-from benchmarks.hostile_corpus import (DEFLATED, EXPLICIT_LE, JPEG_BASELINE, _dataset_bytes, _file_meta,
+from testkit.hostile_corpus import (DEFLATED, EXPLICIT_LE, JPEG_BASELINE, _dataset_bytes, _file_meta,
                                        ct_pixels, deflated_dicom, dicom_file, dicom_header, encapsulated, encode,
                                        many_frames_gif, many_pages_tiff, rle_dicom, slice_image)
 from lung_classifier.decoding import dicom, images, jpeg_layout, limits
 from lung_classifier.decoding.images import load_rgb
 from lung_classifier.decoding.limits import MAX_SIDE, ImageError
-from lung_classifier.decoding.rendering import DICOM_WINDOW
+from lung_classifier.decoding.windowing import DICOM_WINDOW
 
 
 def test_large_images_are_downscaled_to_max_side_keeping_the_aspect():
@@ -80,7 +80,7 @@ def test_16_bit_png_over_max_side_is_downscaled_not_refused():
 
 
 def progressive_jpeg(size=(640, 480), colour=True, **options) -> bytes:
-    from benchmarks.hostile_corpus import texture
+    from testkit.hostile_corpus import texture
 
     return encode(texture(*size, colour=colour), "JPEG", quality=75, progressive=True, **options)
 
@@ -105,7 +105,7 @@ def test_a_thumbnail_inside_app1_is_not_counted():
 
 
 def test_repeated_scans_are_refused_before_libjpeg_sees_them(monkeypatch):
-    from benchmarks.hostile_corpus import repeated_scans
+    from testkit.hostile_corpus import repeated_scans
 
     base = progressive_jpeg(colour=False)  # 6 scans
     assert load_rgb(repeated_scans(base, jpeg_layout.MAX_SCANS - 6)).shape == (480, 640, 3)
@@ -312,7 +312,7 @@ def over_reservation(results: dict[str, dict]) -> list[str]:
 def test_every_accepted_kind_decodes_within_its_reservation(tmp_path):
     """The budget only bounds memory if each reservation covers its decode's real peak: one file of every
     accepted kind (format, mode, encoding), downscaled like a large upload, each measured in a fresh fork."""
-    from benchmarks.hostile_corpus import accepted_kinds
+    from testkit.hostile_corpus import accepted_kinds
 
     results = measured_peaks(accepted_kinds(1600, 1400), tmp_path)
     assert all(r["outcome"].startswith("ok") for r in results.values()), results
@@ -323,7 +323,7 @@ def test_every_accepted_kind_decodes_within_its_reservation(tmp_path):
 def test_every_accepted_kind_at_40_mp_is_decoded_within_its_reservation_or_refused_before_decoding(tmp_path):
     """What the README says of 40 MP files, measured: each decodes within its reservation, or the budget refuses
     it before decoding (REFUSED_AT_40_MP, and progressive 4:4:4 JPEG); RLE of that many runs is refused for CPU."""
-    from benchmarks.hostile_corpus import accepted_kinds
+    from testkit.hostile_corpus import accepted_kinds
 
     results = measured_peaks(accepted_kinds(6000, 6600), tmp_path)
     assert not over_reservation(results), over_reservation(results)

@@ -13,6 +13,7 @@ from PIL import Image
 
 from lung_classifier.decoding.images import load_rgb
 from lung_classifier.decoding.limits import MAX_PIXELS, MIN_SIDE, ImageError
+from testkit.dicom_files import ct_slice
 
 
 def grey_pattern(height: int = 60, width: int = 80) -> np.ndarray:
@@ -173,36 +174,6 @@ def test_exif_orientation_is_applied(tmp_path):
 # --- DICOM ------------------------------------------------------------------------------------
 
 
-def dicom_bytes(hounsfield: np.ndarray | None, slope: float = 2.0, intercept: float = -2048.0) -> bytes:
-    """An uncompressed MONOCHROME2 CT slice whose stored values map to the given HU."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = FileDataset("slice.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    dataset.SOPClassUID = CTImageStorage
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.Modality = "CT"
-    if hounsfield is not None:
-        stored = np.round((hounsfield - intercept) / slope).astype(np.uint16)
-        dataset.Rows, dataset.Columns = stored.shape
-        dataset.SamplesPerPixel = 1
-        dataset.PhotometricInterpretation = "MONOCHROME2"
-        dataset.BitsAllocated = 16
-        dataset.BitsStored = 16
-        dataset.HighBit = 15
-        dataset.PixelRepresentation = 0
-        dataset.RescaleSlope = slope
-        dataset.RescaleIntercept = intercept
-        dataset.PixelData = stored.tobytes()
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 LUNG_WINDOW = (-600.0, 1500.0)
 
 
@@ -210,7 +181,7 @@ def test_dicom_is_rescaled_to_hounsfield_and_windowed(tmp_path):
     # Lung window: centre -600, width 1500 -> -1350 HU is black, +150 HU is white.
     columns = [-2000, -1350, -600, 150, 1000]
     hounsfield = np.repeat(np.repeat(np.array(columns, np.float64)[None, :], 10, axis=1), 40, axis=0)  # 40 x 50
-    data = dicom_bytes(hounsfield)
+    data = ct_slice(hounsfield, slope=2.0, intercept=-2048.0)
     rgb = load_rgb(data, dicom_window=LUNG_WINDOW)
     assert_rgb(rgb, 40, 50)
     values = rgb[0, ::10, 0].astype(int)
@@ -227,15 +198,15 @@ def test_dicom_is_rescaled_to_hounsfield_and_windowed(tmp_path):
 
 def test_dicom_rescale_slope_and_intercept_are_used():
     hounsfield = np.full((40, 40), -975.0)  # a quarter of the way up the lung window -> ~64
-    with_rescale = load_rgb(dicom_bytes(hounsfield, slope=2.0, intercept=-2048.0), dicom_window=LUNG_WINDOW)
-    other_rescale = load_rgb(dicom_bytes(hounsfield, slope=1.0, intercept=-1024.0), dicom_window=LUNG_WINDOW)
+    with_rescale = load_rgb(ct_slice(hounsfield, slope=2.0, intercept=-2048.0), dicom_window=LUNG_WINDOW)
+    other_rescale = load_rgb(ct_slice(hounsfield, slope=1.0, intercept=-1024.0), dicom_window=LUNG_WINDOW)
     assert abs(int(with_rescale[0, 0, 0]) - 64) <= 1
     np.testing.assert_array_equal(with_rescale, other_rescale)
 
 
 def test_dicom_without_pixel_data_is_refused():
     with pytest.raises(ImageError, match="without pixel data"):
-        load_rgb(dicom_bytes(None))
+        load_rgb(ct_slice(None))
 
 
 # --- refusals, each with a reason a person can act on ---------------------------------------------

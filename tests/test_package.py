@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from lung_classifier import package
-from lung_classifier.decoding.rendering import TRAINING_RANGE
+from lung_classifier.decoding.windowing import TRAINING_RANGE
 from lung_classifier.package import PackageError
 from conftest import require
 
@@ -40,7 +40,7 @@ def edit_config(directory: Path, **changes) -> None:
 
 
 def make_head_only(source: Path, destination: Path) -> dict:
-    """What `training --head-only` writes: the package without saved_model/, re-checksummed."""
+    """What `training --no-savedmodel` writes: the package without saved_model/, re-checksummed."""
     shutil.copytree(source, destination, ignore=shutil.ignore_patterns(package.SAVED_MODEL))
     config = json.loads((destination / package.CONFIG).read_text())
     (destination / package.CONFIG).unlink()

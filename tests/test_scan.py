@@ -10,11 +10,11 @@ import zipfile
 import numpy as np
 import pytest
 from conftest import synthetic_slice
-from test_scan_series import dicom_slice
 
 from lung_classifier import LungClassifier, PackageError, ScanError
 from lung_classifier.scan.aggregation import ScanRule
 from lung_classifier.verdict import OOD_NOTICE
+from testkit.dicom_files import series_slice
 
 # Scan 3 of each class (slices 11-15 of the synthetic set), named so that file-name order matters.
 SCAN = [("Normal", 11), ("Normal", 12), ("Malignant", 13), ("Malignant", 14), ("Normal", 15),
@@ -123,7 +123,7 @@ def test_a_dicom_series_out_of_distribution_gets_no_verdict(classifier, tmp_path
     """The tiny package is not validated on DICOM: every slice is flagged, so the scan is, with a reason."""
     assert classifier.dicom_labels == ()
     for number in range(5):
-        (tmp_path / f"IM{number}.dcm").write_bytes(dicom_slice((0.0, 0.0, 10.0 - 2.5 * number), number + 1,
+        (tmp_path / f"IM{number}.dcm").write_bytes(series_slice((0.0, 0.0, 10.0 - 2.5 * number), number + 1,
                                                                value=900 + 40 * number))
     result = classifier.analyze_scan(tmp_path, top_k=2)
     assert [piece.position for piece in result.slices] == [0.0, 2.5, 5.0, 7.5, 10.0]

@@ -9,9 +9,10 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from app_server import AppServer, start_app
 from conftest import synthetic_slice
 from test_app import LABELS, NOTICE, confidences, gone
+
+from testkit.app_server import AppServer, start_app
 
 SIZE = (112, 112)
 SLICES = 12
@@ -139,7 +140,7 @@ def test_the_tab_plots_each_slice_and_shows_the_top_slices_beside_their_heatmaps
 
     result, pictures = scan_view.analyze(library, [str(path) for path in paths], explain=True, progress=progress)
     assert reports[0] == ((0, 6), "slices") and reports[-1] == ((6, 6), "slices")
-    from demo.rendering import legend_height
+    from demo.pictures import legend_height
 
     frame = scan_view.curve(result)
     assert list(frame.columns) == ["slice", scan_view.CLASS, scan_view.PROBABILITY]

@@ -11,10 +11,11 @@ import zipfile
 
 import pytest
 from conftest import synthetic_slice
-from test_scan_series import dicom_slice, png
+from test_scan_series import png
 
-from lung_classifier.__main__ import main
+from lung_classifier.cli import main
 from lung_classifier.verdict import OOD_NOTICE
+from testkit.dicom_files import series_slice
 
 LABELS = ["Normal", "Benign", "Malignant"]
 SCAN = [("Normal", 11), ("Malignant", 13), ("Malignant", 14), ("Normal", 12), ("Normal", 15), ("Malignant", 12)]
@@ -82,7 +83,7 @@ def test_a_flagged_dicom_scan_says_so(tiny_package, tmp_path, capsys):
     paths = []
     for number in range(3):
         paths.append(tmp_path / f"IM{number}.dcm")
-        paths[-1].write_bytes(dicom_slice((0.0, 0.0, float(number)), number + 1))
+        paths[-1].write_bytes(series_slice((0.0, 0.0, float(number)), number + 1))
     assert scan(tiny_package, *map(str, paths)) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == f"verdict: {OOD_NOTICE}"
@@ -98,7 +99,7 @@ def out_line(lines: list[str], name: str) -> str:
 def test_an_upload_that_is_not_one_scan_exits_1(tiny_package, tmp_path, capsys):
     mixed = tmp_path / "mixed.zip"
     with zipfile.ZipFile(mixed, "w") as archive:
-        archive.writestr("a.dcm", dicom_slice())
+        archive.writestr("a.dcm", series_slice())
         archive.writestr("b.png", png())
     assert scan(tiny_package, str(mixed), "--json") == 1
     out, err = capsys.readouterr()

@@ -13,47 +13,7 @@ from PIL import Image
 
 from lung_classifier.decoding import archive as zips, series
 from lung_classifier.decoding.series import ScanError, natural_key, open_series
-
-SERIES_UID = "1.2.826.0.1.3680043.8.498.1"
-
-
-def dicom_slice(position: tuple[float, float, float] | None = (0.0, 0.0, 0.0), instance: int | None = 1, *,
-                orientation: tuple[float, ...] | None = (1, 0, 0, 0, 1, 0), series_uid: str | None = SERIES_UID,
-                size: tuple[int, int] = (40, 40), value: int = 1000) -> bytes:
-    """A small uncompressed CT slice with the ordering tags given (None leaves a tag out)."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = FileDataset("slice.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    dataset.SOPClassUID = CTImageStorage
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.Modality = "CT"
-    dataset.PatientName = "Secret^Patient"  # never read, never shown
-    if series_uid is not None:
-        dataset.SeriesInstanceUID = series_uid
-    if instance is not None:
-        dataset.InstanceNumber = instance
-    if position is not None:
-        dataset.ImagePositionPatient = list(position)
-    if orientation is not None:
-        dataset.ImageOrientationPatient = list(orientation)
-    rows, columns = size
-    dataset.Rows, dataset.Columns = rows, columns
-    dataset.SamplesPerPixel = 1
-    dataset.PhotometricInterpretation = "MONOCHROME2"
-    dataset.BitsAllocated = dataset.BitsStored = 16
-    dataset.HighBit = 15
-    dataset.PixelRepresentation = 0
-    dataset.RescaleSlope, dataset.RescaleIntercept = 1, -1024
-    dataset.PixelData = np.full((rows, columns), value, np.uint16).tobytes()
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
+from testkit.dicom_files import series_slice
 
 def png(size: tuple[int, int] = (40, 40), value: int = 80) -> bytes:
     buffer = io.BytesIO()
@@ -90,7 +50,7 @@ def test_dicom_slices_are_ordered_by_position_along_the_normal_not_by_name_or_in
     members = {}
     for number, z in enumerate(heights):
         # Names and instance numbers deliberately disagree with the geometry.
-        members[f"IM{number:04d}.dcm"] = dicom_slice((0.0, 0.0, z), instance=100 - number)
+        members[f"IM{number:04d}.dcm"] = series_slice((0.0, 0.0, z), instance=100 - number)
     shuffled = dict(random.Random(1).sample(sorted(members.items()), len(members)))
     entries = ordered(write_zip(tmp_path / "scan.zip", shuffled))
     assert [e.position for e in entries] == sorted(heights)
@@ -108,7 +68,7 @@ def test_oblique_series_is_ordered_along_its_own_normal(tmp_path):
         # Each slice moves 2.5 mm along the normal, plus an in-plane shift that must not matter.
         origin = step * 2.5 * normal + (number * 7.0) * np.array(orientation[3:])
         path = tmp_path / f"slice{number}.dcm"
-        path.write_bytes(dicom_slice(tuple(float(v) for v in origin), instance=number, orientation=orientation))
+        path.write_bytes(series_slice(tuple(float(v) for v in origin), instance=number, orientation=orientation))
         paths.append(path)
     entries = ordered(paths)
     assert [e.name for e in entries] == [f"slice{steps.index(s)}.dcm" for s in range(5)]
@@ -117,13 +77,13 @@ def test_oblique_series_is_ordered_along_its_own_normal(tmp_path):
 
 def test_equal_positions_are_ordered_by_instance_number(tmp_path):
     for name, instance, z in (("a.dcm", 3, 5.0), ("b.dcm", 1, 5.0), ("c.dcm", 2, 5.0), ("d.dcm", 9, -5.0)):
-        (tmp_path / name).write_bytes(dicom_slice((0.0, 0.0, z), instance))
+        (tmp_path / name).write_bytes(series_slice((0.0, 0.0, z), instance))
     assert [e.name for e in ordered(tmp_path)] == ["d.dcm", "b.dcm", "c.dcm", "a.dcm"]
 
 
 def test_dicom_without_geometry_falls_back_to_instance_number_with_a_note(tmp_path):
     for name, instance in (("x1.dcm", 2), ("x2.dcm", 1), ("x3.dcm", 3)):
-        (tmp_path / name).write_bytes(dicom_slice(None, instance, orientation=None))
+        (tmp_path / name).write_bytes(series_slice(None, instance, orientation=None))
     with open_series(tmp_path) as found:
         assert [e.name for e in found.slices] == ["x2.dcm", "x1.dcm", "x3.dcm"]
         assert found.dicom and any("InstanceNumber" in note for note in found.notes.render())
@@ -133,17 +93,17 @@ def test_dicom_without_geometry_falls_back_to_instance_number_with_a_note(tmp_pa
 
 
 def test_two_series_are_refused_with_the_count_of_each(tmp_path):
-    members = {f"a{i}.dcm": dicom_slice((0, 0, i), i) for i in range(3)}
-    members |= {f"b{i}.dcm": dicom_slice((0, 0, i), i, series_uid="1.2.3.4") for i in range(2)}
+    members = {f"a{i}.dcm": series_slice((0, 0, i), i) for i in range(3)}
+    members |= {f"b{i}.dcm": series_slice((0, 0, i), i, series_uid="1.2.3.4") for i in range(2)}
     with pytest.raises(ScanError, match=r"2 DICOM series \(3, 2 slices\).*one series"):
         ordered(write_zip(tmp_path / "two.zip", members))
 
 
 def test_dicom_slices_of_different_sizes_or_planes_are_refused(tmp_path):
-    sizes = {"a.dcm": dicom_slice((0, 0, 0), 1), "b.dcm": dicom_slice((0, 0, 1), 2, size=(48, 40))}
+    sizes = {"a.dcm": series_slice((0, 0, 0), 1), "b.dcm": series_slice((0, 0, 1), 2, size=(48, 40))}
     with pytest.raises(ScanError, match="2 different sizes"):
         ordered(write_zip(tmp_path / "sizes.zip", sizes))
-    planes = {"a.dcm": dicom_slice((0, 0, 0), 1), "b.dcm": dicom_slice((0, 0, 1), 2, orientation=(1, 0, 0, 0, 0, 1))}
+    planes = {"a.dcm": series_slice((0, 0, 0), 1), "b.dcm": series_slice((0, 0, 1), 2, orientation=(1, 0, 0, 0, 0, 1))}
     with pytest.raises(ScanError, match="different planes"):
         ordered(write_zip(tmp_path / "planes.zip", planes))
 
@@ -157,7 +117,7 @@ def test_images_of_different_sizes_are_accepted_with_a_note(tmp_path):
 
 def test_dicom_and_images_together_are_refused(tmp_path):
     with pytest.raises(ScanError, match="mixes 1 DICOM file"):
-        ordered(write_zip(tmp_path / "mix.zip", {"a.dcm": dicom_slice(), "b.png": png()}))
+        ordered(write_zip(tmp_path / "mix.zip", {"a.dcm": series_slice(), "b.png": png()}))
 
 
 def test_non_image_members_and_nested_archives_are_skipped_with_notes(tmp_path):
@@ -267,8 +227,8 @@ def test_a_list_of_uploaded_files_is_ordered_by_their_names_not_their_folders(tm
 
 def test_many_slices_refused_for_one_reason_make_one_note(tmp_path):
     for number in range(3):
-        (tmp_path / f"ok{number}.dcm").write_bytes(dicom_slice((0.0, 0.0, float(number)), number))
-    big_endian = dicom_slice().replace(b"1.2.840.10008.1.2.1\0", b"1.2.840.10008.1.2.2\0", 1)
+        (tmp_path / f"ok{number}.dcm").write_bytes(series_slice((0.0, 0.0, float(number)), number))
+    big_endian = series_slice().replace(b"1.2.840.10008.1.2.1\0", b"1.2.840.10008.1.2.2\0", 1)
     for number in range(7):
         (tmp_path / f"be{number}.dcm").write_bytes(big_endian)
     with open_series(tmp_path) as found:
@@ -285,8 +245,8 @@ def test_members_with_the_same_name_are_read_each_as_itself(tmp_path):
     path = tmp_path / "twice.zip"
     with warnings.catch_warnings(), zipfile.ZipFile(path, "w") as archive:
         warnings.simplefilter("ignore")  # zipfile warns about the duplicate name
-        archive.writestr("slice.dcm", dicom_slice((0.0, 0.0, 5.0), 1, value=100))
-        archive.writestr("slice.dcm", dicom_slice((0.0, 0.0, -5.0), 2, value=2000))
+        archive.writestr("slice.dcm", series_slice((0.0, 0.0, 5.0), 1, value=100))
+        archive.writestr("slice.dcm", series_slice((0.0, 0.0, -5.0), 2, value=2000))
     with open_series(path) as found:
         low, high = (found.read(entry) for entry in found.slices)
         assert [e.position for e in found.slices] == [-5.0, 5.0]

@@ -1,4 +1,4 @@
-"""Crafted and malformed zips (benchmarks/hostile_corpus.hostile_zips): refused before zipfile allocates, with a
+"""Crafted and malformed zips (testkit/hostile_corpus.hostile_zips): refused before zipfile allocates, with a
 ScanError that names the zip problem; real archives, Zip64 and comments included, still open."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import zipfile
 import pytest
 from PIL import Image
 
-from benchmarks.hostile_corpus import encode, hostile_zips, slice_image
+from testkit.hostile_corpus import encode, hostile_zips, slice_image
 from lung_classifier.decoding import archive
 from lung_classifier.decoding.series import ScanError, open_series
 
@@ -77,7 +77,7 @@ def test_a_zip_whose_comment_holds_an_end_signature_is_refused_by_name(tmp_path)
 
 
 def test_a_small_member_bomb_is_refused_but_blank_slices_within_the_free_allowance_open(tmp_path):
-    from benchmarks.hostile_corpus import small_member_bomb
+    from testkit.hostile_corpus import small_member_bomb
 
     blank = tmp_path / "blank.zip"
     blank.write_bytes(small_member_bomb(40, 2**20 - 1))  # 40 MiB of zeros: within FREE_INFLATION_BYTES

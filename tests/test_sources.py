@@ -259,7 +259,7 @@ def test_a_scan_is_never_normal_with_a_confident_malignant_slice_flagged_or_not(
 
 
 def test_packages_without_dicom_sources_flag_every_dicom_slice():
-    from lung_classifier.decoding.rendering import TRAINING_RANGE, dicom_validated_labels
+    from lung_classifier.decoding.windowing import TRAINING_RANGE, dicom_validated_labels
 
     assert dicom_validated_labels({"rendering": TRAINING_RANGE}) == ()
     assert dicom_validated_labels({"rendering": {**TRAINING_RANGE, "dicom_validated_labels": ["Normal"]}}) == (

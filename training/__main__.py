@@ -1,6 +1,6 @@
 """Train the head on a frozen ResNet50, chosen and measured by repeated grouped CV, and write a package.
 
-    python -m training --source NAME=FOLDER[;OPTIONS] [--source ...] --output DIR [--head-only]
+    python -m training --source NAME=FOLDER[;OPTIONS] [--source ...] --output DIR [--no-savedmodel]
     python -m training --data DIR --output DIR          (one image source)
 
 The story, top to bottom: read each source (its label map, its grouping rule, DICOM
@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--name", default="lung-ct-resnet50", help="model name in the card and config")
     parser.add_argument("--weights", help="ResNet50 ImageNet notop weights file (default: resolved automatically)")
-    parser.add_argument("--head-only", action="store_true",
+    parser.add_argument("--no-savedmodel", action="store_true",
                         help="write no SavedModel (the repo's embedded default: rebuilt on first load)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the package to this Hub model repo")
     args = parser.parse_args(argv)

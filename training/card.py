@@ -1,6 +1,7 @@
 """The model card, built with huggingface_hub: ModelCardData for the YAML front matter, EvalResults of
-the measured means from which the library generates the model-index, and the top-level model_card.md
-as the Jinja template of the body (ModelCard.from_template).
+the measured means from which the library generates the model-index, and model_card_template.md (beside
+this module) as the Jinja template of the body (ModelCard.from_template). The repository's top-level
+model_card.md is the default package's rendered card (README.md), copied by `make default-model`.
 
 Only training writes cards, so this lives here rather than in the lung_classifier library: the runtime
 never builds one, it ships the README.md training wrote.
@@ -15,7 +16,7 @@ import jinja2
 import jinja2.meta
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
+TEMPLATE = Path(__file__).resolve().parent / "model_card_template.md"
 TASK = ("image-classification", "Lung CT slice classification")
 DATASET = ("lung-ct-sources", "IQ-OTH/NCCD, Chest CT-Scan and COVID-CT-MD (grouped repeated cross-validation "
            "stratified by source x class, mean over folds)")

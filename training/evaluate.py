@@ -146,7 +146,7 @@ def plot_reliability(before: np.ndarray, after: np.ndarray, y_true: np.ndarray, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lung_classifier.options import load, model_options
+    from lung_classifier.cli.model_flags import load, model_options
     from training.data import scan_folder
 
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0],

@@ -20,14 +20,14 @@ from tqdm import tqdm
 from lung_classifier.decoding.images import load_rgb
 from lung_classifier.model.backbone import cache_dir
 from lung_classifier.model.network import TAPS, pool
-from lung_classifier.model.preprocessing import RESAMPLE, prepare_batch
+from lung_classifier.model.preprocessing import MODEL_INPUT_RESIZE, prepare_batch
 
 BATCH = 32
 
 
 def cache_key(weights_id: str, input_size: int, view: str = "plain") -> str:
     """Everything that changes a feature vector, hashed ("plain": image files by md5; "derived": prepared arrays)."""
-    identity = {"weights": weights_id, "input_size": input_size, "taps": TAPS, "resample": RESAMPLE, "v": 1}
+    identity = {"weights": weights_id, "input_size": input_size, "taps": TAPS, "resample": MODEL_INPUT_RESIZE, "v": 1}
     if view != "plain":
         identity["view"] = view
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]

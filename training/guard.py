@@ -19,7 +19,7 @@ import tensorflow as tf
 from PIL import Image, ImageFilter
 
 from lung_classifier.decoding.images import load_rgb
-from lung_classifier.decoding.rendering import DICOM_WINDOW
+from lung_classifier.decoding.windowing import DICOM_WINDOW
 from lung_classifier.model.network import LungModel, head_outputs
 from lung_classifier.model.preprocessing import prepare_batch
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from lung_classifier.decoding.images import load_rgb
 from lung_classifier.decoding.limits import ImageError
-from lung_classifier.decoding.rendering import DICOM_WINDOW
+from lung_classifier.decoding.windowing import DICOM_WINDOW
 from training import data, features
 from training.data import LABELS
 from training.sources import DICOM_TRAINING_WINDOWS, Source, near_duplicate_groups, window_name

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from lung_classifier import package
-from lung_classifier.decoding.rendering import TRAINING_RANGE
+from lung_classifier.decoding.windowing import TRAINING_RANGE
 from lung_classifier.model.head import Head
 from lung_classifier.model.network import CAM_CHOICES, SERVED, TAPS, LungModel
-from lung_classifier.model.preprocessing import RESAMPLE
+from lung_classifier.model.preprocessing import MODEL_INPUT_RESIZE
 from training import (calibration, card, cv, decision, evaluate, faithfulness, fit, guard, per_source, scan_cv,
                       selection)
 from training.cv import Pipeline
@@ -106,10 +106,10 @@ def write(out: Path, model: LungModel, head: Head, record: TrainingRecord) -> in
     (out / "metrics.json").write_text(json.dumps(metrics(record), indent=2) + "\n")
     config = package_config(record, head)
     card.write_card(out, card.card_data(config, summary), card_values(record, config, summary, head))
-    if not record.args.head_only:
+    if not record.args.no_savedmodel:
         model.export(out / package.SAVED_MODEL)
     package.write_config(out, config)
-    if not record.args.head_only:
+    if not record.args.no_savedmodel:
         return check_export(out, model, record)
     return 0
 
@@ -166,7 +166,7 @@ def package_config(record: TrainingRecord, head: Head) -> dict[str, Any]:
                   "shape": ["N", size, size, 3],
                   "modality": "axial chest CT slice, windowed greyscale as the training slices were rendered"},
         "rendering": rendering_config(record),
-        "preprocessing": {"decoder": "lung_classifier.decoding.images.load_rgb", "resize": RESAMPLE,
+        "preprocessing": {"decoder": "lung_classifier.decoding.images.load_rgb", "resize": MODEL_INPUT_RESIZE,
                           "normalisation": "inside the model (ResNet50 caffe mode)"},
         "backbone": {"architecture": "keras.applications.ResNet50", "weights": "imagenet", "include_top": False,
                      "frozen": True, "taps": list(TAPS), "weights_sha256": record.digest},

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from lung_classifier.decoding.rendering import DICOM_WINDOW
+from lung_classifier.decoding.windowing import DICOM_WINDOW
 
 GROUPINGS = {
     "pseudo-patients": "exact duplicates + near-identical slices adjacent in file number or of one size "

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from . import dicom_jpeg, rle
-from .limits import BUDGET, MIN_SIDE, RESAMPLE, SLACK, ImageError, check_declared, target_size
+from .limits import BUDGET, DOWNSCALE_FILTER, MIN_SIDE, SLACK, ImageError, check_declared, target_size
 
 MAX_DICOM_HEADER_READ = 512 * 2**10
 """Bytes the DICOM header pass may read (skipped elements are seeked over, not read)."""
@@ -139,7 +139,7 @@ def decode(stream: BinaryIO, size: int, name: str, window: tuple[float, float]) 
         del stored
         target = target_size(geometry.columns, geometry.rows, name)
         if target != (geometry.columns, geometry.rows):
-            grey = np.asarray(Image.fromarray(grey).resize(target, RESAMPLE, reducing_gap=3.0))
+            grey = np.asarray(Image.fromarray(grey).resize(target, DOWNSCALE_FILTER, reducing_gap=3.0))
         return grey, _is_axial(header, name)
 
 

@@ -29,8 +29,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from . import dicom, jpeg_layout
-from .limits import BUDGET, MAX_PIXELS, MIN_SIDE, RESAMPLE, SLACK, ImageError, check_declared, target_size
-from .rendering import DICOM_WINDOW
+from .limits import (BUDGET, DOWNSCALE_FILTER, MAX_PIXELS, MIN_SIDE, SLACK, ImageError, check_declared,
+                     target_size)
+from .windowing import DICOM_WINDOW
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, Image.Image, np.ndarray]
 
@@ -214,7 +215,7 @@ def _pil_to_rgb(pil: Image.Image, name: str) -> np.ndarray:
     if _working_mode(pil.mode) != pil.mode and (target != pil.size or not pil.mode.startswith("I;16")):
         pil = pil.convert(_working_mode(pil.mode))  # CMYK, YCbCr, ... -> RGB; I;16 only to resize (Pillow cannot)
     if target != pil.size:
-        pil = pil.resize(target, RESAMPLE, reducing_gap=_REDUCING_GAP)
+        pil = pil.resize(target, DOWNSCALE_FILTER, reducing_gap=_REDUCING_GAP)
     if orientation is not None:
         pil = pil.transpose(orientation)
     if pil.mode in ("I", "F") or pil.mode.startswith("I;16"):
@@ -267,7 +268,7 @@ def _shrink_rgb(rgb: np.ndarray) -> np.ndarray:
     target = target_size(rgb.shape[1], rgb.shape[0], "image")
     if target == (rgb.shape[1], rgb.shape[0]):
         return rgb
-    return np.asarray(Image.fromarray(rgb).resize(target, RESAMPLE, reducing_gap=3.0))
+    return np.asarray(Image.fromarray(rgb).resize(target, DOWNSCALE_FILTER, reducing_gap=3.0))
 
 
 def _check_size(rgb: np.ndarray) -> None:

@@ -29,8 +29,9 @@ DECODE_BUDGET_BYTES = 256 * 2**20
 grey, RGB(A) or palette PNG or a 40 MP uncompressed 16-bit DICOM fits; a 40 MP CMYK TIFF does not)."""
 SLACK = 16 * 2**20
 """Added to every decode's estimate: decoder buffers, the downscaled copy, Python objects."""
-RESAMPLE = Image.Resampling.LANCZOS
-"""The filter that shrinks a decoded image to MAX_SIDE."""
+DOWNSCALE_FILTER = Image.Resampling.LANCZOS
+"""The filter that shrinks a decoded image larger than MAX_SIDE (the model-input resize is another step:
+lung_classifier.model.preprocessing.MODEL_INPUT_RESIZE)."""
 
 
 class ImageError(ValueError):

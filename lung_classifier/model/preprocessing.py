@@ -8,15 +8,16 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-RESAMPLE = "bilinear"
-"""PIL's bilinear filter widens its support when shrinking, so 512 px slices are antialiased."""
+MODEL_INPUT_RESIZE = "bilinear"
+"""How a slice is resized to the model's input size (the package config records it as preprocessing.resize).
+PIL's bilinear filter widens its support when shrinking, so 512 px slices are antialiased."""
 
 
 def prepare(rgb: np.ndarray, input_size: int) -> np.ndarray:
     """Resize an H x W x 3 uint8 slice to input_size x input_size float32 pixels (0..255)."""
     pil = Image.fromarray(rgb)
     if pil.size != (input_size, input_size):
-        pil = pil.resize((input_size, input_size), Image.Resampling.BILINEAR)
+        pil = pil.resize((input_size, input_size), Image.Resampling[MODEL_INPUT_RESIZE.upper()])
     return np.asarray(pil, dtype=np.float32)
 
 

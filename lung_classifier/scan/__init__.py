@@ -1,2 +1,2 @@
 """A whole scan: analysis.py (stream a series through a slice classifier), aggregation.py (slices -> the
-scan's verdict by the package's rule), cli.py (python -m lung_classifier scan)."""
+scan's verdict by the package's rule). The command line is lung_classifier.cli.scan."""

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..decoding.images import ImageInput, Slice
 from ..decoding.series import ScanError, ScanSource, Series, SliceEntry, open_series
-from ..many import analyze_many
+from ..batch import analyze_many
 from ..package.format import PackageError
 from ..verdict import OOD_NOTICE, Analysis
 from .aggregation import MALIGNANT, ScanRule, withheld_reason

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from .model.precision import CHOICES
+from ..model.precision import CHOICES
 
 if TYPE_CHECKING:
-    from .classifier import LungClassifier
+    from ..classifier import LungClassifier
 
 
 def model_options() -> argparse.ArgumentParser:
@@ -36,7 +36,7 @@ def model_options() -> argparse.ArgumentParser:
 
 def load(args: argparse.Namespace) -> LungClassifier:
     """The classifier the flags name; TensorFlow's native start-up lines are kept off the terminal."""
-    from .classifier import LungClassifier
+    from ..classifier import LungClassifier
 
     with native_stderr_silenced():
         import tensorflow  # noqa: F401 - imported here, quietly, before the package loads it

@@ -992,7 +992,7 @@ def send_corpus(url: str, corpus: list[Path], clients: int = 16, share: int = 1,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m benchmarks.hostile_corpus --url URL --dir DIR [--clients N] [--share K] [--endpoints ...]: write the
+    """python -m testkit.hostile_corpus --url URL --dir DIR [--clients N] [--share K] [--endpoints ...]: write the
     corpus, send it, print a JSON summary."""
     import argparse
     import json

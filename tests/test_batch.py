@@ -10,7 +10,7 @@ import pytest
 from conftest import synthetic_slice
 
 from lung_classifier import ImageError, LungClassifier
-from lung_classifier.many import PixelBudgetExceeded, analyze_many
+from lung_classifier.batch import PixelBudgetExceeded, analyze_many
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 from ..decoding.limits import ImageError
 from ..package.format import PackageError
 from ..verdict import labels_meaning, shown_label
-from .aggregation import NORMAL
-from .analysis import ScanResult, slice_row
+from ..scan.aggregation import NORMAL
+from ..scan.analysis import ScanResult, slice_row
 
 if TYPE_CHECKING:
     from ..classifier import LungClassifier
