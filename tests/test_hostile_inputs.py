@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 
 from conftest import REPO, synthetic_slice
 
@@ -22,14 +24,16 @@ from benchmarks.readings import peak_rss
 from lung_classifier.decoding.images import load_rgb
 from lung_classifier.decoding.limits import MAX_SIDE, MIN_SIDE, ImageError
 from testkit.app_server import start_app
-from testkit.hostile_corpus import HEAVY, HostileFile, hostile_zips, send_corpus, write_corpus
+from testkit.hostile_corpus import (HEAVY, JPEG_2000, HostileFile, compressed_dicom, hostile_zips, j2k_codestream,
+                                    jpeg_ls_two_frames, send_corpus, write_corpus)
 
 PEAK_RSS_LIMIT = 2.5 * 2**30
 KINDS = ["truncated-", "bitflip-", "bomb-", "deflate", "rle", "animated", "cmyk", "palette", "16bit", "exif-",
          "empty", "notes.txt", "page.html", "drawing.svg", "report.pdf", "slices.zip", "no-pixels.dcm",
          "tag-RescaleSlope-1_2", "tag-RescaleSlope-1e30", "jpeg-progressive", "repeated-scans", "pages", "frames",
          "rgba-40mp", "header-elements", "one-byte-runs", "valid-jll", "valid-jls", "valid-j2k", "larger-than-header",
-         "no-end-marker", "wrong-bit-depth"]
+         "no-end-marker", "wrong-bit-depth", "jls-second-frame", "jls-two-images", "j2k-precincts-2x2",
+         "j2k-code-blocks", "jll-cut-end-marker-put-back", "jll-bytes-changed"]
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +114,48 @@ def library(tiny_package):
     from lung_classifier import LungClassifier
 
     return LungClassifier.from_pretrained(tiny_package, trust_saved_model=True)
+
+
+def decode_workers(server_pid: int) -> list[int]:
+    """The process ids of a server's decode workers (its children running lung_classifier.decoding.worker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == server_pid and b"lung_classifier.decoding.worker" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def test_the_file_that_aborted_the_server_is_refused_and_the_next_slice_is_answered(
+        tiny_package, cache_root, library, tmp_path):
+    """The 482-byte JPEG-LS whose second frame header made CharLS abort the whole server (issue 24), then the
+    JPEG 2000 precinct bomb, sent to the running app: each refused; then a normal slice is answered, also after
+    the server's decode workers were killed from outside."""
+    server = start_app(tiny_package, cache_root, tmp_path / "app")
+    try:
+        client = Client(server.url, verbose=False, download_files=False)
+        hostile = {"jls-second-frame-65535.dcm": (jpeg_ls_two_frames(65535), "more than one frame header"),
+                   "j2k-precincts-2x2.dcm": (compressed_dicom(j2k_codestream(2048, 2048, precincts=1), JPEG_2000,
+                                                              2048, 2048), "1,405,848 precincts")}
+        for name, (data, reason) in hostile.items():
+            (tmp_path / name).write_bytes(data)
+            for endpoint in ("/predict", "/analyze"):
+                with pytest.raises(AppError, match=f"Cannot classify this file: .*{reason}"):
+                    client.predict(handle_file(str(tmp_path / name)), api_name=endpoint)
+        assert server.process.poll() is None, f"the server died:\n{server.log()[-3000:]}"
+        normal_request_is_answered_correctly(server.url, tmp_path, library)
+        workers = decode_workers(server.process.pid)
+        assert workers, "the server decodes in no worker process"
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        normal_request_is_answered_correctly(server.url, tmp_path, library)
+        assert server.process.poll() is None
+    finally:
+        server.stop()
 
 
 @pytest.mark.slow  # about 600 requests: a minute on an idle 2-core machine
