@@ -32,6 +32,8 @@ import numpy as np
 from .limits import MAX_SIDE, WORKER_CPU_S, WORKER_MEMORY_BYTES, WORKER_WALL_S, WORKERS, ImageError
 from .protocol import read_exactly, receive, send
 
+MAX_LOG_BYTES = 2**20
+"""A worker's stderr (library warnings) is kept for the reason of its end, and emptied past this size."""
 START_TIMEOUT_S = 60.0
 """Seconds a new worker may take to import its decoders and say it is ready (0.3 s on an idle machine)."""
 _ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding lung_classifier: the worker imports it
@@ -54,9 +56,12 @@ class _Worker:
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
                                         cwd=_ROOT, start_new_session=True)
         self.timed_out = False
-        ready = self._answer(START_TIMEOUT_S, "start")
-        if not ready.get("ready"):
-            raise WorkerFailed(f"the decode worker did not start ({self._ending()})")
+        try:
+            if not self._answer(START_TIMEOUT_S, "start").get("ready"):
+                raise WorkerFailed(f"the decode worker did not start ({self._ending()})")
+        except WorkerFailed:
+            self.close()
+            raise
 
     def decode(self, source: bytes | Path, name: str, window: tuple[float, float]) -> dict:
         """Send one file; its answer header (the pixels follow on the pipe for a slice)."""
@@ -136,7 +141,11 @@ class _Worker:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.log.close()
+        for stream in (self.process.stdin, self.process.stdout, self.log):
+            try:
+                stream.close()
+            except OSError:
+                pass  # a pipe the dead worker left unflushed
 
 
 class DecodePool:
@@ -204,6 +213,9 @@ class DecodePool:
     def _give_back(self, worker: _Worker, healthy: bool) -> None:
         if not healthy:
             worker.close()
+        elif os.fstat(worker.log.fileno()).st_size > MAX_LOG_BYTES:
+            worker.log.seek(0)  # the worker writes at the same (shared) offset: from the start again
+            worker.log.truncate()
         with self._free:
             if healthy:
                 self._idle.append(worker)
