@@ -26,7 +26,10 @@ import sys
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
+
 from .protocol import read_exactly, receive, send
+
 
 def _address_space() -> int:
     """This process's virtual size now (VmSize), in bytes."""
@@ -86,7 +89,7 @@ def serve(requests: BinaryIO, answers: BinaryIO, memory: int) -> None:
         except Exception as exc:  # noqa: BLE001 - a decoder failing in a way nobody foresaw costs this request only
             send(answers, {"failed": f"its decoder failed ({exc.__class__.__name__}: {str(exc)[:160]})"})
             return
-        rgb = found.rgb
+        rgb = np.ascontiguousarray(found.rgb, np.uint8)
         send(answers, {"shape": list(rgb.shape), "dicom": found.dicom, "axial": found.axial}, memoryview(rgb).cast("B"))
         del found, rgb, source
 
