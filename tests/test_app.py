@@ -382,13 +382,16 @@ def test_large_slice_overlay_is_at_most_1024_pixels_per_picture(client, tmp_path
 # --- /batch limits ------------------------------------------------------------------------------
 
 
-def test_batch_refuses_more_files_than_its_limit(client, files):
+def test_batch_refuses_more_files_than_its_limit_and_keeps_none_of_them(server, client, tmp_path):
     from demo.handlers import MAX_BATCH_FILES
 
+    path = tmp_path / "own-batch-refused.png"  # bytes no other test sends
+    synthetic_slice("Normal", 950).save(path)
     with pytest.raises(AppError) as refused:
-        client.predict([send(files["Normal"])] * (MAX_BATCH_FILES + 1), api_name="/batch")
+        client.predict([send(path)] * (MAX_BATCH_FILES + 1), api_name="/batch")
     assert f"at most {MAX_BATCH_FILES} per batch" in str(refused.value)
     assert "several batches" in str(refused.value)
+    assert files_holding(server.upload_root, path.read_bytes()) == [], "a refused batch's uploads were kept"
 
 
 def test_batch_classifies_up_to_its_pixel_limit_and_says_so_for_the_rest(client, tmp_path):
