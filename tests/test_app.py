@@ -414,9 +414,18 @@ def test_batch_classifies_up_to_its_pixel_limit_and_says_so_for_the_rest(client,
 
 
 def files_holding(root: Path, data: bytes) -> list[Path]:
-    """Every file under `root` with exactly these bytes (empty files are Gradio's placeholders)."""
-    return [path for path in root.rglob("*") if path.is_file() and path.stat().st_size == len(data) > 0
-            and path.read_bytes() == data]
+    """Every file under `root` with exactly these bytes (empty files are Gradio's placeholders). The server deletes
+    files and their emptied folders meanwhile: what vanishes during the walk is not held."""
+    found = []
+    for folder, _, names in os.walk(root):  # os.walk skips a folder removed under it
+        for name in names:
+            path = Path(folder, name)
+            try:
+                if path.stat().st_size == len(data) > 0 and path.read_bytes() == data:
+                    found.append(path)
+            except FileNotFoundError:
+                continue
+    return found
 
 
 def call_naming_a_server_path(server: AppServer, endpoint: str, path: str) -> tuple[str, str]:
