@@ -31,13 +31,17 @@ import numpy as np
 from .protocol import read_exactly, receive, send
 
 
-def _address_space() -> int:
-    """This process's virtual size now (VmSize), in bytes."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmSize in /proc/self/status")
+def _address_space() -> int | None:
+    """This process's virtual size now (VmSize), in bytes; None where there is no /proc (macOS: RLIMIT_AS is not
+    enforced there anyway; the decode budget and the CPU and wall limits still hold)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def limit_cpu(seconds: float) -> None:
@@ -68,8 +72,10 @@ def serve(requests: BinaryIO, answers: BinaryIO, memory: int) -> None:
 
     _warm_up()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a decoder killed for its CPU time leaves no core file
-    limit = _address_space() + memory
-    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    size = _address_space()
+    limit = None if size is None else size + memory
+    if limit is not None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
     send(answers, {"ready": True, "address_space": limit})
     while (request := receive(requests)) is not None:
         source: bytes | Path
