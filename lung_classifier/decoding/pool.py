@@ -35,7 +35,7 @@ from .protocol import read_exactly, receive, send
 MAX_LOG_BYTES = 2**20
 """A worker's stderr (library warnings) is kept for the reason of its end, and emptied past this size."""
 START_TIMEOUT_S = 60.0
-"""Seconds a new worker may take to import its decoders and say it is ready (0.3 s on an idle machine)."""
+"""Seconds a new worker may take to import its decoders and say it is ready (0.7 to 1.5 s measured, under load)."""
 _ROOT = str(Path(__file__).resolve().parents[2])  # the folder holding lung_classifier: the worker imports it
 
 
