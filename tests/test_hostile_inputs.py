@@ -23,7 +23,7 @@ from conftest import REPO, synthetic_slice
 from benchmarks.readings import peak_rss
 from lung_classifier.decoding.images import load_rgb
 from lung_classifier.decoding.limits import MAX_SIDE, MIN_SIDE, ImageError
-from testkit.app_server import start_app
+from testkit.app_server import decode_workers, start_app
 from testkit.hostile_corpus import (HEAVY, JPEG_2000, HostileFile, compressed_dicom, hostile_zips, j2k_codestream,
                                     jpeg_ls_two_frames, send_corpus, write_corpus)
 
@@ -114,20 +114,6 @@ def library(tiny_package):
     from lung_classifier import LungClassifier
 
     return LungClassifier.from_pretrained(tiny_package, trust_saved_model=True)
-
-
-def decode_workers(server_pid: int) -> list[int]:
-    """The process ids of a server's decode workers (its children running lung_classifier.decoding.worker)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes()
-        except (OSError, ValueError, IndexError):
-            continue
-        if parent == server_pid and b"lung_classifier.decoding.worker" in command:
-            found.append(int(entry.name))
-    return found
 
 
 def test_the_file_that_aborted_the_server_is_refused_and_the_next_slice_is_answered(
