@@ -1,8 +1,9 @@
 """What one decode really costs: peak memory beside its reservation, and CPU, per file.
 
 `python -m benchmarks.decode_peaks FILE...` prints one JSON line per file. Each file is
-decoded by `load_rgb` in its own forked child of a warmed process (the decoders, pydicom's
-dictionary and GDCM already loaded, so they are not counted): the child hands its
+decoded as a decode worker decodes it (`decode_here`) in its own forked child of a warmed
+process (the decoders, pydicom's dictionary and GDCM already loaded, so they are not
+counted): the child hands its
 inherited free heap back (malloc_trim) and resets its high-water mark, so `peak` is what the
 decode itself added to the resident memory; `reserved` is the largest reservation it made
 from the decode budget. Used by tests/test_image_limits.py (peak <= reserved for every
@@ -25,7 +26,8 @@ from .readings import peak_rss, reset_peak_rss, rss_bytes
 
 def _child(path: str, results) -> None:
     from lung_classifier.decoding import limits, series
-    from lung_classifier.decoding.images import load_rgb
+    from lung_classifier.decoding.images import decode_here
+    from lung_classifier.decoding.windowing import DICOM_WINDOW
 
     reserved: list[int] = []
     reserve = limits.BUDGET.reserve
@@ -47,7 +49,7 @@ def _child(path: str, results) -> None:
             with series.open_series(path) as scan:
                 outcome = f"ok {len(scan.slices)} slices"
         else:
-            outcome = f"ok {load_rgb(path).shape}"
+            outcome = f"ok {decode_here(Path(path), Path(path).name, DICOM_WINDOW).rgb.shape}"
     except Exception as exc:  # noqa: BLE001 - reported: a refusal is an outcome
         outcome = f"{exc.__class__.__name__}: {exc}"
     end = resource.getrusage(resource.RUSAGE_SELF)
@@ -61,7 +63,8 @@ def _warm_up() -> None:
     """Load every decoder once, on small files, so a child counts only its own decode."""
     import tempfile
 
-    from lung_classifier.decoding.images import load_rgb
+    from lung_classifier.decoding.images import decode_here
+    from lung_classifier.decoding.windowing import DICOM_WINDOW
 
     from testkit.hostile_corpus import accepted_kinds
 
@@ -69,7 +72,7 @@ def _warm_up() -> None:
         for kind, make in accepted_kinds(64, 64).items():
             path = Path(folder, "warm")
             path.write_bytes(make())
-            load_rgb(path)
+            decode_here(path, "warm", DICOM_WINDOW)
 
 
 def measure(paths: list[str], timeout: float = 300) -> Iterator[dict]:

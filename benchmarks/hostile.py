@@ -21,6 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from testkit.app_server import decode_workers
 from testkit.hostile_corpus import HEAVY, hostile_zips, write_heavy, write_zips
 
 from .common import REPO, Row
@@ -65,7 +66,9 @@ def run(image: Path, quick: bool, log) -> Row:
         if sender.returncode != 0:
             raise RuntimeError(f"the corpus sender failed:\n{sender.stderr[-3000:]}")
         summary = json.loads(sender.stdout.strip().splitlines()[-1])
-        peak = peak_rss(server.pid)
+        server_peak = peak_rss(server.pid)
+        workers_peak = sum(peak_rss(pid) for pid in decode_workers(server.pid))  # the live decode workers
+        peak = server_peak + workers_peak
         alive = server.process.poll() is None
         from gradio_client import Client, handle_file
 
@@ -75,7 +78,8 @@ def run(image: Path, quick: bool, log) -> Row:
     finally:
         server.stop()
     problems = summary["problems"]
-    log(f"  peak RSS {peak / 2**30:.2f} GiB; {summary['requests']} requests in {summary['seconds']} s, "
+    log(f"  peak RSS {peak / 2**30:.2f} GiB (server {server_peak / 2**30:.2f}, decode workers "
+        f"{workers_peak / 2**30:.2f}); {summary['requests']} requests in {summary['seconds']} s, "
         f"{len(problems)} problems")
     met = "yes"
     if peak >= LIMIT_BYTES:
@@ -87,6 +91,7 @@ def run(image: Path, quick: bool, log) -> Row:
              f"in {summary['seconds']} s to {', '.join(endpoints)} and every hostile zip to /scan"
              f"{f' (quick: every heavy file, 1/{share} of the rest)' if quick else ' (every file)'}"
              f"; a normal /predict answered afterwards: {'yes' if answered else 'no'}"
+             f"; peak = server {server_peak / 2**30:.2f} GiB + its decode workers {workers_peak / 2**30:.2f} GiB"
              + (f"; first problem: {problems[0][:200]}" if problems else ""))
     return Row(f"5h. Peak server RSS under the hostile corpus, {CLIENTS} clients", f"{peak / 2**30:.2f} GiB",
                "n=1 (single run)", f"peak before the corpus (start + one /predict): {before / 2**30:.2f} GiB",

@@ -88,10 +88,11 @@ class Handlers:
         if not slice_files:
             raise gr.Error(texts.NO_FILES, print_exception=False)
         paths = [slice_files] if isinstance(slice_files, str) else list(slice_files)
+        if len(paths) > MAX_BATCH_FILES:  # refused before any is held: their uploads go now
+            self.janitor.discard(paths)
+            raise gr.Error(f"Too many files: {len(paths)} sent, at most {MAX_BATCH_FILES} per batch. "
+                           "Send them in several batches.", print_exception=False)
         with self.janitor.using(paths, request):
-            if len(paths) > MAX_BATCH_FILES:
-                raise gr.Error(f"Too many files: {len(paths)} sent, at most {MAX_BATCH_FILES} per batch. "
-                               "Send them in several batches.", print_exception=False)
             rows = []
             blank = [None] * len(self.classifier.labels)
             for outcome in self.classifier.analyze_many(paths, batch_size=MAX_BATCH, max_pixels=MAX_BATCH_PIXELS):

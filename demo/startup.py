@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from lung_classifier import LungClassifier
+from lung_classifier.decoding.pool import pool
 
 LEGACY_KERAS = "TF_USE_LEGACY_KERAS"
 
@@ -44,8 +45,10 @@ def warm_up(classifier: LungClassifier) -> threading.Thread:
     meanwhile run as usual (the classifier is thread-safe) and share that set-up.
     Grad-CAM's graph is left to the first /analyze: set up now, it would compete with
     the first /predict for the CPU.
+    The decode workers start meanwhile too (each imports its decoders, about 0.3 s of CPU).
     """
     blank = np.full((classifier.input_size, classifier.input_size), 128, np.uint8)
+    threading.Thread(target=pool().warm, name="decode-workers-start", daemon=True).start()
     thread = threading.Thread(target=classifier.analyze, args=(blank,), name="model-warm-up", daemon=True)
     thread.start()
     return thread

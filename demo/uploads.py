@@ -14,12 +14,23 @@ until the session ends (Gradio's `unload`: the page's tab closed or reloaded, or
 gradio_client Client closed) or until the session has not used it for IDLE_S seconds.
 So "Classify" can be pressed again on the same upload, and identical uploads from
 different clients (one path) go only when no session holds them any more.
+
+The app's hold alone decides: Gradio's cache cleaner (`delete_cache`) deletes a file of any
+of its records (the upload route's, and each component's, which preprocessing adds the
+upload to) once its ctime is older than its age, so the janitor renews the ctime of every
+held file before each pass (a chmod to the same mode), and the cleaner only ever deletes
+uploads no request has used. Holds are capped: a session holds at most
+MAX_SESSION_FILES files and MAX_SESSION_BYTES, all sessions together MAX_HELD_BYTES; past
+a cap the holds unused longest are released first. The janitor also sweeps what uploads
+leave behind in Gradio's upload folder: empty folders, and the upload route's temporary
+files of uploads that never finished.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import stat
 import threading
 import time
 from collections import Counter
@@ -37,11 +48,21 @@ from PIL import Image
 
 IDLE_S = 600.0
 """Seconds an upload stays after its session's last request on it, with the page still open."""
+MAX_SESSION_FILES = 2000
+"""Most files one session (a page, a gradio_client Client) holds: one whole scan at its own limit (MAX_MEMBERS)."""
+MAX_SESSION_BYTES = 2**30
+"""Most bytes one session holds."""
+MAX_HELD_BYTES = 4 * 2**30
+"""Most bytes all sessions hold together."""
+LEFTOVER_AGE_S = 600.0
+"""Age after which an empty folder or an unfinished upload's temporary file in the upload folder is removed."""
 UPLOAD_LIFETIME = (f"Your upload is kept on the server while this page is open, for at most {IDLE_S / 60:.0f} "
-                   "minutes after its last use, and deleted when you close the page.")
+                   "minutes after its last use, and deleted when you close the page. A page holds at most "
+                   f"{MAX_SESSION_BYTES / 2**30:.0f} GB of uploads, the server {MAX_HELD_BYTES / 2**30:.0f} GB: "
+                   "past that, the uploads unused longest are deleted first.")
 UPLOAD_GONE = ("Cannot classify this file: it is no longer on the server (an upload is kept while its page is "
-               f"open, and deleted when the page is closed or after {IDLE_S / 60:.0f} minutes unused). "
-               "Upload the file again")
+               f"open, and deleted when the page is closed, after {IDLE_S / 60:.0f} minutes unused, or when the "
+               "server holds too many uploads). Upload the file again")
 
 
 class _UploadRecord(set):
@@ -81,10 +102,12 @@ class UploadJanitor:
     def __init__(self, blocks: gr.Blocks, idle_s: float = IDLE_S, clock: Callable[[], float] = time.monotonic):
         self.blocks = blocks
         self.idle_s = idle_s
+        self.folder = Path(get_upload_folder())
         self._clock = clock
         self._waiting: Counter[str] = Counter()
         self._using: Counter[str] = Counter()
         self._held: dict[str, dict[str, tuple[float, int]]] = {}  # session -> {real path: (last use, inode)}
+        self._sizes: dict[str, int] = {}  # each held upload's bytes, as its last request found it
         self._recorded: dict[str, set[str]] = {}
         self._inodes: dict[str, int] = {}  # each upload's inode as its last request read it
         self._lock = threading.RLock()
@@ -118,11 +141,16 @@ class UploadJanitor:
                         self._waiting.pop(real, None)
 
     def _kept(self) -> set[str]:
-        """Let idle holds lapse (deleting what they alone kept); then the paths held or in use."""
+        """Let idle holds lapse (deleting what they alone kept), renew the ctime of what stays (Gradio's cleaner
+        ages files by it), sweep leftovers; then the paths held or in use."""
         self._lapse()
         with self._lock:
             held = {path for paths in self._held.values() for path in paths}
-            return held | {path for path, count in self._using.items() if count > 0}
+            kept = held | {path for path, count in self._using.items() if count > 0}
+        for path in kept:
+            _renew_ctime(path)
+        _sweep_leftovers(self.folder, LEFTOVER_AGE_S)
+        return kept
 
     def uploads_among(self, paths: list[str]) -> list[str]:
         kept = {os.path.realpath(path) for block in list(self.blocks.blocks.values())
@@ -145,9 +173,11 @@ class UploadJanitor:
             raise gr.Error(f"{UPLOAD_GONE}.", print_exception=False)
         uploads = self.uploads_among(paths)
         session = getattr(request, "session_hash", None)
-        inodes = {path: os.stat(path).st_ino for path in uploads}
+        found = {path: os.stat(path) for path in uploads}
+        inodes = {path: info.st_ino for path, info in found.items()}
         with self._lock:
             self._inodes.update(inodes)
+            self._sizes.update({path: info.st_size for path, info in found.items()})
             seen = self._held.get(session, {}) if session else {}
             for path in uploads:
                 if self._waiting[path] > 0 and seen.get(path, (0.0, None))[1] != inodes[path]:
@@ -164,7 +194,49 @@ class UploadJanitor:
                 if session and session in self._held:  # idle time counts from the end of the last use
                     now = self._clock()
                     self._held[session].update({path: (now, inodes[path]) for path in uploads})
+                    self._release_over_caps(session)
                 self._delete_unused(uploads)
+
+    def discard(self, paths: list[str]) -> None:
+        """Delete uploads a request refuses before using them (no session holds them for it)."""
+        uploads = self.uploads_among(paths)
+        with self._lock:
+            for path in uploads:
+                if self._waiting[path] > 0:
+                    self._waiting[path] -= 1
+            self._delete_unused(uploads)
+
+    def held_bytes(self) -> int:
+        with self._lock:
+            return sum(self._sizes.get(path, 0) for path in {p for held in self._held.values() for p in held})
+
+    def _release_over_caps(self, session: str) -> None:
+        """Release the holds unused longest (of this session, then of all) until every cap is met (with the lock)."""
+        def over(holds: list[tuple[float, str, str]], files: int, size: int) -> list[tuple[float, str, str]]:
+            holds.sort()
+            count, total, released = len(holds), sum(self._sizes.get(path, 0) for _, _, path in holds), []
+            for last, owner, path in holds:
+                if count <= files and total <= size:
+                    break
+                if self._using[path] <= 0:
+                    released.append((last, owner, path))
+                    count -= 1
+                    total -= self._sizes.get(path, 0)
+            return released
+
+        mine = [(last, session, path) for path, (last, _) in self._held[session].items()]
+        released = over(mine, MAX_SESSION_FILES, MAX_SESSION_BYTES)
+        for _, owner, path in released:
+            del self._held[owner][path]
+        everyone = {}
+        for owner, held in self._held.items():
+            for path, (last, _) in held.items():
+                everyone[path] = max(everyone.get(path, (last, owner, path)), (last, owner, path))
+        extra = over(list(everyone.values()), len(everyone), MAX_HELD_BYTES)
+        for _, _, path in extra:
+            for held in self._held.values():
+                held.pop(path, None)
+        self._delete_unused([path for _, _, path in released + extra])
 
     def session_ended(self, request: gr.Request) -> None:
         """Gradio's `unload` handler: the session's tab (or client) is gone; its uploads go unless shared."""
@@ -193,6 +265,7 @@ class UploadJanitor:
                 self._using.pop(path, None)
                 self._waiting.pop(path, None)
                 _delete_if_same(path, self._inodes.pop(path, None))
+                self._sizes.pop(path, None)
                 for spelling in self._recorded.pop(path, ()):
                     set.discard(self._record, spelling)
 
@@ -207,8 +280,40 @@ def _delete_if_same(path: str, inode: int | None) -> None:
         return
     if inode is None or os.stat(aside).st_ino == inode:
         os.unlink(aside)
+        try:
+            os.rmdir(os.path.dirname(path))  # the upload route's folder for these bytes, when it is now empty
+        except OSError:
+            pass
     else:
         os.rename(aside, path)
+
+
+def _renew_ctime(path: str) -> None:
+    """Make a held file look new to Gradio's cache cleaner, which deletes by ctime: a chmod to the same mode."""
+    try:
+        os.chmod(path, stat.S_IMODE(os.stat(path).st_mode))
+    except OSError:
+        pass  # gone meanwhile: the next request says so
+
+
+def _sweep_leftovers(folder: Path, age_s: float) -> None:
+    """Remove, from Gradio's upload folder, empty folders and the upload route's temporary files (top-level
+    `tmp*`, moved into place when an upload completes) older than `age_s`: uploads that never finished."""
+    cutoff = time.time() - age_s
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                os.rmdir(entry.path)  # only when empty
+            elif entry.is_file(follow_symlinks=False) and entry.name.startswith("tmp"):
+                os.unlink(entry.path)
+        except OSError:
+            continue
 
 
 def keep_examples(paths: list[str], component: gr.components.Component) -> list[str]:

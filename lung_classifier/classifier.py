@@ -69,15 +69,13 @@ class LungClassifier:
     def __init__(self, directory: Path, config: dict[str, Any], origin: str, source_name: str | None = None):
         import tensorflow as tf
 
-        from .model.head import Head
-
         self.directory = directory
         self.config = config
         self.origin = origin
         self.source_name = source_name or origin
         self.labels: tuple[str, ...] = tuple(config["labels"])
         self.input_size: int = config["input"]["size"]
-        self.ood_threshold: float = float(Head.load(directory / package.HEAD).ood_threshold)
+        self.ood_threshold: float = float(package.read_head(directory / package.HEAD, len(self.labels)).ood_threshold)
         """The head's threshold, which the graph's flag uses: messages quote this one."""
         self.dicom_window = windowing.dicom_window(config)
         self.dicom_labels: tuple[str, ...] = windowing.dicom_validated_labels(config)

@@ -126,3 +126,17 @@ def start_app(model: Path, cache_root: Path, workdir: Path, *extra: str) -> AppS
 def local_url_line(log: str) -> str | None:
     match = re.search(r"Running on local URL:\s+(http://\S+)", log)
     return match.group(1) if match else None
+
+
+def decode_workers(server_pid: int) -> list[int]:
+    """The process ids of a server's decode workers (its children running lung_classifier.decoding.worker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == server_pid and b"lung_classifier.decoding.worker" in command:
+            found.append(int(entry.name))
+    return found

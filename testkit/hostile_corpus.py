@@ -229,6 +229,8 @@ def accepted_kinds(width: int, height: int) -> dict[str, Callable[[], bytes]]:
         **{f"DICOM {short} {side}x{side} noise": lambda syntax=syntax: compressed_dicom(
             gdcm_codestream(_noise(side), syntax), syntax, side, side)
            for short, syntax in (("JPEG Lossless", JPEG_LOSSLESS_SV1), ("JPEG-LS", JPEG_LS), ("JPEG 2000", JPEG_2000))},
+        f"DICOM JPEG 2000 {side}x{side}, 64x64 precincts, 16x16 code-blocks": lambda: compressed_dicom(
+            j2k_codestream(side, side, precincts=6, block=4), JPEG_2000, side, side),
     }
 
 
@@ -412,6 +414,40 @@ def sof_claiming_size(codestream: bytes, marker: bytes, width: int, height: int)
     """A JPEG Lossless (SOF3) or JPEG-LS (SOF55) codestream whose frame header claims other dimensions."""
     at = codestream.index(marker)
     return codestream[:at + 5] + struct.pack(">HH", height, width) + codestream[at + 9:]
+
+
+def j2k_codestream(width: int, height: int, *, levels: int = 5, precincts: int | None = None, block: int = 6,
+                   layers: int = 1, tile: int | None = None) -> bytes:
+    """A JPEG 2000 codestream written by hand: one 16-bit component, reversible 5/3, every packet empty (a black
+    slice), 2^block code-blocks and, if given, 2^precincts x 2^precincts precincts at every resolution. What the
+    decoder builds from its headers alone: 2 x 2 precincts at 2048^2 cost OpenJPEG 2.3 GiB, in 166 bytes."""
+    side = tile or max(width, height)
+    siz = struct.pack(">HIIIIIIIIH", 0, width, height, 0, 0, side, side, 0, 0, 1) + bytes([15, 1, 1])
+    cod = bytes([1 if precincts else 0, 0]) + struct.pack(">H", layers) + bytes([0, levels, block - 2, block - 2, 0, 1])
+    if precincts:
+        cod += bytes([precincts << 4 | precincts] * (levels + 1))
+    qcd = bytes([0x40]) + bytes([18 << 3] * (3 * levels + 1))
+
+    def segment(marker: bytes, body: bytes) -> bytes:
+        return marker + struct.pack(">H", len(body) + 2) + body
+
+    code = b"\xff\x4f" + segment(b"\xff\x51", siz) + segment(b"\xff\x52", cod) + segment(b"\xff\x5c", qcd)
+    for index in range(-(-width // side) * -(-height // side)):
+        data = b"\xff\x93" + b"\0" * 64
+        code += b"\xff\x90" + struct.pack(">HHIBB", 10, index, 12 + len(data), 0, 1) + data
+    return code + b"\xff\xd9"
+
+
+def jpeg_ls_two_frames(second: int, first: int = 512) -> bytes:
+    """A JPEG-LS DICOM of first x first (a black slice) whose codestream has a second frame header of
+    second x second: CharLS sized its buffer from the last one (second 65535: 482 bytes that aborted the server)."""
+    code = gdcm_codestream(np.zeros((first, first), np.uint16), JPEG_LS, 12)
+    at = code.index(b"\xff\xf7")
+    length = struct.unpack(">H", code[at + 2:at + 4])[0]
+    header = code[at:at + 2 + length]
+    again = header[:5] + struct.pack(">HH", second, second) + header[9:]
+    return compressed_dicom(code[:at + 2 + length] + again + code[at + 2 + length:], JPEG_LS, first, first,
+                            BitsStored=12, HighBit=11)
 
 
 def zero_runs(count: int) -> bytes:
@@ -730,6 +766,26 @@ def _jpeg_family_files() -> Iterator[tuple[str, str, str, Callable[[], bytes]]]:
         for label, flipped in bit_flips(compressed_dicom(code, syntax, 96, 96, BitsStored=12, HighBit=11), 8,
                                         len(short), 400):
             yield f"bitflip-{label}.{short}.dcm", "any", "random bits flipped", lambda d=flipped: d
+    for second in (16384, 30000, 65535):  # issue 24: CharLS sized its buffer from the last: 65535 aborted the server
+        yield f"jls-second-frame-{second}.dcm", "error", f"a second JPEG-LS frame header of {second}^2", (
+            lambda n=second: jpeg_ls_two_frames(n))
+    yield "jls-two-images.dcm", "error", "two JPEG-LS images in one frame", lambda: compressed_dicom(
+        gdcm_codestream(pixels, JPEG_LS, 12) * 2, JPEG_LS, 96, 96, BitsStored=12, HighBit=11)
+    for label, options in (("precincts-2x2", {"precincts": 1}), ("precincts-4x4", {"precincts": 2}),
+                           ("code-blocks-4x4", {"block": 2}), ("levels-13", {"levels": 13})):
+        yield f"j2k-{label}-2048.dcm", "error", f"JPEG 2000 bomb of 2048^2: {label}", lambda o=options: (
+            compressed_dicom(j2k_codestream(2048, 2048, **o), JPEG_2000, 2048, 2048))
+    yield "j2k-precincts-64x64-2048.dcm", "ok", "JPEG 2000 of 2048^2 with 64x64 precincts (accepted)", lambda: (
+        compressed_dicom(j2k_codestream(2048, 2048, precincts=6, block=4), JPEG_2000, 2048, 2048))
+    corrupt = gdcm_codestream(ct_pixels(256, 4), JPEG_LOSSLESS_SV1, 12)
+    yield "jll-cut-end-marker-put-back.dcm", "error", "JPEG Lossless cut in half, EOI re-appended", lambda: (
+        compressed_dicom(corrupt[:len(corrupt) // 2] + b"\xff\xd9", JPEG_LOSSLESS_SV1, 256, 256, BitsStored=12,
+                         HighBit=11))
+    changed = bytearray(corrupt)
+    for index in range(400, len(corrupt) - 10, 97):
+        changed[index] ^= 0x5A
+    yield "jll-bytes-changed.dcm", "error", "JPEG Lossless with bytes changed (decodes with warnings)", lambda: (
+        compressed_dicom(bytes(changed), JPEG_LOSSLESS_SV1, 256, 256, BitsStored=12, HighBit=11))
     yield "jll-in-jls-syntax.dcm", "error", "JPEG-LS syntax holding a JPEG Lossless codestream", lambda: (
         compressed_dicom(gdcm_codestream(pixels, JPEG_LOSSLESS_SV1, 12), JPEG_LS, 96, 96, BitsStored=12, HighBit=11))
     yield "j2k-noise-2048.dcm", "ok", "the slowest accepted compressed frame (JPEG 2000 of noise)", lambda: (
@@ -877,7 +933,8 @@ HEAVY = ("bomb-deflate-8000x8000.dcm", "bomb-rle-8000x8000.dcm", "rle-6000x6000-
          "black-36mp.png", "bomb-9000x9000-zeros.png", "nested-sequence-bomb.dcm", "large-3000x2000.jpg",
          "jpeg-progressive-420-40mp.jpg", "jpeg-progressive-444-40mp.jpg", "jpeg-1000-repeated-scans.jpg",
          "tiff-20000-pages.tif", "gif-1m-frames.gif", "png-rgba-40mp.png", "dicom-40000-header-elements.dcm",
-         "rle-one-byte-runs-1024.dcm", "j2k-noise-2048.dcm")
+         "rle-one-byte-runs-1024.dcm", "j2k-noise-2048.dcm", "jls-second-frame-65535.dcm",
+         "j2k-precincts-2x2-2048.dcm")
 """The worst file of each class, in memory or CPU, to refuse or decode: every client sends all of them at once."""
 ENDPOINTS = ("/predict", "/analyze", "/batch")
 CLIENT_TIMEOUT_S = 300

@@ -73,6 +73,15 @@ def synthetic_slice(label: str, index: int) -> Image.Image:
     return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), mode="L")
 
 
+@pytest.fixture
+def decode_in_process(monkeypatch) -> None:
+    """Decode files in the test's own process, as a decode worker does, so that a test can watch or replace the
+    decoders' internals (the worker boundary itself: test_decode_pool.py)."""
+    from lung_classifier.decoding import images
+
+    monkeypatch.setattr(images, "_in_worker", images.decode_here)
+
+
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory) -> Path:
     """IQ-OTH/NCCD layout (misspelling included) with 30 synthetic slices per class."""

@@ -382,13 +382,16 @@ def test_large_slice_overlay_is_at_most_1024_pixels_per_picture(client, tmp_path
 # --- /batch limits ------------------------------------------------------------------------------
 
 
-def test_batch_refuses_more_files_than_its_limit(client, files):
+def test_batch_refuses_more_files_than_its_limit_and_keeps_none_of_them(server, client, tmp_path):
     from demo.handlers import MAX_BATCH_FILES
 
+    path = tmp_path / "own-batch-refused.png"  # bytes no other test sends
+    synthetic_slice("Normal", 950).save(path)
     with pytest.raises(AppError) as refused:
-        client.predict([send(files["Normal"])] * (MAX_BATCH_FILES + 1), api_name="/batch")
+        client.predict([send(path)] * (MAX_BATCH_FILES + 1), api_name="/batch")
     assert f"at most {MAX_BATCH_FILES} per batch" in str(refused.value)
     assert "several batches" in str(refused.value)
+    assert files_holding(server.upload_root, path.read_bytes()) == [], "a refused batch's uploads were kept"
 
 
 def test_batch_classifies_up_to_its_pixel_limit_and_says_so_for_the_rest(client, tmp_path):
@@ -411,9 +414,18 @@ def test_batch_classifies_up_to_its_pixel_limit_and_says_so_for_the_rest(client,
 
 
 def files_holding(root: Path, data: bytes) -> list[Path]:
-    """Every file under `root` with exactly these bytes (empty files are Gradio's placeholders)."""
-    return [path for path in root.rglob("*") if path.is_file() and path.stat().st_size == len(data) > 0
-            and path.read_bytes() == data]
+    """Every file under `root` with exactly these bytes (empty files are Gradio's placeholders). The server deletes
+    files and their emptied folders meanwhile: what vanishes during the walk is not held."""
+    found = []
+    for folder, _, names in os.walk(root):  # os.walk skips a folder removed under it
+        for name in names:
+            path = Path(folder, name)
+            try:
+                if path.stat().st_size == len(data) > 0 and path.read_bytes() == data:
+                    found.append(path)
+            except FileNotFoundError:
+                continue
+    return found
 
 
 def call_naming_a_server_path(server: AppServer, endpoint: str, path: str) -> tuple[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 import tracemalloc
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from gradio.route_utils import delete_files_created_by_app
 
-from demo import pictures, texts
+from demo import pictures, texts, uploads
 from demo.uploads import UploadJanitor
 
 
@@ -138,7 +139,8 @@ def upload(blocks: gr.Blocks, root: Path, name: str, folder: str | None = None) 
 
 
 @pytest.fixture
-def janitor_setup(tmp_path):
+def janitor_setup(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))  # the folder the janitor sweeps
     blocks, clock = gr.Blocks(), Clock()
     return blocks, UploadJanitor(blocks, idle_s=600, clock=clock), clock, tmp_path
 
@@ -224,3 +226,67 @@ def test_identical_uploads_held_by_two_sessions_go_only_when_neither_holds_them(
     assert os.path.isfile(path)
     janitor.session_ended(session("b"))
     assert not os.path.exists(path) and len(blocks.upload_file_set) == 0
+
+
+def test_gradios_cache_cleaner_never_deletes_a_held_upload_from_a_components_record(janitor_setup):
+    """Preprocessing adds the upload to the component's own record, which the cleaner ages by ctime: the janitor
+    renews a held file's ctime before each pass, so only the never-used upload goes."""
+    blocks, janitor, _, root = janitor_setup
+    component = gr.File()
+    blocks.temp_file_sets.append(component.temp_files)
+    held, unused = upload(blocks, root, "held.png"), upload(blocks, root, "unused.png")
+    component.temp_files.update([held, unused])
+    with janitor.using([held], session("page")):
+        pass
+    time.sleep(1.5)  # both files' ctime is now older than the cleaner's age of 1 s
+    delete_files_created_by_app(blocks, age=1)
+    assert os.path.isfile(held) and not os.path.exists(unused)
+
+
+def test_a_sessions_holds_past_its_byte_cap_go_oldest_first(janitor_setup, monkeypatch):
+    blocks, janitor, clock, root = janitor_setup
+    monkeypatch.setattr(uploads, "MAX_SESSION_BYTES", 12)  # each upload is 5 bytes: two fit
+    paths = [upload(blocks, root, f"slice-{index}.png") for index in range(4)]
+    for path in paths:
+        clock.now += 1
+        with janitor.using([path], session("page")):
+            assert os.path.isfile(path)
+    assert [os.path.exists(path) for path in paths] == [False, False, True, True]
+    assert janitor.held_bytes() == 10
+
+
+def test_all_sessions_together_stay_under_the_server_cap(janitor_setup, monkeypatch):
+    blocks, janitor, clock, root = janitor_setup
+    monkeypatch.setattr(uploads, "MAX_HELD_BYTES", 12)
+    paths = [upload(blocks, root, f"slice-{index}.png") for index in range(4)]
+    for index, path in enumerate(paths):
+        clock.now += 1
+        with janitor.using([path], session(f"client-{index}")):
+            pass
+    assert [os.path.exists(path) for path in paths] == [False, False, True, True]
+    assert janitor.held_bytes() <= 12
+
+
+def test_uploads_a_request_refuses_are_deleted_without_being_held(janitor_setup):
+    blocks, janitor, _, root = janitor_setup
+    paths = [upload(blocks, root, f"slice-{index}.png") for index in range(3)]
+    janitor.discard(paths)
+    assert not any(os.path.exists(path) for path in paths) and janitor.held_bytes() == 0
+
+
+def test_deleted_uploads_leave_no_empty_folder_and_stale_temporary_files_are_swept(janitor_setup):
+    blocks, janitor, _, root = janitor_setup
+    path = upload(blocks, root, "slice.png")
+    with janitor.using([path], session("page")):
+        pass
+    janitor.session_ended(session("page"))
+    assert not Path(path).parent.exists()
+    stale, fresh, empty = root / "tmpabc123", root / "tmpdef456", root / "0123abcd"
+    stale.write_bytes(b"")
+    fresh.write_bytes(b"")
+    empty.mkdir()
+    old = time.time() - uploads.LEFTOVER_AGE_S - 10
+    for entry in (stale, empty):
+        os.utime(entry, (old, old))
+    list(blocks.upload_file_set)  # a cleaner pass
+    assert not stale.exists() and not empty.exists() and fresh.exists()

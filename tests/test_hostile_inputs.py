@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,21 +16,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 
 from conftest import REPO, synthetic_slice
 
 from benchmarks.readings import peak_rss
 from lung_classifier.decoding.images import load_rgb
 from lung_classifier.decoding.limits import MAX_SIDE, MIN_SIDE, ImageError
-from testkit.app_server import start_app
-from testkit.hostile_corpus import HEAVY, HostileFile, hostile_zips, send_corpus, write_corpus
+from testkit.app_server import decode_workers, start_app
+from testkit.hostile_corpus import (HEAVY, JPEG_2000, HostileFile, compressed_dicom, hostile_zips, j2k_codestream,
+                                    jpeg_ls_two_frames, send_corpus, write_corpus)
 
 PEAK_RSS_LIMIT = 2.5 * 2**30
 KINDS = ["truncated-", "bitflip-", "bomb-", "deflate", "rle", "animated", "cmyk", "palette", "16bit", "exif-",
          "empty", "notes.txt", "page.html", "drawing.svg", "report.pdf", "slices.zip", "no-pixels.dcm",
          "tag-RescaleSlope-1_2", "tag-RescaleSlope-1e30", "jpeg-progressive", "repeated-scans", "pages", "frames",
          "rgba-40mp", "header-elements", "one-byte-runs", "valid-jll", "valid-jls", "valid-j2k", "larger-than-header",
-         "no-end-marker", "wrong-bit-depth"]
+         "no-end-marker", "wrong-bit-depth", "jls-second-frame", "jls-two-images", "j2k-precincts-2x2",
+         "j2k-code-blocks", "jll-cut-end-marker-put-back", "jll-bytes-changed"]
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +116,34 @@ def library(tiny_package):
     return LungClassifier.from_pretrained(tiny_package, trust_saved_model=True)
 
 
+def test_the_file_that_aborted_the_server_is_refused_and_the_next_slice_is_answered(
+        tiny_package, cache_root, library, tmp_path):
+    """The 482-byte JPEG-LS whose second frame header made CharLS abort the whole server (issue 24), then the
+    JPEG 2000 precinct bomb, sent to the running app: each refused; then a normal slice is answered, also after
+    the server's decode workers were killed from outside."""
+    server = start_app(tiny_package, cache_root, tmp_path / "app")
+    try:
+        client = Client(server.url, verbose=False, download_files=False)
+        hostile = {"jls-second-frame-65535.dcm": (jpeg_ls_two_frames(65535), "more than one frame header"),
+                   "j2k-precincts-2x2.dcm": (compressed_dicom(j2k_codestream(2048, 2048, precincts=1), JPEG_2000,
+                                                              2048, 2048), "1,405,848 precincts")}
+        for name, (data, reason) in hostile.items():
+            (tmp_path / name).write_bytes(data)
+            for endpoint in ("/predict", "/analyze"):
+                with pytest.raises(AppError, match=f"Cannot classify this file: .*{reason}"):
+                    client.predict(handle_file(str(tmp_path / name)), api_name=endpoint)
+        assert server.process.poll() is None, f"the server died:\n{server.log()[-3000:]}"
+        normal_request_is_answered_correctly(server.url, tmp_path, library)
+        workers = decode_workers(server.process.pid)
+        assert workers, "the server decodes in no worker process"
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        normal_request_is_answered_correctly(server.url, tmp_path, library)
+        assert server.process.poll() is None
+    finally:
+        server.stop()
+
+
 @pytest.mark.slow  # about 600 requests: a minute on an idle 2-core machine
 def test_every_file_through_predict_analyze_and_batch_gets_a_result_or_a_clear_error(
         corpus, tiny_package, cache_root, library, tmp_path):
@@ -130,7 +162,8 @@ def test_every_file_through_predict_analyze_and_batch_gets_a_result_or_a_clear_e
 @pytest.mark.slow
 def test_peak_server_memory_under_16_hostile_clients_stays_under_2_5_gib(
         tiny_package, cache_root, library, tmp_path):
-    """The real decode path under the corpus, heavy files sent by all 16 clients at once (a separate process)."""
+    """The real decode path under the corpus, heavy files sent by all 16 clients at once (a separate process);
+    the server's peak and its live decode workers' peaks together."""
     server = start_app(tiny_package, cache_root, tmp_path / "app")
     try:
         sender = subprocess.run(
@@ -140,6 +173,9 @@ def test_peak_server_memory_under_16_hostile_clients_stays_under_2_5_gib(
         assert sender.returncode == 0, sender.stderr[-3000:]
         summary = json.loads(sender.stdout.strip().splitlines()[-1])
         peak = peak_rss(server.process.pid)
+        workers = sum(peak_rss(pid) for pid in decode_workers(server.process.pid))  # the live ones' peaks
+        print(f"peak RSS: server {peak / 2**30:.2f} GiB, its decode workers {workers / 2**30:.2f} GiB")
+        peak += workers
         assert server.process.poll() is None, f"the server died:\n{server.log()[-3000:]}"
         assert not summary["problems"], "\n".join(summary["problems"][:50])
         assert summary["requests"] >= 16 * (2 * len(HEAVY) + len(hostile_zips()))

@@ -104,7 +104,7 @@ def test_a_thumbnail_inside_app1_is_not_counted():
     assert (layout.width, layout.scans) == (640, 1)
 
 
-def test_repeated_scans_are_refused_before_libjpeg_sees_them(monkeypatch):
+def test_repeated_scans_are_refused_before_libjpeg_sees_them(monkeypatch, decode_in_process):
     from testkit.hostile_corpus import repeated_scans
 
     base = progressive_jpeg(colour=False)  # 6 scans
@@ -122,7 +122,7 @@ def test_arithmetic_lossless_and_hierarchical_jpeg_frames_are_refused(marker):
         load_rgb(bytes(data))
 
 
-def test_a_progressive_jpeg_reserves_its_coefficient_buffer(monkeypatch):
+def test_a_progressive_jpeg_reserves_its_coefficient_buffer(monkeypatch, decode_in_process):
     reserved = []
     reserve = limits.BUDGET.reserve
     monkeypatch.setattr(limits.BUDGET, "reserve", lambda n, name: reserved.append(n) or reserve(n, name))
@@ -196,7 +196,7 @@ def test_dicom_refusals_name_the_reason(make, message):
         load_rgb(make())
 
 
-def test_deflated_dicom_bomb_is_refused_before_inflating(monkeypatch):
+def test_deflated_dicom_bomb_is_refused_before_inflating(monkeypatch, decode_in_process):
     import zlib
 
     def no_inflate(*args, **kwargs):
@@ -211,7 +211,7 @@ def test_deflated_dicom_bomb_is_refused_before_inflating(monkeypatch):
     assert DEFLATED in data.decode("latin-1")
 
 
-def test_only_geometry_and_rescale_tags_are_read(monkeypatch):
+def test_only_geometry_and_rescale_tags_are_read(monkeypatch, decode_in_process):
     """A patient's name (or any tag but the pixel geometry and rescale) is never decoded."""
     from pydicom.dataset import Dataset
 

@@ -154,7 +154,7 @@ def test_write_config_overrides_format_and_checksums_given_by_the_caller(tmp_pat
     (tmp_path / package.HEAD).write_bytes(b"head")
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "a.txt").write_text("a")
-    minimal = {"labels": ["x"], "input": {"size": 8}, "backbone": {"weights_sha256": "0"},
+    minimal = {"labels": ["x", "y"], "input": {"size": 32}, "backbone": {"weights_sha256": "0"},
                "gradcam": {"layers": "conv4+conv5"}, "rendering": TRAINING_RANGE}
     written = package.write_config(tmp_path, {**minimal, "format_version": 99,
                                               "files": {"stale": "0"}, "saved_model_files": {"s": "0"}})

@@ -115,6 +115,23 @@ def test_images_of_different_sizes_are_accepted_with_a_note(tmp_path):
         assert any("2 different sizes" in note and "resized" in note for note in found.notes.render())
 
 
+def test_webp_sizes_are_read_from_their_header_without_libwebp(tmp_path, monkeypatch):
+    """Opening a WebP runs libwebp on the whole file: native code on untrusted bytes, kept out of the caller."""
+    from PIL import WebPImagePlugin
+
+    def encoded(size: tuple[int, int], **options) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGBA" if options.pop("alpha", False) else "RGB", size, (90, 90, 90)).save(buffer, "WEBP", **options)
+        return buffer.getvalue()
+
+    members = {"1.webp": encoded((40, 40), quality=50), "2.webp": encoded((64, 48), lossless=True),
+               "3.webp": encoded((97, 33), alpha=True, quality=50)}
+    monkeypatch.setattr(WebPImagePlugin.WebPImageFile, "_open", lambda self: pytest.fail("libwebp opened it"))
+    with open_series(write_zip(tmp_path / "webp.zip", members)) as found:
+        assert [e.name for e in found.slices] == ["1.webp", "2.webp", "3.webp"]
+        assert any("3 different sizes" in note for note in found.notes.render())
+
+
 def test_dicom_and_images_together_are_refused(tmp_path):
     with pytest.raises(ScanError, match="mixes 1 DICOM file"):
         ordered(write_zip(tmp_path / "mix.zip", {"a.dcm": series_slice(), "b.png": png()}))

@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from lung_classifier.cli.arguments import whole_number
+    from lung_classifier.package.validation import INPUT_SIZES
+
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
     parser.add_argument("--source", action="append", default=[], metavar="SPEC",
                         help="a training source: 'NAME=FOLDER[;labels=PATTERN:CLASS,...][;grouping=RULE]"
@@ -41,9 +44,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, help="one class-per-folder image source (the same as --source NAME=DATA)")
     parser.add_argument("--output", required=True, type=Path, help="package directory to write")
     parser.add_argument("--seed", type=int, default=0, help="shuffles the CV folds")
-    parser.add_argument("--folds", type=int, default=5, help="K of the grouped K-fold CV")
-    parser.add_argument("--repeats", type=int, default=5, help="how many times the K-fold CV is reshuffled")
-    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--folds", type=whole_number(2), default=5, help="K of the grouped K-fold CV (at least 2)")
+    parser.add_argument("--repeats", type=whole_number(1), default=5,
+                        help="how many times the K-fold CV is reshuffled")
+    parser.add_argument("--input-size", type=whole_number(*INPUT_SIZES), default=224,
+                        help=f"the model's input side in pixels ({INPUT_SIZES[0]} to {INPUT_SIZES[1]})")
     parser.add_argument("--name", default="lung-ct-resnet50", help="model name in the card and config")
     parser.add_argument("--weights", help="ResNet50 ImageNet notop weights file (default: resolved automatically)")
     parser.add_argument("--no-savedmodel", action="store_true",

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..decoding.limits import ImageError
 from ..verdict import labels_meaning, shown_label
+from .arguments import slice_file
 
 if TYPE_CHECKING:
     from ..classifier import LungClassifier
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     predict = commands.add_parser("predict", parents=parents, help="classify CT slice images")
-    predict.add_argument("images", nargs="+", help="image or DICOM files")
+    predict.add_argument("images", nargs="+", type=slice_file, help="image or DICOM files")
     predict.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
 
 

@@ -16,6 +16,7 @@ import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..decoding.limits import ImageError
+from .arguments import whole_number, writable_file
 from ..package.format import PackageError
 from ..verdict import labels_meaning, shown_label
 from ..scan.aggregation import NORMAL
@@ -32,16 +33,11 @@ def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
                       help="a folder or zip file of one scan, or its slice files (DICOM of one series, or images)")
     output = scan.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print one JSON object (verdict, per-slice rows, notes)")
-    output.add_argument("--csv", metavar="OUT", default=None, help="also write the per-slice table to this CSV file")
-    scan.add_argument("--top", type=_positive, default=3, metavar="K", help="how many top slices to list (default 3)")
-    scan.add_argument("--batch-size", type=_positive, default=16, help="slices decoded and analysed at a time")
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+    output.add_argument("--csv", metavar="OUT", type=writable_file, default=None,
+                        help="also write the per-slice table to this CSV file")
+    scan.add_argument("--top", type=whole_number(1), default=3, metavar="K",
+                      help="how many top slices to list (default 3)")
+    scan.add_argument("--batch-size", type=whole_number(1), default=16, help="slices decoded and analysed at a time")
 
 
 def run_scan(classifier: LungClassifier, args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from . import dicom_jpeg, rle
+from .codestream import J2K_STRUCTURE_BYTES
 from .limits import BUDGET, DOWNSCALE_FILTER, MIN_SIDE, SLACK, ImageError, check_declared, target_size
 
 MAX_DICOM_HEADER_READ = 512 * 2**10
@@ -222,8 +223,9 @@ def _dicom_bytes(geometry: "_Geometry", syntax: str, remaining: int) -> int:
     stored = geometry.pixels * geometry.bytes_per_pixel
     if syntax in dicom_jpeg.SYNTAXES:  # the frame, its encapsulated copy, GDCM's buffers and the decoded copies
         compressed = min(remaining, dicom_jpeg.compressed_limit(geometry.frame))
+        structures = J2K_STRUCTURE_BYTES if syntax in dicom_jpeg.JPEG_2000 else 0  # precincts, code-blocks
         return 2 * compressed + dicom_jpeg.DECODE_BYTES_PER_PIXEL * geometry.pixels + 2 * stored \
-            + geometry.pixels + SLACK
+            + geometry.pixels + structures + SLACK
     if syntax == _RLE:  # the encapsulated frame (at most what the file holds), one decoded segment
         encapsulated = min(remaining, rle.frame_limit(geometry.pixels, geometry.bytes_per_pixel))
         return encapsulated + stored + 2 * geometry.pixels + SLACK

@@ -17,12 +17,17 @@ interface, but only after this module has bounded everything the decoder would t
 
 from __future__ import annotations
 
+import os
 import struct
+import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 import numpy as np
 
+from .codestream import Codestream, j2k_header, jpeg_frame
 from .limits import ImageError
 
 JPEG_LOSSLESS = {"1.2.840.10008.1.2.4.57": "JPEG Lossless (Process 14)",
@@ -35,10 +40,6 @@ MAX_COMPRESSED_PIXELS = 2048 * 2048
 """Largest frame of these syntaxes: bounds decode time (JPEG 2000 of noise: 1.2 s of CPU at 2048^2, 4 s at 4096^2)."""
 MAX_FRAGMENTS = 1024
 """Most fragments one frame may be split into (encoders write one, or a few of a fixed size)."""
-MAX_J2K_TILES = 64
-"""Most JPEG 2000 tiles: DICOM encoders write one; tiny tiles multiply the decoder's per-tile cost."""
-MAX_J2K_LAYERS = 64
-"""Most JPEG 2000 quality layers: each adds packets the decoder walks."""
 DECODE_BYTES_PER_PIXEL = 20
 """GDCM's working memory and pydicom's copies per decoded pixel (measured: JPEG Lossless of 16-bit noise at
 2048^2 peaks at 118 MiB in all, against 132 MiB reserved)."""
@@ -58,18 +59,6 @@ class Frame:
     @property
     def pixels(self) -> int:
         return self.rows * self.columns
-
-
-@dataclass(frozen=True)
-class Codestream:
-    """What the codestream's own frame header says (the decoder allocates from this)."""
-
-    width: int
-    height: int
-    components: int
-    precision: int
-    tiles: int = 1
-    layers: int = 1
 
 
 def check_size(frame: Frame, syntax: str, name: str) -> None:
@@ -125,61 +114,10 @@ def _item(stream: BinaryIO, name: str) -> tuple[int, int, int]:
 
 
 def codestream_header(syntax: str, codestream: bytes, name: str) -> Codestream:
-    """The codestream's own frame header, parsed without decoding."""
+    """The codestream's own headers, walked and bounded without decoding (:mod:`.codestream`)."""
     if syntax in JPEG_2000:
-        return _siz(codestream, name)
-    return _jpeg_sof(codestream, 0xF7 if syntax in JPEG_LS else 0xC3, SYNTAXES[syntax], name)
-
-
-def _jpeg_sof(codestream: bytes, wanted: int, kind: str, name: str) -> Codestream:
-    """The first frame header (SOFn) of a JPEG or JPEG-LS stream, walking the marker segments from SOI."""
-    if codestream[:2] != b"\xff\xd8":
-        raise ImageError(f"{name}: its {kind} frame does not start with a JPEG SOI marker (damaged file)")
-    position = 2
-    while position + 4 <= len(codestream):
-        if codestream[position] != 0xFF:
-            raise ImageError(f"{name}: its {kind} codestream is damaged before its frame header")
-        marker = codestream[position + 1]
-        if marker == 0xFF:  # fill byte
-            position += 1
-            continue
-        length = struct.unpack(">H", codestream[position + 2:position + 4])[0]
-        if marker == 0xF7 or (0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)):
-            if marker != wanted:
-                found = "SOF55 (JPEG-LS)" if marker == 0xF7 else f"SOF{marker - 0xC0}"
-                raise ImageError(f"{name}: its transfer syntax says {kind} but its codestream's frame is {found} "
-                                 "(damaged or crafted file)")
-            body = codestream[position + 4:position + 2 + length]
-            if len(body) < 6:
-                raise ImageError(f"{name}: its {kind} frame header is truncated")
-            precision, height, width, components = struct.unpack(">BHHB", body[:6])
-            return Codestream(width, height, components, precision)
-        if marker in (0xDA, 0xD9):  # a scan or the end before any frame header
-            break
-        position += 2 + length
-    raise ImageError(f"{name}: its {kind} codestream has no frame header (damaged or truncated file)")
-
-
-def _siz(codestream: bytes, name: str) -> Codestream:
-    """JPEG 2000's SIZ (image and tile sizes, components) and the layer count of COD."""
-    if codestream[:4] != b"\xff\x4f\xff\x51":
-        raise ImageError(f"{name}: its JPEG 2000 frame does not start with SOC and SIZ (a JP2 file, or damaged)")
-    if len(codestream) < 45:
-        raise ImageError(f"{name}: its JPEG 2000 header is truncated")
-    length, _, x, y, x0, y0, tile_x, tile_y, tile_x0, tile_y0, components = struct.unpack(
-        ">HHIIIIIIIIH", codestream[4:42])
-    if not components or len(codestream) < 42 + 3 * components or not (tile_x and tile_y) or x <= x0 or y <= y0:
-        raise ImageError(f"{name}: its JPEG 2000 header is damaged or truncated")
-    depths = [codestream[42 + 3 * i] for i in range(components)]
-    sampling = [codestream[43 + 3 * i:45 + 3 * i] for i in range(components)]
-    if any(d != depths[0] for d in depths) or any(s != b"\1\1" for s in sampling):
-        raise ImageError(f"{name}: its JPEG 2000 components differ in depth or sampling (not a greyscale slice)")
-    tiles = -(-(x - tile_x0) // tile_x) * -(-(y - tile_y0) // tile_y)
-    layers = 1
-    cod = codestream.find(b"\xff\x52", 4 + length)  # COD follows SIZ in the main header
-    if 0 <= cod and len(codestream) >= cod + 9:
-        layers = struct.unpack(">H", codestream[cod + 6:cod + 8])[0]
-    return Codestream(x - x0, y - y0, components, (depths[0] & 0x7F) + 1, tiles, layers)
+        return j2k_header(codestream, name)
+    return jpeg_frame(codestream, 0xF7 if syntax in JPEG_LS else 0xC3, SYNTAXES[syntax], name)
 
 
 def check_codestream(codestream: bytes, header: Codestream, frame: Frame, syntax: str, name: str) -> None:
@@ -192,9 +130,6 @@ def check_codestream(codestream: bytes, header: Codestream, frame: Frame, syntax
     if not 2 <= header.precision <= frame.bits_allocated:
         raise ImageError(f"{name}: its codestream has {header.precision}-bit samples, which do not fit the "
                          f"{frame.bits_allocated} bits its DICOM header allocates (wrong bit depth)")
-    if header.tiles > MAX_J2K_TILES or header.layers > MAX_J2K_LAYERS:
-        raise ImageError(f"{name}: its JPEG 2000 codestream has {header.tiles:,} tiles and {header.layers:,} quality "
-                         f"layers (at most {MAX_J2K_TILES} of each): damaged or crafted file")
     end = codestream[:-1] if codestream.endswith(b"\0") else codestream  # one padding byte to an even length
     if not end.endswith(_EOI):
         raise ImageError(f"{name}: its {SYNTAXES[syntax]} frame does not end with an end-of-image marker "
@@ -216,16 +151,47 @@ def decode(stream: BinaryIO, frame: Frame, syntax: str, name: str) -> np.ndarray
 
 
 def _gdcm_decode(codestream: bytes, frame: Frame, syntax: str, name: str) -> np.ndarray:
-    """GDCM, through pydicom's decoder for the syntax (it corrects JPEG-LS / JPEG 2000 precision and sign)."""
+    """GDCM, through pydicom's decoder for the syntax (it corrects JPEG-LS / JPEG 2000 precision and sign).
+
+    GDCM's libjpeg reports corrupt data ("Corrupt JPEG data: premature end of data segment")
+    only on stderr and hands back whatever it invented: a frame whose decode writes any
+    such line is refused, never answered as a slice.
+    """
     from pydicom.encaps import encapsulate
     from pydicom.pixels import get_decoder
 
     try:
-        array, _ = get_decoder(syntax).as_array(
-            encapsulate([codestream]), decoding_plugin="gdcm", rows=frame.rows, columns=frame.columns,
-            samples_per_pixel=1, bits_allocated=frame.bits_allocated, bits_stored=frame.bits_stored,
-            pixel_representation=int(frame.signed), photometric_interpretation="MONOCHROME2", number_of_frames=1)
+        with _native_stderr() as complaints:
+            array, _ = get_decoder(syntax).as_array(
+                encapsulate([codestream]), decoding_plugin="gdcm", rows=frame.rows, columns=frame.columns,
+                samples_per_pixel=1, bits_allocated=frame.bits_allocated, bits_stored=frame.bits_stored,
+                pixel_representation=int(frame.signed), photometric_interpretation="MONOCHROME2",
+                number_of_frames=1)
     except Exception as exc:  # noqa: BLE001 - GDCM and pydicom report corrupt data with several exception types
         raise ImageError(f"{name}: its {SYNTAXES[syntax]} frame cannot be decoded ({exc.__class__.__name__}: "
                          f"{str(exc)[:120]}): damaged file, export the slice again") from None
+    if complaints:
+        raise ImageError(f"{name}: its {SYNTAXES[syntax]} frame decodes only with errors ({complaints[0][:120]}): "
+                         "damaged file, export the slice again")
     return array
+
+
+@contextmanager
+def _native_stderr() -> Iterator[list[str]]:
+    """The lines native code writes to file descriptor 2 meanwhile (the whole process's: a decode worker has one
+    thread)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    lines: list[str] = []
+    try:
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                yield lines
+            finally:
+                os.dup2(saved, 2)
+                capture.seek(0)
+                lines.extend(line.strip() for line in capture.read(8192).decode(errors="replace").splitlines()
+                             if line.strip())
+    finally:
+        os.close(saved)

@@ -31,6 +31,7 @@ from PIL import Image, UnidentifiedImageError
 from . import dicom, jpeg_layout
 from .limits import (BUDGET, DOWNSCALE_FILTER, MAX_PIXELS, MIN_SIDE, SLACK, ImageError, check_declared,
                      target_size)
+from .pool import pool
 from .windowing import DICOM_WINDOW
 
 ImageInput = Union[str, os.PathLike, bytes, bytearray, Image.Image, np.ndarray]
@@ -65,10 +66,7 @@ def read_slice(image: ImageInput, *, dicom_window: tuple[float, float] = DICOM_W
     centre, width = (float(value) for value in dicom_window)
     if not (math.isfinite(centre) and math.isfinite(width) and width > 0):
         raise ValueError(f"dicom_window must be (centre, width) in HU with width > 0, not {dicom_window}")
-    try:
-        decoded = _decode(image, (centre, width))
-    finally:
-        BUDGET.release_freed_memory()
+    decoded = _decode(image, (centre, width))
     _check_size(decoded.rgb)
     return decoded
 
@@ -86,19 +84,40 @@ def _decode(image: ImageInput, window: tuple[float, float]) -> Slice:
     if isinstance(image, (bytes, bytearray)):
         if not image:
             raise ImageError("the uploaded data is empty (0 bytes)")
-        return _stream_to_slice(io.BytesIO(image), len(image), "the uploaded data", window)
+        return _in_worker(bytes(image), "the uploaded data", window)
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
             raise ImageError(f"{path}: no such file")
-        with open(path, "rb") as stream:
-            size = os.fstat(stream.fileno()).st_size
-            if not size:
-                raise ImageError(f"{path.name} is empty (0 bytes)")
-            return _stream_to_slice(stream, size, path.name, window)
+        return _in_worker(path, path.name, window)
     raise ImageError(
         f"unsupported input type {type(image).__name__}: give a file path, bytes, a PIL image or a numpy array"
     )
+
+
+def _in_worker(source: bytes | Path, name: str, window: tuple[float, float]) -> Slice:
+    """A file's bytes are decoded by native code (GDCM, libjpeg, libtiff...): in a worker process, never here."""
+    rgb, answer = pool().decode(source, name, window)
+    axial = answer.get("axial")
+    return Slice(rgb, dicom=answer.get("dicom") is True, axial=axial if isinstance(axial, bool) else None)
+
+
+def decode_here(source: bytes | Path, name: str, window: tuple[float, float]) -> Slice:
+    """Decode a file's bytes in this process: what a decode worker runs (:mod:`.worker`), one file at a time."""
+    try:
+        if isinstance(source, bytes):
+            return _stream_to_slice(io.BytesIO(source), len(source), name, window)
+        try:
+            stream = open(source, "rb")
+        except OSError as exc:
+            raise ImageError(f"{name} cannot be read ({exc.__class__.__name__})") from None
+        with stream:
+            size = os.fstat(stream.fileno()).st_size
+            if not size:
+                raise ImageError(f"{name} is empty (0 bytes)")
+            return _stream_to_slice(stream, size, name, window)
+    finally:
+        BUDGET.release_freed_memory()
 
 
 def _stream_to_slice(stream: BinaryIO, size: int, name: str, window: tuple[float, float]) -> Slice:

@@ -1,10 +1,13 @@
-"""What any decode may cost: the size limits every input is held to, and the process-wide memory budget.
+"""What any decode may cost: the size limits every input is held to, the memory budget, the workers' limits.
 
 The demo takes uploads from anyone, so memory is bounded by design, not by luck: a
 file's declared size is checked before a pixel is decoded (``MAX_PIXELS``), each decode
 reserves an upper bound of the memory it will use from one budget
 (``DECODE_BUDGET_BYTES``) and waits while other decodes hold it, so concurrent requests
 cannot add up past it; and every result is at most ``MAX_SIDE`` pixels on its long side.
+Files are decoded in worker processes (:mod:`.pool`), each with its own budget and
+hard limits on its memory, CPU and wall time (``WORKER_*``), so that what the bounds
+above do not foresee in a native decoder still costs one request only.
 """
 
 from __future__ import annotations
@@ -32,6 +35,17 @@ SLACK = 16 * 2**20
 DOWNSCALE_FILTER = Image.Resampling.LANCZOS
 """The filter that shrinks a decoded image larger than MAX_SIDE (the model-input resize is another step:
 lung_classifier.model.preprocessing.MODEL_INPUT_RESIZE)."""
+WORKERS = 2
+"""Decode worker processes (decoding/pool.py): at most this many files decode at once, each in its own process."""
+WORKER_MEMORY_BYTES = DECODE_BUDGET_BYTES + 256 * 2**20
+"""Address space a worker may add to its size after imports (RLIMIT_AS): its decode budget, and as much again
+for what decoders map beyond it (malloc arenas, libraries' scratch); past it allocations fail in the worker."""
+WORKER_CPU_S = 5.0
+"""CPU seconds one file may cost its worker (RLIMIT_CPU): the slowest accepted file, JPEG 2000 of 16-bit noise
+at 2048^2, needs about 1.2 s."""
+WORKER_WALL_S = 20.0
+"""Seconds one file may take in its worker before the worker is killed (waiting for a free worker not counted):
+the CPU limit, with room for a machine shared by many requests."""
 
 
 class ImageError(ValueError):

@@ -63,6 +63,8 @@ ScanSource = str | os.PathLike | Sequence[str | os.PathLike]
 ORIENTATION_TOLERANCE = 1e-3
 """Direction cosines that differ by more than this are different planes."""
 
+_HEADER_FORMATS = tuple(name for name in PIL_FORMATS if name != "WEBP")
+"""The formats whose headers PIL reads here, in Python (WebP's: :func:`_webp_size`)."""
 _ARCHIVE_MAGICS = (b"PK\x03\x04", b"PK\x05\x06", b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"7z\xbc\xaf\x27\x1c",
                    b"Rar!\x1a\x07")
 _DIGITS = re.compile(r"(\d+)")
@@ -300,14 +302,36 @@ def _classify(member: _Member, notes: Notes) -> _Found | None:
 
 
 def _image_size(stream: BinaryIO) -> tuple[int, int] | None:
-    """An accepted image's declared size from its header alone, or None when it is not one."""
+    """An accepted image's declared size from its header alone, or None when it is not one.
+
+    PIL reads the other formats' headers in Python; opening a WebP runs libwebp's demuxer on
+    the whole file, native code on untrusted bytes that belongs in a decode worker
+    (:mod:`.pool`), so its size is read here from the RIFF header instead (:func:`_webp_size`).
+    """
+    head = stream.read(30)
+    stream.seek(0)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return _webp_size(head)
     try:
-        with Image.open(stream, formats=PIL_FORMATS) as image:
+        with Image.open(stream, formats=_HEADER_FORMATS) as image:
             return image.size
     except (UnidentifiedImageError, Image.DecompressionBombError):
         return None
     except Exception:  # noqa: BLE001 - PIL reports unparseable headers with many exception types
         return None
+
+
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    """The canvas of an extended (VP8X), lossless (VP8L) or lossy (VP8) WebP, from its first 30 bytes."""
+    chunk = head[12:16]
+    if chunk == b"VP8X" and len(head) >= 30:
+        return 1 + int.from_bytes(head[24:27], "little"), 1 + int.from_bytes(head[27:30], "little")
+    if chunk == b"VP8L" and len(head) >= 25 and head[20] == 0x2F:
+        bits = int.from_bytes(head[21:25], "little")
+        return (bits & 0x3FFF) + 1, (bits >> 14 & 0x3FFF) + 1
+    if chunk == b"VP8 " and len(head) >= 30 and head[23:26] == b"\x9d\x01\x2a":
+        return int.from_bytes(head[26:28], "little") & 0x3FFF, int.from_bytes(head[28:30], "little") & 0x3FFF
+    return None
 
 
 def _order_dicom(found: list[_Found], notes: Notes) -> list[SliceEntry]:

@@ -5,7 +5,7 @@ calibration, OOD rule, training data) and lists every file it holds with its sha
 config.json. Loading trusts only the plain parts: the JSON and the head's arrays in
 ``head.npz`` (no pickle), which hold the trained numbers (temperature, decision offsets,
 OOD threshold) once; :mod:`.rebuild` makes the graph from them. Nothing in a package is
-ever executed as Python.
+ever executed as Python. Their values are checked on load (:mod:`.validation`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ import re
 import shutil
 from pathlib import Path
 from typing import Any
+
+from .errors import PackageError, WeightsMismatchError
+from .validation import check_config
 
 FORMAT = "lung-classifier-package"
 FORMAT_VERSION = 2
@@ -32,14 +35,6 @@ MAX_CONFIG_BYTES = 2**20
 """A config.json larger than this is not a package config (the shipped one is about 10 KB)."""
 MAX_CONFIG_DEPTH = 32
 """Deepest JSON nesting a config may have (the shipped one nests 4): json's parser recurses once per level."""
-
-
-class PackageError(RuntimeError):
-    """A package is missing, incomplete, of an unknown format or fails its checks."""
-
-
-class WeightsMismatchError(PackageError):
-    """The ResNet50 weights at hand are not those the package's head was trained on."""
 
 
 def sha256_file(path: Path) -> str:
@@ -138,6 +133,7 @@ def parse_config(config_path: Path) -> dict[str, Any]:
                 raise PackageError(f"{config_path}: {name} has no valid sha256 digest")
     if HEAD not in config.get("files", {}):
         raise PackageError(f"{config_path}: lists no {HEAD}, the trained head")
+    check_config(config, config_path)
     return config
 
 

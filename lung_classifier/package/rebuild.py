@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .format import (CONFIG, HEAD, SAVED_MODEL, PackageError, WeightsMismatchError, has_saved_model, listed_files,
                      read_config, sha256_file, write_config)
+from .validation import read_head
 
 if TYPE_CHECKING:
     from ..model.backbone import WeightsSource
@@ -53,8 +54,11 @@ def export_saved_model(directory: Path, config: dict[str, Any], source: WeightsS
     float32 backbone, for the images it must recheck (see LungModel).
     """
     from ..model import backbone
-    from ..model.head import Head
-    from ..model.network import LungModel, build_extractor, fold_batch_norm
+    from ..model.network import CAM_CHOICES, LungModel, build_extractor, fold_batch_norm
+
+    if config["gradcam"]["layers"] not in CAM_CHOICES:
+        raise PackageError(f"{directory / CONFIG}: gradcam.layers must be one of {', '.join(CAM_CHOICES)}, not "
+                           f"{config['gradcam']['layers']!r:.40}")
 
     size = config["input"]["size"]
     resnet = backbone.load_resnet50(source, input_shape=(size, size, 3))
@@ -63,7 +67,7 @@ def export_saved_model(directory: Path, config: dict[str, Any], source: WeightsS
                   has_saved_model(config))
     exact = build_extractor(fold_batch_norm(resnet, "float32"))
     fast = exact if precision == "float32" else build_extractor(fold_batch_norm(resnet, precision))
-    model = LungModel(fast, Head.load(directory / HEAD), size, cam=config["gradcam"]["layers"],
+    model = LungModel(fast, read_head(directory / HEAD, len(config["labels"])), size, cam=config["gradcam"]["layers"],
                       reference=None if fast is exact else exact)
     model.export(directory / SAVED_MODEL)
     return digest
