@@ -66,7 +66,8 @@ def table(result: ScanResult) -> list[list[Any]]:
         analysis = piece.analysis
         cells = [None] * len(analysis.probabilities) if analysis.out_of_distribution else [
             round(p, 4) for p in analysis.probabilities.values()]
-        rows.append([piece.number, piece.position, piece.name, analysis.verdict, *cells, analysis.ood_reason or ""])
+        said = analysis.ood_reason or f"{analysis.screening}; {analysis.answered_as}"
+        rows.append([piece.number, piece.position, piece.name, analysis.verdict, *cells, said])
     return rows
 
 
@@ -115,14 +116,16 @@ def note(result: ScanResult, shown: int | None = None) -> str:
         text = texts.flagged_note(f"This scan cannot be classified: {result.ood_reason}.")
     else:
         confidence = result.probabilities[result.label]
-        left_out = (f" The {flagged} slices unlike the training slices are left out of the verdict and the plot."
-                    if flagged else "")
-        text = (f"Scan label **{result.label}** (model confidence {confidence:.0%}) from {count} slices.{left_out} "
+        left_out = (f" The {flagged} slices given no diagnosis are left out of the pooling and the plot (they keep "
+                    "the scan from being called Normal)." if flagged else "")
+        text = (f"Scan label **{result.label}** (model confidence {confidence:.0%}) from {count} slices; screening: "
+                f"**{result.screening}**.{left_out} "
                 "The plot shows each slice's probabilities along the scan; the slices that drove the label are "
                 "below, with the regions that drove each one's label.")
+    text += f"\n\n{result.flagged_summary()}."
     if result.top:
         names = ", ".join(f"{result.slices[i].number} ({result.slices[i].name})" for i in result.top)
-        which = "least like the training slices" if result.out_of_distribution else "that contributed most"
+        which = "to look at" if result.out_of_distribution else "that contributed most"
         text += f"\n\nSlices {which}: {names}."
     lines = list(result.notes)
     if shown is not None and shown < len(result.top):
