@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 from PIL import Image
 
-from . import package
+from . import evidence, package
 from .decoding import windowing
 from .decoding.images import ImageInput, Slice, read_slice
 from .decoding.series import ScanSource
@@ -22,7 +22,6 @@ from .batch import Outcome, T, analyze_many
 from .model.preprocessing import prepare_batch
 from .package import hub
 from .scan.analysis import ScanResult, analyze_scan
-from . import evidence
 from .verdict import Analysis, answer
 
 if TYPE_CHECKING:
@@ -81,7 +80,10 @@ class LungClassifier:
         self.ood_threshold: float = float(Head.load(directory / package.HEAD).ood_threshold)
         """The head's threshold, which the graph's flag uses: messages quote this one."""
         self.dicom_window = windowing.dicom_window(config)
-        self.sources: list[evidence.SourceEvidence] = evidence.load(config, self.labels)
+        if not isinstance(config.get("evidence"), dict) or not config["evidence"].get("sources"):
+            raise package.PackageError(f"{origin} predates evidence per source (its config.json has no 'evidence' "
+                                       "block): retrain it with python -m training")
+        self.sources: list[evidence.SourceEvidence] = evidence.from_config(config["evidence"], self.labels)
         """What the package validated per training source: recognition, calibration, rule-out threshold."""
         rebuilt = config.get("rebuilt")
         self.precision: str = rebuilt.get("precision", "float32") if isinstance(rebuilt, dict) else "as shipped"

@@ -121,14 +121,8 @@ class Recognition:
     ratios: dict[str, float]  # source name -> distance / threshold (at most 1: within); same-kind sources only
 
 
-def load(config: dict[str, Any], labels: tuple[str, ...]) -> list[SourceEvidence]:
-    """The package's evidence per source (config "evidence"); a package without it predates issue 23."""
-    from .package.format import PackageError
-
-    block = config.get("evidence")
-    if not isinstance(block, dict) or not block.get("sources"):
-        raise PackageError("this package predates evidence per source (its config.json has no 'evidence' block): "
-                           "retrain it with python -m training")
+def from_config(block: dict[str, Any], labels: tuple[str, ...]) -> list[SourceEvidence]:
+    """The package's evidence per source (its config's "evidence" block)."""
     return [SourceEvidence.from_config(entry, labels) for entry in block["sources"]]
 
 

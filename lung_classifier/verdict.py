@@ -124,19 +124,24 @@ UNLIKE_FEATURES = "an input whose backbone features are unlike the training slic
 NON_AXIAL = "a reformatted (coronal, sagittal or oblique) DICOM slice: the model knows only axial slices"
 
 
-def unrecognised(kind: str, validated: list[str]) -> str:
+def unrecognised(dicom: bool, validated: list[str]) -> str:
     """The reason for an input like none of the validated sources of its kind."""
     if not validated:
-        return (f"a {kind}: no {kind} source whose cancers were validated was among this model's training sources, "
-                "so no answer on it is validated (see the model card)")
-    return (f"a {kind} whose rendering (noise, grey levels, brightness) is like none of the sources this model was "
+        kind = "DICOM" if dicom else "image"
+        return (f"{_a(dicom)}: none of this model's {kind} training sources has validated cancers, so no answer on "
+                f"{kind} input is validated (see the model card)")
+    return (f"{_a(dicom)} whose rendering (noise, grey levels, brightness) is like none of the sources this model was "
             f"validated on ({', '.join(validated)}): no answer on it is validated")
 
 
-def unvalidated_source(title: str, kind: str) -> str:
+def unvalidated_source(title: str, dicom: bool) -> str:
     """The reason for an input recognised as a source whose cancers were not validated (COVID-CT-MD: no cancer)."""
-    return (f"a {kind} like {title}, a training source without validated cancers: neither a cancer finding nor "
+    return (f"{_a(dicom)} like {title}, a training source without validated cancers: neither a cancer finding nor "
             "\"no cancer finding\" was shown to be reliable on it; have it read by a specialist")
+
+
+def _a(dicom: bool) -> str:
+    return "a DICOM slice" if dicom else "an image"
 
 
 def answer(probabilities: np.ndarray, labels: tuple[str, ...], decoded: Slice, recognition: Recognition,
@@ -152,15 +157,14 @@ def answer(probabilities: np.ndarray, labels: tuple[str, ...], decoded: Slice, r
     source = recognition.source
     shown = source.calibrated(probabilities) if source is not None else np.asarray(probabilities, np.float64)
     label = labels[int(np.argmax(shown))]
-    kind = "DICOM slice" if decoded.dicom else "image"
     if decoded.dicom and decoded.axial is False:
         reason: str | None = NON_AXIAL
     elif feature_flag:
         reason = UNLIKE_FEATURES
     elif source is None:
-        reason = unrecognised(kind, [s.title for s in sources if s.dicom == decoded.dicom and s.cancers_validated])
+        reason = unrecognised(decoded.dicom, [s.title for s in sources if s.dicom == decoded.dicom and s.cancers_validated])
     elif not source.cancers_validated:
-        reason = unvalidated_source(source.title, kind)
+        reason = unvalidated_source(source.title, decoded.dicom)
     else:
         reason = None
     ruled_out = reason is None and source is not None and float(shown[labels.index("Malignant")]) < source.rule_out

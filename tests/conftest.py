@@ -80,7 +80,7 @@ def synthetic_dataset(tmp_path_factory) -> Path:
     for folder, label in (("Normal cases", "Normal"), ("Bengin cases", "Benign"), ("Malignant cases", "Malignant")):
         (root / folder).mkdir(parents=True)
         for index in range(1, 31):
-            synthetic_slice(label, index).save(root / folder / f"{folder.split()[0]} case ({index}).jpg", quality=95)
+            synthetic_slice(label, index).save(root / folder / f"{folder.split()[0]} case ({index}).png")
     return root.parent
 
 

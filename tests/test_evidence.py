@@ -61,7 +61,7 @@ def test_every_reason_to_withhold_rules_nothing_out_and_names_the_real_reason():
              (image, zeros, True, UNLIKE_FEATURES),
              (reformatted, zeros, False, NON_AXIAL),
              (axial, zeros, False, "like COVID, a training source without validated cancers"),
-             (axial, far, False, "no DICOM slice source whose cancers were validated")]
+             (axial, far, False, "none of this model's DICOM training sources has validated cancers")]
     for decoded, statistics, flag, expected in cases:
         _, label, ruled, reason = answer(p, LABELS, decoded, recognise(sources, statistics, decoded.dicom), sources,
                                          flag)
