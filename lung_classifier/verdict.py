@@ -92,7 +92,8 @@ def screening_answer(ruled_out: bool) -> str:
 
 
 def answered_as(title: str) -> str:
-    return f"answered as a {title}-like image"
+    """"answered as a Chest CT-Scan-like image", "answered as an IQ-OTH/NCCD-like image"."""
+    return f"answered as {'an' if title[:1].upper() in 'AEIOU' else 'a'} {title}-like image"
 
 
 def reason_line(analysis: Analysis, meanings: dict[str, str]) -> str:
@@ -151,20 +152,21 @@ def answer(probabilities: np.ndarray, labels: tuple[str, ...], decoded: Slice, r
 
     The probabilities are the recognised source's calibration of the model's; the label is the most probable
     class; malignancy is ruled out only for an answered input whose P(Malignant) is below its source's rule-out
-    threshold. An input is answered only when it is axial, the feature guard passes, and it is recognised as a
-    source whose cancers were validated (so "no cancer finding" rests on shown sensitivity).
+    threshold. An input is answered only when it is axial, it is recognised as a source whose cancers were
+    validated (so "no cancer finding" rests on shown sensitivity), and the feature guard passes; the reason given
+    is the first that fails, in that order.
     """
     source = recognition.source
     shown = source.calibrated(probabilities) if source is not None else np.asarray(probabilities, np.float64)
     label = labels[int(np.argmax(shown))]
     if decoded.dicom and decoded.axial is False:
         reason: str | None = NON_AXIAL
-    elif feature_flag:
-        reason = UNLIKE_FEATURES
-    elif source is None:
+    elif source is None:  # the evidence's reasons first: they say what no answer could rest on
         reason = unrecognised(decoded.dicom, [s.title for s in sources if s.dicom == decoded.dicom and s.cancers_validated])
     elif not source.cancers_validated:
         reason = unvalidated_source(source.title, decoded.dicom)
+    elif feature_flag:
+        reason = UNLIKE_FEATURES
     else:
         reason = None
     ruled_out = reason is None and source is not None and float(shown[labels.index("Malignant")]) < source.rule_out

@@ -78,7 +78,7 @@ def test_a_photo_gets_the_notice_not_a_class(tiny_package, env):
     text = run(env, "-m", "lung_classifier", "predict", photo, "--model", str(tiny_package), "--trust-saved-model")
     assert text.stdout.startswith(f"{photo}: Unlike the training data: no diagnosis; malignancy not ruled out\n"
                                   "  No diagnosis: this input is ")
-    assert "unlike the training slices" in text.stdout  # the reason
+    assert "like none of the sources this model was validated on" in text.stdout  # the reason
     assert not re.search(r"(Normal|Benign|Malignant)\s*\(?\d", text.stdout), text.stdout  # no class probability
     assert text.stderr == ""  # quiet: no TensorFlow start-up lines
 
@@ -103,8 +103,8 @@ def test_predict_human_readable_line(tiny_package, env, slices):
     assert re.fullmatch(rf"{re.escape(image)}: Benign; malignancy ruled out  \(Normal [01]\.\d{{3}}  "
                         r"Benign [01]\.\d{3}  Malignant [01]\.\d{3}\)", first), result.stdout
     # The page's one-line reason: what the label means, the source it was answered as, the screening answer.
-    assert second.startswith("  Benign means a benign nodule") and "Answered as a data-like image." in second
-    assert re.search(r"Screening: malignancy ruled out \(P\(Malignant\) 0\.\d{3}, below the data rule-out threshold "
+    assert second.startswith("  Benign means a benign nodule") and re.search(r"Answered as a data\d*-like image\.", second)
+    assert re.search(r"Screening: malignancy ruled out \(P\(Malignant\) 0\.\d{3}, below the data\d* rule-out threshold "
                      r"0\.\d{3}\)\.$", second), second
 
 
