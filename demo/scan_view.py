@@ -76,10 +76,16 @@ def plot(result: ScanResult) -> gr.LinePlot:
     with no diagnosis, greyed: the OOD score against its threshold, under a label that says so."""
     frame = curve(result)
     x = frame.columns[0]
-    y = OOD_SCORE if result.out_of_distribution else PROBABILITY
-    return gr.LinePlot(value=frame, x=x, y=y, color=CLASS, y_lim=None if result.out_of_distribution else [0, 1],
-                       x_axis_format="d" if x == "slice" else None,
-                       label=FLAGGED_PLOT_LABEL if result.out_of_distribution else PLOT_LABEL)
+    greyed = nothing_answered(result)
+    return gr.LinePlot(value=frame, x=x, y=OOD_SCORE if greyed else PROBABILITY, color=CLASS,
+                       y_lim=None if greyed else [0, 1], x_axis_format="d" if x == "slice" else None,
+                       label=FLAGGED_PLOT_LABEL if greyed else PLOT_LABEL)
+
+
+def nothing_answered(result: ScanResult) -> bool:
+    """Whether no slice of the scan was answered: then its curve is the OOD score, not probabilities (a scan held
+    back from Normal by a few slices still plots its answered slices' probabilities)."""
+    return all(piece.analysis.out_of_distribution for piece in result.slices)
 
 
 def axis(result: ScanResult) -> str:
@@ -96,7 +102,7 @@ def curve(result: ScanResult) -> pd.DataFrame:
     def where(piece: ScanSlice) -> float | int:
         return piece.position if x == "position (mm)" else piece.number
 
-    if result.out_of_distribution:
+    if nothing_answered(result):
         threshold = next((p.analysis.ood_threshold for p in result.slices if p.analysis.ood_threshold), None)
         rows = [{x: where(piece), CLASS: OOD_SCORE, OOD_SCORE: piece.analysis.ood_score} for piece in result.slices]
         if threshold is not None:

@@ -83,6 +83,8 @@ def why(result: Analysis | ScanResult, config: dict[str, Any]) -> str:
     lung_classifier.verdict.reason_line, as the CLI prints it; a scan: how many slices were flagged, and why)."""
     if isinstance(result, Analysis):
         line = reason_line(result, labels_meaning(config))
+        if result.out_of_distribution:
+            line += f" The model's probabilities are {NOT_MEANINGFUL} for it."
     else:
         verdict = "No diagnosis" if result.out_of_distribution else f"**{result.label}**"
         line = f"{verdict}; screening: {result.screening}. {result.flagged_summary()}."

@@ -103,6 +103,8 @@ def reason_line(analysis: Analysis, meanings: dict[str, str]) -> str:
         return f"No diagnosis: this input is {analysis.ood_reason}. Screening: {NOT_RULED_OUT}."
     meaning = meanings.get(analysis.label)
     said = f"{analysis.label} means {meaning}. " if meaning else ""
+    if analysis.answered_as is None or analysis.rule_out_threshold is None:  # an Analysis built by hand
+        return f"{said}Screening: {analysis.screening}."
     p = analysis.probabilities.get("Malignant", float("nan"))
     side = "below" if analysis.malignancy_ruled_out else "at or above"
     return (f"{said}{analysis.answered_as[0].upper()}{analysis.answered_as[1:]}. Screening: {analysis.screening} "
