@@ -30,9 +30,9 @@ benchmarks: setup
 DATA ?= ../shared/data
 OUTPUT ?= lung_classifier/default_model
 SOURCES := \
-	--source "iqothnccd=$(DATA)/iqothnccd;licence=IQ-OTH/NCCD lung cancer dataset, Alyasriy & AL-Huseiny, Mendeley Data, doi 10.17632/bhmdr45bh2, CC BY 4.0 (as mirrors cite it)" \
-	--source "chestctscan=$(DATA)/chestctscan;grouping=near-duplicates;labels=normal*:Normal,adenocarcinoma*:Malignant,large.cell*:Malignant,squamous*:Malignant;licence=Kaggle Chest CT-Scan images Dataset (train and valid splits), research use, cite the Kaggle dataset" \
-	--source "covidctmd=$(DATA)/covidctmd;grouping=series;labels=*:Normal;findings=normal*:healthy (no finding),P*:COVID-19 pneumonia (no cancer),cap*:community-acquired pneumonia (no cancer);licence=COVID-CT-MD sample scans, Afshar et al., Scientific Data 2021, doi 10.1038/s41597-021-00900-3, development and evaluation use, cite the paper"
+	--source "iqothnccd=$(DATA)/iqothnccd;title=IQ-OTH/NCCD;licence=IQ-OTH/NCCD lung cancer dataset, Alyasriy & AL-Huseiny, Mendeley Data, doi 10.17632/bhmdr45bh2, CC BY 4.0 (as mirrors cite it)" \
+	--source "chestctscan=$(DATA)/chestctscan;title=Chest CT-Scan;grouping=near-duplicates;labels=normal*:Normal,adenocarcinoma*:Malignant,large.cell*:Malignant,squamous*:Malignant;licence=Kaggle Chest CT-Scan images Dataset (train and valid splits), research use, cite the Kaggle dataset" \
+	--source "covidctmd=$(DATA)/covidctmd;title=COVID-CT-MD;grouping=series;labels=*:Normal;findings=normal*:healthy (no finding),P*:COVID-19 pneumonia (no cancer),cap*:community-acquired pneumonia (no cancer);licence=COVID-CT-MD sample scans, Afshar et al., Scientific Data 2021, doi 10.1038/s41597-021-00900-3, development and evaluation use, cite the paper"
 
 default-model: setup  ## retrain the embedded default model on the three shared sources (../shared/data)
 	$(PY) -m training $(SOURCES) --output $(OUTPUT) --no-savedmodel

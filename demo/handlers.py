@@ -54,7 +54,7 @@ class Handlers:
                 raise cannot_classify(exc) from None
 
     def analyze(self, slice_file: str | None, request: gr.Request) -> tuple[LabelData, str, str | None, str, dict]:
-        """One CT slice as the page shows it: label, why it can differ from the top bar, Grad-CAM overlay, note,
+        """One CT slice as the page shows it: label, the screening answer and what it rests on, Grad-CAM overlay, note,
         details. An input unlike the training data gets the notice, no class bar, no heatmap, and details
         without probabilities."""
         if not slice_file:
@@ -82,9 +82,9 @@ class Handlers:
         return unique_png(pictures.preview(rgb), "slice.png"), None, "", None, "", None
 
     def batch(self, slice_files: list[str] | str | None, request: gr.Request) -> list[list[Any]]:
-        """One row per uploaded slice: file, prediction, each class probability, note. A slice unlike the
-        training data has the notice as prediction and empty probabilities; a file that cannot be read, "error"
-        and the reason."""
+        """One row per uploaded slice: file, prediction, each class probability, note (the screening answer, and
+        the source it was answered as). A slice given no diagnosis has the notice as prediction, empty
+        probabilities and the reason; a file that cannot be read, "error" and the reason."""
         if not slice_files:
             raise gr.Error(texts.NO_FILES, print_exception=False)
         paths = [slice_files] if isinstance(slice_files, str) else list(slice_files)
@@ -100,10 +100,11 @@ class Handlers:
                 if result is None:
                     rows.append([name, "error", *blank, texts.refusal(outcome.error)])
                 elif result.out_of_distribution:
-                    rows.append([name, result.verdict, *blank, result.ood_reason])
+                    rows.append([name, result.verdict, *blank, f"{result.ood_reason}; {result.screening}"])
                 else:
                     rows.append([name, result.verdict, *(round(result.probabilities[label], 4)
-                                                         for label in self.classifier.labels), ""])
+                                                         for label in self.classifier.labels),
+                                 f"{result.screening}; {result.answered_as}"])
         return rows
 
     def scan_page(self, scan_files: list[str] | str | None, request: gr.Request,

@@ -66,7 +66,8 @@ def table(result: ScanResult) -> list[list[Any]]:
         analysis = piece.analysis
         cells = [None] * len(analysis.probabilities) if analysis.out_of_distribution else [
             round(p, 4) for p in analysis.probabilities.values()]
-        rows.append([piece.number, piece.position, piece.name, analysis.verdict, *cells, analysis.ood_reason or ""])
+        said = analysis.ood_reason or f"{analysis.screening}; {analysis.answered_as}"
+        rows.append([piece.number, piece.position, piece.name, analysis.verdict, *cells, said])
     return rows
 
 
@@ -75,10 +76,16 @@ def plot(result: ScanResult) -> gr.LinePlot:
     with no diagnosis, greyed: the OOD score against its threshold, under a label that says so."""
     frame = curve(result)
     x = frame.columns[0]
-    y = OOD_SCORE if result.out_of_distribution else PROBABILITY
-    return gr.LinePlot(value=frame, x=x, y=y, color=CLASS, y_lim=None if result.out_of_distribution else [0, 1],
-                       x_axis_format="d" if x == "slice" else None,
-                       label=FLAGGED_PLOT_LABEL if result.out_of_distribution else PLOT_LABEL)
+    greyed = nothing_answered(result)
+    return gr.LinePlot(value=frame, x=x, y=OOD_SCORE if greyed else PROBABILITY, color=CLASS,
+                       y_lim=None if greyed else [0, 1], x_axis_format="d" if x == "slice" else None,
+                       label=FLAGGED_PLOT_LABEL if greyed else PLOT_LABEL)
+
+
+def nothing_answered(result: ScanResult) -> bool:
+    """Whether no slice of the scan was answered: then its curve is the OOD score, not probabilities (a scan held
+    back from Normal by a few slices still plots its answered slices' probabilities)."""
+    return all(piece.analysis.out_of_distribution for piece in result.slices)
 
 
 def axis(result: ScanResult) -> str:
@@ -95,7 +102,7 @@ def curve(result: ScanResult) -> pd.DataFrame:
     def where(piece: ScanSlice) -> float | int:
         return piece.position if x == "position (mm)" else piece.number
 
-    if result.out_of_distribution:
+    if nothing_answered(result):
         threshold = next((p.analysis.ood_threshold for p in result.slices if p.analysis.ood_threshold), None)
         rows = [{x: where(piece), CLASS: OOD_SCORE, OOD_SCORE: piece.analysis.ood_score} for piece in result.slices]
         if threshold is not None:
@@ -115,14 +122,16 @@ def note(result: ScanResult, shown: int | None = None) -> str:
         text = texts.flagged_note(f"This scan cannot be classified: {result.ood_reason}.")
     else:
         confidence = result.probabilities[result.label]
-        left_out = (f" The {flagged} slices unlike the training slices are left out of the verdict and the plot."
-                    if flagged else "")
-        text = (f"Scan label **{result.label}** (model confidence {confidence:.0%}) from {count} slices.{left_out} "
+        left_out = (f" The {flagged} slices given no diagnosis are left out of the pooling and the plot (they keep "
+                    "the scan from being called Normal)." if flagged else "")
+        text = (f"Scan label **{result.label}** (model confidence {confidence:.0%}) from {count} slices; screening: "
+                f"**{result.screening}**.{left_out} "
                 "The plot shows each slice's probabilities along the scan; the slices that drove the label are "
                 "below, with the regions that drove each one's label.")
+    text += f"\n\n{result.flagged_summary()}."
     if result.top:
         names = ", ".join(f"{result.slices[i].number} ({result.slices[i].name})" for i in result.top)
-        which = "least like the training slices" if result.out_of_distribution else "that contributed most"
+        which = "to look at" if result.out_of_distribution else "that contributed most"
         text += f"\n\nSlices {which}: {names}."
     lines = list(result.notes)
     if shown is not None and shown < len(result.top):

@@ -10,7 +10,8 @@ from typing import Any
 from gradio.components.label import LabelConfidence, LabelData
 
 from lung_classifier import Analysis, ImageError, ScanResult
-from lung_classifier.verdict import OOD_NOTICE, labels_meaning, shown_label
+from lung_classifier.verdict import (OOD_NOTICE, SCREENING_MEANING, UNLIKE_FEATURES, labels_meaning, reason_line,
+                                     shown_label)
 
 DISCLAIMER = (
     "**Research demo, not a medical device.** Not cleared or validated for clinical use: "
@@ -78,19 +79,16 @@ def api_label_value(result: Analysis) -> LabelData:
 
 
 def why(result: Analysis | ScanResult, config: dict[str, Any]) -> str:
-    """The line under the label: why the label can differ from the top bar, and what the label means."""
-    if result.out_of_distribution:
-        return f"No diagnosis: the model's probabilities are {NOT_MEANINGFUL} for this input (see below)."
-    label = str(result.label)
-    lines = []
-    meaning = labels_meaning(config).get(label)
-    if meaning:
-        lines.append(f"**{label}** means {meaning}.")
-    top = max(result.probabilities or {label: 1.0}, key=(result.probabilities or {label: 1.0}).get)
-    if top != label:
-        lines.append(f"The label is the model's decision rule, not the top bar: the rule puts finding malignant "
-                     f"slices first, so {label} is chosen over the more probable {top}.")
-    return " ".join(lines)
+    """The line under the label: the screening answer, and what the answer rests on or why there is none (a slice:
+    lung_classifier.verdict.reason_line, as the CLI prints it; a scan: how many slices were flagged, and why)."""
+    if isinstance(result, Analysis):
+        line = reason_line(result, labels_meaning(config))
+        if result.out_of_distribution:
+            line += f" The model's probabilities are {NOT_MEANINGFUL} for it."
+    else:
+        verdict = "No diagnosis" if result.out_of_distribution else f"**{result.label}**"
+        line = f"{verdict}; screening: {result.screening}. {result.flagged_summary()}."
+    return f"**Screening: {result.screening}.** {line}\n\n{SCREENING_MEANING}"
 
 
 def details(result: Analysis) -> dict[str, Any]:
@@ -109,10 +107,12 @@ def ood_score(result: Analysis) -> str:
     return f"Out-of-distribution score {result.ood_score:.2f} (flagged above {result.ood_threshold:.2f})"
 
 
-def flagged_note(sentence: str) -> str:
-    """The paragraph for an input that gets no diagnosis: `sentence` says what it is and why."""
-    return (f"### ⚠️ {OOD_NOTICE}\n{sentence} The model's probabilities are **{NOT_MEANINGFUL}** for it. "
-            f"The model expects {WHAT_THE_MODEL_EXPECTS}.")
+def flagged_note(sentence: str, unlike_features: bool = False) -> str:
+    """The paragraph for an input that gets no diagnosis: `sentence` says what it is and why; what the model expects
+    only where the reason is that the input looks unlike the training slices (a DICOM file or a recognised
+    source has its own reason, and the page accepts DICOM)."""
+    expects = f" The model expects {WHAT_THE_MODEL_EXPECTS}." if unlike_features else ""
+    return (f"### ⚠️ {OOD_NOTICE}\n{sentence} The model's probabilities are **{NOT_MEANINGFUL}** for it.{expects}")
 
 
 def confidence_title(config: dict[str, Any]) -> str:
@@ -125,8 +125,9 @@ def note(result: Analysis) -> str:
     """One paragraph on the result, with what to do when no diagnosis can be given."""
     if result.out_of_distribution:
         score = "" if "threshold" in str(result.ood_reason) else f" {ood_score(result)}."
-        return flagged_note(f"This input is {result.ood_reason}.{score}")
-    return (f"Label **{result.label}** (model confidence {result.probabilities[result.label]:.0%}). "
+        return flagged_note(f"This input is {result.ood_reason}.{score}", result.ood_reason == UNLIKE_FEATURES)
+    return (f"Label **{result.label}** (model confidence {result.probabilities[result.label]:.0%}), "
+            f"{result.answered_as}; screening: **{result.screening}**. "
             f"{ood_score(result)}: the image resembles the training data. "
             "The heatmap shows which regions drove the label (colour key under it).")
 

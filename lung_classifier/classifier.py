@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 from PIL import Image
 
-from . import package
+from . import evidence, package
 from .decoding import windowing
 from .decoding.images import ImageInput, Slice, read_slice
 from .decoding.series import ScanSource
@@ -22,7 +22,7 @@ from .batch import Outcome, T, analyze_many
 from .model.preprocessing import prepare_batch
 from .package import hub
 from .scan.analysis import ScanResult, analyze_scan
-from .verdict import Analysis, ood_reason
+from .verdict import Analysis, answer
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
@@ -78,8 +78,11 @@ class LungClassifier:
         self.ood_threshold: float = float(package.read_head(directory / package.HEAD, len(self.labels)).ood_threshold)
         """The head's threshold, which the graph's flag uses: messages quote this one."""
         self.dicom_window = windowing.dicom_window(config)
-        self.dicom_labels: tuple[str, ...] = windowing.dicom_validated_labels(config)
-        """Labels a DICOM slice may be answered with (the evidence's); any other DICOM answer is flagged."""
+        if not isinstance(config.get("evidence"), dict) or not config["evidence"].get("sources"):
+            raise package.PackageError(f"{origin} predates evidence per source (its config.json has no 'evidence' "
+                                       "block): retrain it with python -m training")
+        self.sources: list[evidence.SourceEvidence] = evidence.from_config(config["evidence"], self.labels)
+        """What the package validated per training source: recognition, calibration, rule-out threshold."""
         rebuilt = config.get("rebuilt")
         self.precision: str = rebuilt.get("precision", "float32") if isinstance(rebuilt, dict) else "as shipped"
         """The backbone's number format: "float32" or "bfloat16" when rebuilt here, "as shipped" when trusted."""
@@ -133,7 +136,8 @@ class LungClassifier:
         return self.analyze_batch([image], explain=explain)[0]
 
     def analyze_batch(self, images: Sequence[ImageInput | Slice], explain: bool = False) -> list[Analysis]:
-        """One model call for many slices; a flagged slice carries the reason in ``ood_reason``."""
+        """One model call for many slices; each recognised by its rendering (lung_classifier.evidence) and answered
+        by lung_classifier.verdict.answer; a slice given no diagnosis carries the reason in ``ood_reason``."""
         import tensorflow as tf
 
         decoded = [image if isinstance(image, Slice) else self.read(image) for image in images]
@@ -145,17 +149,21 @@ class LungClassifier:
         results = []
         for index, item in enumerate(decoded):
             score = float(outputs["ood_score"][index])
-            label = self.labels[int(outputs["label"][index])]
-            reason = ood_reason(item, bool(outputs["out_of_distribution"][index]), score, self.ood_threshold,
-                                label, self.dicom_labels)
+            recognition = evidence.recognise(self.sources, evidence.rendering_statistics(item.rgb), item.dicom)
+            shown, label, ruled_out, reason = answer(
+                outputs["probabilities"][index], self.labels, item, recognition, self.sources,
+                bool(outputs["out_of_distribution"][index]))
             results.append(Analysis(
                 label=label,
-                probabilities={label: float(p) for label, p in zip(self.labels, outputs["probabilities"][index])},
+                probabilities={name: float(p) for name, p in zip(self.labels, shown)},
                 ood_score=score,
                 out_of_distribution=reason is not None,
                 ood_reason=reason,
                 heatmap=_upsample(outputs["heatmap"][index], item.rgb.shape[:2]) if explain else None,
                 ood_threshold=self.ood_threshold,
+                malignancy_ruled_out=ruled_out,
+                source=recognition.source.title if recognition.source is not None else None,
+                rule_out_threshold=recognition.source.rule_out if reason is None and recognition.source else None,
             ))
         return results
 

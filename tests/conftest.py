@@ -64,10 +64,10 @@ def synthetic_slice(label: str, index: int) -> Image.Image:
     rng = np.random.default_rng(zlib.crc32(f"{label}-{index // 5}".encode()))
     yy, xx = np.mgrid[:size, :size]
     image = np.where((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size * 0.42) ** 2, 60.0, 0.0)
-    blobs = {"Normal": 0, "Benign": 2, "Malignant": 6}[label]
+    blobs = {"Normal": 0, "Benign": 2, "Malignant": 8}[label]
     for _ in range(blobs):
         cy, cx = rng.uniform(size * 0.3, size * 0.7, 2)
-        radius = size * (0.05 if label == "Benign" else 0.09)
+        radius = size * (0.05 if label == "Benign" else 0.11)
         image[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = 230.0
     image += np.random.default_rng(index).normal(0, 6, image.shape)
     return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), mode="L")
@@ -89,7 +89,7 @@ def synthetic_dataset(tmp_path_factory) -> Path:
     for folder, label in (("Normal cases", "Normal"), ("Bengin cases", "Benign"), ("Malignant cases", "Malignant")):
         (root / folder).mkdir(parents=True)
         for index in range(1, 31):
-            synthetic_slice(label, index).save(root / folder / f"{folder.split()[0]} case ({index}).jpg", quality=95)
+            synthetic_slice(label, index).save(root / folder / f"{folder.split()[0]} case ({index}).png")
     return root.parent
 
 

@@ -121,7 +121,8 @@ def test_scan_cv_scores_held_out_scans_and_prefers_pooling_over_averaging():
     folds = cv.grouped_folds(y, groups, k=4, repeats=2, seed=0)
     repeats = 2
     crossfitted = cv.CrossFitted(np.broadcast_to(probabilities, (repeats, *probabilities.shape)).copy(),
-                                 np.zeros((repeats, len(y)), np.int64), np.zeros((repeats, len(y)), bool), [])
+                                 np.zeros((repeats, len(y)), np.int64), np.zeros((repeats, len(y)), bool),
+                                 np.zeros((repeats, len(y)), bool), [])
     results = scan_cv.compare(crossfitted, y, groups, folds, list(LABELS))
     by_rule = {r.rule.describe(): r for r in results}
     assert {r.confusion.sum() for r in results} == {repeats * len(np.unique(groups))}  # each scan once per repeat

@@ -17,6 +17,7 @@ from PIL import Image
 from conftest import REPO
 from lung_classifier import package
 from lung_classifier.model.head import Head
+from lung_classifier.verdict import SCREENING_MEANING
 from lung_classifier.model.network import TAPS
 from training import card
 from training import selection
@@ -165,15 +166,21 @@ def test_card_text(tiny_package, readme, config, metrics):
     assert readme.count(" **(chosen)** |") == 2  # one head in the selection table, one CAM layer
     head = Head.load(tiny_package / "head.npz")
     assert f"temperature T = {float(head.temperature):.3f}" in readme
-    offsets = dict(zip(config["labels"], head.decision_offsets))
-    assert ", ".join(f"{label} {value:+.2f}" for label, value in offsets.items()) in readme
+    assert not head.decision_offsets.any()  # the graph's label is the most probable class
+    # Evidence per source: the recognition table, each source's operating point, what the screening answer means.
+    for source in config["evidence"]["sources"]:
+        assert f"| {source['name']}: held-out patients (grouped CV) | {source['name']} |" in readme
+        cell = f"{source['rule_out_threshold']:.4f}" if source["rule_out_threshold"] > 0 else "- (no cancer"
+        assert f"| {source['name']} | {source['calibration']['temperature']:.3f}; " in readme and cell in readme
+    assert SCREENING_MEANING in readme
     assert f"threshold {float(head.ood_threshold):.3f}" in readme
     assert "| random contiguous regions inside the body (3 per slice) |" in readme
     assert "| photographs (matplotlib's sample images) | 3 |" in readme
     assert "| Benign recall >= 0.7 |" in readme
     # The whole-scan rule's numbers as the package stores them.
-    assert f"more than {config['scan']['max_flagged_fraction']:.0%} of its slices flagged out of distribution" \
+    assert f"more than {config['scan']['max_flagged_fraction']:.0%}\nof its slices given no diagnosis gets no verdict" \
         in readme
+    assert "A scan is never more reassuring than its slices" in readme
     # Reproduction command and usage hint.
     assert "python -m training --data" in readme and "--input-size 64" in readme
     assert 'from_pretrained("OWNER/NAME")' in readme  # no --push-to-hub: a placeholder repo id
@@ -229,7 +236,10 @@ def test_config_training_record(config):
     for label in config["labels"]:
         assert source["classes"][label]["slices"] == 30
         assert source["classes"][label]["groups"] >= 5
-    assert config["rendering"]["dicom_validated_labels"] == []
+    (evidence,) = config["evidence"]["sources"]  # one image source: recognised by its rendering statistics
+    assert evidence["dicom"] is False and evidence["title"] == source["title"]
+    assert evidence["cancers_validated"] is True and 0 < evidence["rule_out_threshold"] <= 0.5
+    assert len(evidence["recognition"]["mean"]) == len(config["evidence"]["statistics"])
 
 
 def test_config_checksums_cover_the_package(tiny_package, config):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
@@ -47,8 +48,9 @@ def test_from_pretrained_local_directory(tiny_package, classifier):
 
 def test_predict_is_a_distribution_over_the_labels_in_order(classifier, slice_file):
     result = classifier.predict(slice_file)
-    assert set(result) == {"label", "verdict", "probabilities", "ood_score", "ood_threshold", "out_of_distribution",
-                           "ood_reason"}
+    assert set(result) == {"label", "verdict", "malignancy_ruled_out", "screening", "answered_as", "probabilities",
+                           "ood_score", "ood_threshold", "out_of_distribution", "ood_reason"}
+    assert isinstance(result["malignancy_ruled_out"], bool) and re.fullmatch(r"answered as a data\d*-like image", result["answered_as"])
     assert result["label"] in LABELS and result["verdict"] == result["label"] and not result["out_of_distribution"]
     assert result["ood_threshold"] == classifier.ood_threshold
     probabilities = result["probabilities"]
@@ -64,15 +66,15 @@ def test_predictions_follow_the_training_classes(classifier):
         assert result.label == label
 
 
-def test_the_label_is_the_packages_decision_rule(classifier):
-    from lung_classifier.model.head import Head
-    from lung_classifier.verdict import decide
-
-    offsets = Head.load(classifier.directory / "head.npz").decision_offsets
+def test_the_label_agrees_with_the_bars_and_the_screening_answer_with_the_sources_threshold(classifier):
     images = [np.asarray(synthetic_slice(label, index)) for label in LABELS for index in range(1, 30, 4)]
     results = classifier.analyze_batch(images)
-    probabilities = np.array([[r.probabilities[label] for label in LABELS] for r in results])
-    assert [r.label for r in results] == [LABELS[i] for i in decide(probabilities, offsets)]
+    (source,) = classifier.sources
+    for result in results:
+        assert result.label == max(result.probabilities, key=result.probabilities.get)
+        answered = not result.out_of_distribution
+        assert result.malignancy_ruled_out == (answered and result.probabilities["Malignant"] < source.rule_out)
+    assert any(r.malignancy_ruled_out for r in results) and not all(r.malignancy_ruled_out for r in results)
 
 
 def test_a_photo_is_flagged_on_predict_and_predict_batch(classifier):
@@ -218,11 +220,13 @@ def test_plain_saved_model_gives_the_classifier_probabilities(classifier, tiny_p
     outputs = loaded.signatures["serving_default"](images=batch)
     assert set(outputs) == {"probabilities", "label", "ood_score", "out_of_distribution"}
     results = classifier.analyze_batch(images)
+    (source,) = classifier.sources  # the library shows the recognised source's calibration of the graph's
     for row, result in zip(outputs["probabilities"].numpy(), results):
-        np.testing.assert_allclose(row, values(result.probabilities), atol=1e-6)
-    # TF Serving users get the same decided label and flag as the library.
-    assert [LABELS[i] for i in outputs["label"].numpy()] == [r.label for r in results]
-    assert outputs["out_of_distribution"].numpy().tolist() == [r.out_of_distribution for r in results]
+        np.testing.assert_allclose(source.calibrated(row), values(result.probabilities), atol=1e-5)
+    # TF Serving users get the most probable class of the graph's probabilities, and the feature guard's flag.
+    assert outputs["label"].numpy().tolist() == outputs["probabilities"].numpy().argmax(axis=1).tolist()
+    flags = outputs["out_of_distribution"].numpy().tolist()
+    assert all(r.out_of_distribution for r, flag in zip(results, flags) if flag)
     features = loaded.signatures["features"](images=batch)["features"]
     assert features.shape == (3, 8 + 16 + 32)  # the tiny backbone's taps, pooled
 
@@ -281,9 +285,9 @@ def dicom_slice(tmp_path, orientation: list[float] | None) -> str:
 
 
 @pytest.mark.parametrize("orientation, reason", [
-    # axial: the tiny package has no DICOM source (its kNN guard may flag the slice first)
-    ([1, 0, 0, 0, 1, 0], "a DICOM file: no DICOM source|features are unlike the training slices"),
-    (None, "a DICOM file: no DICOM source|features are unlike the training slices"),  # orientation not recorded
+    # axial: the tiny package has no DICOM source, the reason says so (not "exported as an image")
+    ([1, 0, 0, 0, 1, 0], "a DICOM slice: none of this model's DICOM training sources has validated cancers"),
+    (None, "a DICOM slice: none of this model's DICOM training sources has validated cancers"),  # not recorded
     ([1, 0, 0, 0, 0, -1], "reformatted"),  # coronal
     ([0, 1, 0, 0, 0, -1], "reformatted"),  # sagittal
 ])

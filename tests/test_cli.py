@@ -53,6 +53,7 @@ def test_predict_json_one_object_per_image(tiny_package, env, slices):
         assert record["label"] == label
         assert isinstance(record["ood_score"], float)
         assert record["out_of_distribution"] is False and record["verdict"] == label
+        assert record["malignancy_ruled_out"] is (label != "Malignant") and record["answered_as"].startswith("answered as")
 
     # The same numbers as the library in this process.
     from lung_classifier import LungClassifier
@@ -75,8 +76,9 @@ def test_a_photo_gets_the_notice_not_a_class(tiny_package, env):
     assert record["label"] is None and record["verdict"] == "Unlike the training data: no diagnosis"
     assert set(record["probabilities"]) == set(LABELS)  # kept for scripts, beside the flag
     text = run(env, "-m", "lung_classifier", "predict", photo, "--model", str(tiny_package), "--trust-saved-model")
-    assert text.stdout.startswith(f"{photo}: Unlike the training data: no diagnosis: ")
-    assert "unlike the training slices" in text.stdout  # the reason
+    assert text.stdout.startswith(f"{photo}: Unlike the training data: no diagnosis; malignancy not ruled out\n"
+                                  "  No diagnosis: this input is ")
+    assert "like none of the sources this model was validated on" in text.stdout  # the reason
     assert not re.search(r"(Normal|Benign|Malignant)\s*\(?\d", text.stdout), text.stdout  # no class probability
     assert text.stderr == ""  # quiet: no TensorFlow start-up lines
 
@@ -97,8 +99,13 @@ def test_predict_human_readable_line(tiny_package, env, slices):
     image = str(slices["Benign"])
     result = run(env, "-m", "lung_classifier", "predict", image, "--model", str(tiny_package), "--trust-saved-model")
     assert result.returncode == 0, result.stderr
-    assert re.fullmatch(rf"{re.escape(image)}: Benign  \(Normal [01]\.\d{{3}}  Benign [01]\.\d{{3}}  "
-                        r"Malignant [01]\.\d{3}\)", result.stdout.strip()), result.stdout
+    first, second = result.stdout.splitlines()
+    assert re.fullmatch(rf"{re.escape(image)}: Benign; malignancy ruled out  \(Normal [01]\.\d{{3}}  "
+                        r"Benign [01]\.\d{3}  Malignant [01]\.\d{3}\)", first), result.stdout
+    # The page's one-line reason: what the label means, the source it was answered as, the screening answer.
+    assert second.startswith("  Benign means a benign nodule") and re.search(r"Answered as a data\d*-like image\.", second)
+    assert re.search(r"Screening: malignancy ruled out \(P\(Malignant\) 0\.\d{3}, below the data\d* rule-out threshold "
+                     r"0\.\d{3}\)\.$", second), second
 
 
 @pytest.mark.parametrize("model, message", [

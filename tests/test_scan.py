@@ -61,11 +61,13 @@ def test_a_folder_scan_gives_slices_in_name_order_and_the_packages_scan_verdict(
 
 def test_as_dict_is_json_ready_and_shows_names_only(classifier, scan_folder):
     record = json.loads(json.dumps(classifier.analyze_scan(scan_folder).as_dict()))
-    assert set(record) == {"verdict", "label", "probabilities", "out_of_distribution", "ood_reason", "top",
-                           "top_numbers", "slices", "notes"}
+    assert set(record) == {"verdict", "label", "malignancy_ruled_out", "screening", "probabilities",
+                           "out_of_distribution", "ood_reason", "flagged_slices", "flagged_reasons",
+                           "slices_not_ruling_out", "top", "top_numbers", "slices", "notes"}
     assert len(record["slices"]) == len(SCAN)
     row = record["slices"][0]
-    assert set(row) == {"index", "number", "name", "position", "label", "probabilities", "out_of_distribution"}
+    assert set(row) == {"index", "number", "name", "position", "label", "malignancy_ruled_out", "probabilities",
+                        "out_of_distribution", "ood_reason"}
     assert [row["number"] for row in record["slices"]] == [row["index"] + 1 for row in record["slices"]]
     assert record["top_numbers"] == [record["slices"][i]["number"] for i in record["top"]]
     assert row["name"] == "case (1).png" and str(scan_folder) not in json.dumps(record)
@@ -120,8 +122,8 @@ def test_an_unreadable_slice_is_skipped_with_a_note(classifier, scan_folder, tmp
 
 
 def test_a_dicom_series_out_of_distribution_gets_no_verdict(classifier, tmp_path):
-    """The tiny package is not validated on DICOM: every slice is flagged, so the scan is, with a reason."""
-    assert classifier.dicom_labels == ()
+    """The tiny package has no DICOM source: every slice is flagged, so the scan is, with a reason and the count."""
+    assert not any(source.dicom for source in classifier.sources)
     for number in range(5):
         (tmp_path / f"IM{number}.dcm").write_bytes(series_slice((0.0, 0.0, 10.0 - 2.5 * number), number + 1,
                                                                value=900 + 40 * number))
@@ -130,6 +132,8 @@ def test_a_dicom_series_out_of_distribution_gets_no_verdict(classifier, tmp_path
     assert [piece.name for piece in result.slices] == ["IM4.dcm", "IM3.dcm", "IM2.dcm", "IM1.dcm", "IM0.dcm"]
     assert result.out_of_distribution and result.label is None and result.probabilities is None
     assert result.verdict == OOD_NOTICE and "5 of 5 slices" in result.ood_reason and "DICOM" in result.ood_reason
+    assert not result.malignancy_ruled_out and sum(result.withheld_reasons.values()) == 5
+    assert result.flagged_summary().startswith("5 of 5 slices flagged (no diagnosis): 5 a DICOM slice")
     scores = [piece.analysis.ood_score for piece in result.slices]
     assert result.top == list(np.argsort(scores)[::-1][:2])  # the slices least like the training data
     record = result.as_dict()
@@ -164,4 +168,4 @@ def test_the_packages_flagged_fraction_decides_when_a_scan_gets_no_verdict(class
                                                "scan": {**classifier.config["scan"], "max_flagged_fraction": 0.25}})
     result = classifier.analyze_scan(scan_folder)
     assert result.out_of_distribution and result.label is None
-    assert "3 of 10 slices are unlike the training slices (more than 25%)" in result.ood_reason
+    assert "3 of 10 slices were given no diagnosis (more than 25%); most often: made up" in result.ood_reason

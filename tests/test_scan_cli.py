@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 import sys
 import zipfile
@@ -14,7 +15,7 @@ from conftest import synthetic_slice
 from test_scan_series import png
 
 from lung_classifier.cli import main
-from lung_classifier.verdict import OOD_NOTICE
+from lung_classifier.verdict import OOD_NOTICE, SCREENING_MEANING
 from testkit.dicom_files import series_slice
 
 LABELS = ["Normal", "Benign", "Malignant"]
@@ -42,6 +43,8 @@ def test_json_is_one_object_with_the_library_answer(tiny_package, scan_zip, caps
     out, err = capsys.readouterr()
     record = json.loads(out)
     assert record["verdict"] == record["label"] == "Malignant"
+    assert record["malignancy_ruled_out"] is False and record["screening"] == "malignancy not ruled out"
+    assert record["flagged_slices"] == sum(record["flagged_reasons"].values())
     assert [row["name"] for row in record["slices"]] == [f"slice {n}.png" for n in range(1, len(SCAN) + 1)]
     assert len(record["top"]) == 2 and all(record["slices"][i]["label"] == "Malignant" for i in record["top"])
     assert any("notes.txt" in note for note in record["notes"])
@@ -53,16 +56,19 @@ def test_plain_output_and_csv_table(tiny_package, scan_zip, tmp_path, capsys):
     assert scan(tiny_package, str(scan_zip), "--csv", str(table)) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[:2] == [f"slices: {len(SCAN)}", "verdict: Malignant"]
-    assert lines[2].startswith("probabilities: Normal 0.")
-    assert lines[3] == "top slices (drove the verdict):"
+    assert lines[:3] == [f"slices: {len(SCAN)}", "verdict: Malignant", "screening: malignancy not ruled out"]
+    assert re.fullmatch(rf"flagged: \d+ of {len(SCAN)} slices flagged \(no diagnosis\).*; \d+ answered slices do not "
+                        "rule malignancy out", lines[3]), lines[3]
+    assert lines[4] == SCREENING_MEANING
+    assert lines[5].startswith("probabilities: Normal 0.")
+    assert lines[6] == "top slices (drove the verdict):"
     top = [line for line in lines if line.startswith("  slice ")]
     assert len(top) == 3 and all(line.split()[1].isdigit() for line in top)
     assert any(line.startswith("note: skipped 1 file") and "notes.txt" in line for line in lines)
     with open(table, newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert list(rows[0]) == ["number", "index", "name", "position", "label", "p_Normal", "p_Benign", "p_Malignant",
-                             "out_of_distribution"]
+                             "out_of_distribution", "malignancy_ruled_out", "reason"]
     assert [row["name"] for row in rows] == [f"slice {n}.png" for n in range(1, len(SCAN) + 1)]
     assert all(abs(sum(float(row[f"p_{label}"]) for label in LABELS) - 1) < 1e-4 for row in rows)
 
@@ -87,9 +93,11 @@ def test_a_flagged_dicom_scan_says_so(tiny_package, tmp_path, capsys):
     assert scan(tiny_package, *map(str, paths)) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == f"verdict: {OOD_NOTICE}"
-    assert lines[2].startswith("flagged: 3 of 3 slices") and lines[3] == "top slices (least like the training slices):"
+    assert lines[2] == "screening: malignancy not ruled out"
+    assert lines[3].startswith("flagged: 3 of 3 slices flagged (no diagnosis): 3 a DICOM slice")  # how many, and why
+    assert lines[5].startswith("no diagnosis: 3 of 3 slices") and lines[6] == "top slices (the ones to look at):"
     assert " at 0.0 mm: " in out_line(lines, "IM0.dcm")
-    assert not any(label in line for line in lines[3:] for label in LABELS)  # no class probability, flagged
+    assert not any(label in line for line in lines[5:] for label in LABELS)  # no class probability, flagged
 
 
 def out_line(lines: list[str], name: str) -> str:

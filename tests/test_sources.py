@@ -1,6 +1,6 @@
-"""Training sources (issue 17): the --source flag, grouping rules, source weights, per-source offsets,
-leave-one-source-out on small synthetic features, the union guard in numpy and in the graph, the DICOM
-rule of a slice and of a scan."""
+"""Training sources (issue 17, 23): the --source flag, grouping rules, source weights, the scan rule's offsets,
+each source's operating point, leave-one-source-out on small synthetic features, the union guard in numpy and
+in the graph."""
 
 from __future__ import annotations
 
@@ -9,10 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lung_classifier.decoding.images import Slice
-from lung_classifier.scan.aggregation import ScanRule, withheld_reason
-from lung_classifier.verdict import CANCER_ON_DICOM, NON_AXIAL, UNVALIDATED_DICOM, ood_reason
-from training import cv, data, decision, fit, per_source
+from lung_classifier.evidence import STATISTICS
+from training import cv, data, decision, fit, per_source, recognition
 from training.multisource import AS_IS, PACKAGE_RENDERING, SourceData, TrainingSet
 from training.sources import Source, SourceError, check_unique, near_duplicate_groups, parse_source
 
@@ -20,9 +18,9 @@ LABELS = ["Normal", "Benign", "Malignant"]
 
 
 def test_a_full_source_spec_is_read_field_by_field():
-    source = parse_source("chest=/data/chest;grouping=near-duplicates;labels=normal*:Normal,*carcinoma*:Malignant;"
-                          "findings=normal*:healthy;licence=CC BY 4.0, cite it")
-    assert source.name == "chest" and source.folder == Path("/data/chest")
+    source = parse_source("chest=/data/chest;title=Chest CT;grouping=near-duplicates;"
+                          "labels=normal*:Normal,*carcinoma*:Malignant;findings=normal*:healthy;licence=CC BY 4.0, cite it")
+    assert source.name == "chest" and source.folder == Path("/data/chest") and source.shown_title == "Chest CT"
     assert source.grouping == "near-duplicates" and source.licence == "CC BY 4.0, cite it"
     assert source.label_of("normal") == "Normal"
     assert source.label_of("Large.Cell.Carcinoma_left") == "Malignant"
@@ -157,17 +155,22 @@ def _synthetic_training_set(seed: int = 0) -> TrainingSet:
     entries = [SourceData(Source(f"s{i}", Path(f"/s{i}")), data.Dataset(items=[]), [], False, {}) for i in range(3)]
     x = np.concatenate([r[0] for r in rows])
     count = [len(r[0]) for r in rows]
-    return TrainingSet(entries, LABELS, x.astype(np.float32), np.repeat([r[1] for r in rows], count),
-                       np.repeat([r[2] for r in rows], count), np.repeat([names[r[3]] for r in rows], count),
-                       np.full(len(x), AS_IS, dtype="<U16"), np.arange(len(x)))
+    sources = np.repeat([r[2] for r in rows], count)
+    statistics = rng.normal(0, 1, (len(x), len(STATISTICS))) + 10.0 * sources[:, None]  # renderings differ by source
+    return TrainingSet(entries, LABELS, x.astype(np.float32), np.repeat([r[1] for r in rows], count), sources,
+                       np.repeat([names[r[3]] for r in rows], count), np.full(len(x), AS_IS, dtype="<U16"),
+                       np.arange(len(x)), statistics)
 
 
 def test_leave_one_source_out_trains_without_the_source_and_the_guard_flags_a_far_one():
     training = _synthetic_training_set()
-    results = per_source.loso(training, fit.HeadSettings(0.1, "source-balanced"), k=3, seed=0)
+    folds = cv.grouped_folds(training.y, training.group, 3, 1, 0, training.source)
+    recognisers = recognition.fit(training, folds).recognisers
+    results = per_source.loso(training, fit.HeadSettings(0.1, "source-balanced"), 3, 0, recognisers)
     assert set(results) == {"s0", "s1", "s2"}
     assert results["s2"]["trained_on"] == ["s0", "s1"]
     assert results["s2"]["guard_flagged"] > 0.9  # a source never seen, far away: flagged
+    assert all(entry["recognition_flagged"] > 0.95 for entry in results.values())  # renderings apart
     assert results["s1"]["n"] == int(np.sum(training.source == 1))
     for entry in results.values():
         assert 0.0 <= entry["answered"] <= 1.0
@@ -181,11 +184,20 @@ def test_within_source_cv_reports_every_source_pooled_and_per_fold():
     result = selection.evaluate_candidate(fit.HeadSettings(0.1, "source-balanced"), training.features, training.y,
                                           training.source, LABELS, folds,
                                           selection.ood_scores_per_fold(training.features, folds), 2, 0.99)
-    within = per_source.within(training, result.crossfitted, result.oof)
+    recognised = recognition.fit(training, folds)
+    validated = per_source.validated_sources(training, result.crossfitted)
+    within = per_source.within(training, result.crossfitted, result.oof, recognised.held_out_flagged, validated)
     assert set(within) == {"s0", "s1", "s2"}
     assert within["s0"]["pooled"]["n"] == 2 * int(np.sum(training.source == 0))
     assert within["s0"]["pooled"]["recall_Malignant"] >= 0.9
+    cancers = (training.source == 0) & (training.y == 2)
+    caught = float(np.mean(~result.crossfitted.ruled_out[:, cancers]))
+    assert caught > 0.9 and within["s0"]["validated"] == (caught >= decision.SCREENING_RECALL)
+    assert within["s0"]["pooled"]["screening_sensitivity"] >= caught  # a flagged cancer is never ruled out
     assert within["s0"]["folds"]["answered"]["folds"] == 6
+    assert within["s0"]["pooled"]["recognition_flagged"] <= 0.1  # held-out rows of a source are recognised
+    held_out = [row for row in recognised.table if row["set"] == "s0: held-out patients (grouped CV)"]
+    assert held_out and held_out[0]["flagged"] <= 0.1
 
 
 def test_the_union_guard_flags_the_same_in_numpy_and_in_the_graph():
@@ -203,9 +215,9 @@ def test_the_union_guard_flags_the_same_in_numpy_and_in_the_graph():
     queries = np.concatenate([x[:50], rng.normal(size=(50, 40)) * 4, rng.normal(size=(50, 40)) + 5])
     scores = guard.scores((queries - linear.mean) / linear.scale)
     thresholds = (float(np.quantile(scores[:, 0], 0.6)), float(np.quantile(scores[:, 1], 0.6)))
-    head = fit.assemble(linear, guard, Calibration(1.0, np.zeros(3)), np.zeros(3), thresholds)
+    head = fit.assemble(linear, guard, Calibration(1.0, np.zeros(3)), thresholds)
     outputs = head_outputs(tf.constant(queries, tf.float32), HeadVariables(head))
-    expected = cv.Pipeline(Calibration(1.0, np.zeros(3)), np.zeros(3), thresholds).flagged(scores)
+    expected = cv.Pipeline(Calibration(1.0, np.zeros(3)), {}, thresholds).flagged(scores)
     assert 0 < expected.sum() < len(expected)
     assert np.array_equal(outputs["out_of_distribution"].numpy(), expected)
     both = np.maximum(scores[:, 0], scores[:, 1] * thresholds[0] / thresholds[1])
@@ -222,7 +234,7 @@ def test_the_knn_bank_is_stored_as_float16_and_loads_back_as_used(tmp_path):
     from training.calibration import Calibration
 
     head = fit.assemble(linear, fit.guard_statistics((x - linear.mean) / linear.scale),
-                        Calibration(1.0, np.zeros(3)), np.zeros(3), (1.0, 0.5))
+                        Calibration(1.0, np.zeros(3)), (1.0, 0.5))
     head.save(tmp_path / "head.npz")
     with np.load(tmp_path / "head.npz") as stored:
         assert stored["knn_bank"].dtype == np.float16 and stored["knn_components"].dtype == np.float16
@@ -231,39 +243,21 @@ def test_the_knn_bank_is_stored_as_float16_and_loads_back_as_used(tmp_path):
     assert np.array_equal(loaded.knn_bank, head.knn_bank)  # training rounded the bank before measuring
 
 
-def test_a_dicom_slice_is_answered_only_with_a_label_validated_on_dicom():
-    dicom, image = Slice(np.zeros((4, 4, 3), np.uint8), dicom=True, axial=True), Slice(np.zeros((4, 4, 3), np.uint8))
-    assert ood_reason(dicom, False, 1.0, 2.0, "Normal", ("Normal",)) is None
-    assert ood_reason(dicom, False, 1.0, 2.0, "Malignant", ("Normal",)) == CANCER_ON_DICOM
-    assert ood_reason(dicom, False, 1.0, 2.0, "Benign", ("Normal",)) == CANCER_ON_DICOM
-    assert ood_reason(dicom, False, 1.0, 2.0, "Normal", ()) == UNVALIDATED_DICOM
-    assert "unlike the training slices" in ood_reason(dicom, True, 3.0, 2.0, "Normal", ("Normal",))
-    reformatted = Slice(np.zeros((4, 4, 3), np.uint8), dicom=True, axial=False)
-    assert ood_reason(reformatted, False, 1.0, 2.0, "Normal", ("Normal",)) == NON_AXIAL
-    assert ood_reason(image, False, 1.0, 2.0, "Malignant", ()) is None
+def test_a_source_point_rules_out_below_a_threshold_most_cancers_reach_and_is_calibrated_on_the_source():
+    rng = np.random.default_rng(5)
+    y = np.array([0] * 50 + [2] * 450)  # nine cancers per normal, as in Chest CT-Scan
+    p = np.where(y[:, None] == 2, [0.3, 0.0, 0.7], [0.7, 0.0, 0.3]) + rng.uniform(0, 0.3, (500, 3))
+    p[:, 1] = 1e-6
+    p /= p.sum(axis=1, keepdims=True)
+    point = cv.source_point(p, y, 2, 0.99)
+    assert not point.classes[1] and point.bias()[1] == cv.ABSENT_BIAS  # Benign never shown by this source
+    from lung_classifier.evidence import SourceEvidence
 
-
-def test_a_scan_is_never_normal_with_a_confident_malignant_slice_flagged_or_not():
-    rule = ScanRule(tuple(LABELS), "top_k_mean", 3, confident_malignant=0.6)
-    calm = np.tile([0.9, 0.05, 0.05], (10, 1))
-    flags = np.zeros(10, bool)
-    assert withheld_reason(rule, 0, calm, flags, False, ()) is None
-    assert withheld_reason(rule, 0, calm, flags, True, ("Normal",)) is None
-    hot = calm.copy()
-    hot[4] = [0.2, 0.1, 0.7]
-    flags[4] = True
-    reason = withheld_reason(rule, 0, hot, flags, True, ("Normal",))
-    assert reason and "never called Normal" in reason and "0.70" in reason
-    assert withheld_reason(rule, 2, hot, flags, True, ("Normal",)) == CANCER_ON_DICOM
-    assert withheld_reason(rule, 2, hot, flags, False, ()) is None  # images: the verdict stands
-
-
-def test_packages_without_dicom_sources_flag_every_dicom_slice():
-    from lung_classifier.decoding.windowing import TRAINING_RANGE, dicom_validated_labels
-
-    assert dicom_validated_labels({"rendering": TRAINING_RANGE}) == ()
-    assert dicom_validated_labels({"rendering": {**TRAINING_RANGE, "dicom_validated_labels": ["Normal"]}}) == (
-        "Normal",)
+    shown = SourceEvidence.calibrated_with(p, point.calibration.temperature, point.bias())
+    assert np.mean(shown[y == 2, 2] >= point.rule_out) >= 0.99
+    assert abs(shown[:, 2].mean() - np.mean(y == 2)) < 0.02  # calibrated: P(Malignant) averages the cancer share
+    without_cancer = cv.source_point(p[y == 0], y[y == 0], 2, 0.99)
+    assert without_cancer.rule_out == 0.0 and without_cancer.calibration.temperature == 1.0
 
 
 def test_package_rendering_rows_are_what_the_product_sees():

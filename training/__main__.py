@@ -6,8 +6,9 @@
 The story, top to bottom: read each source (its label map, its grouping rule, DICOM
 rendered at several windows); cache backbone features once per file and rendering;
 compare candidate heads by patient-grouped, repeated cross-validation through the whole
-pipeline; fit the chosen head on all the data, with calibration, the Malignant-first
-decision rule and the two OOD thresholds taken from its out-of-fold outputs; measure
+pipeline; recognise each source by statistics of its rendering, validated left out; fit the
+chosen head on all the data, with calibration, each source's operating point (calibration,
+rule-out threshold) and the two OOD thresholds taken from its out-of-fold outputs; measure
 every source within CV and left out (leave-one-source-out); choose the Grad-CAM layer by
 a deletion test; measure the OOD guard on shifted slices; choose the whole-scan pooling
 rule by scan-level CV and run each DICOM series through it; write the package
@@ -91,7 +92,7 @@ def train(args: argparse.Namespace, resnet: "keras.Model", digest: str) -> int:
 
     from lung_classifier.model.network import LungModel, build_extractor
     from training import (cv, decision, faithfulness, features, fit, guard, multisource, packaging, per_source,
-                          scan_cv, selection)
+                          recognition, scan_cv, selection)
     from training.data import DatasetError
 
     started = time.perf_counter()
@@ -124,12 +125,15 @@ def train(args: argparse.Namespace, resnet: "keras.Model", digest: str) -> int:
     print(f"3. Choosing the head by {args.folds}-fold grouped CV (strata: source x class), "
           f"repeated {args.repeats} times")
     folds = cv.grouped_folds(y, groups, args.folds, args.repeats, args.seed, sources)
-    results = selection.compare(training.features, y, sources, labels, folds, malignant, decision.MIN_MALIGNANT_RECALL)
+    results = selection.compare(training.features, y, sources, labels, folds, malignant, decision.RULE_OUT_RECALL)
     chosen = selection.best(results)
     print(cv.format_summary(chosen.summary, chosen.crossfitted.confusion(y, len(labels)), labels,
                             args.folds, args.repeats))
-    without_rule = cv.summarise(cv.cross_fit(chosen.oof, y, labels, malignant, 0.0, sources).reports, labels)
-    within = per_source.within(training, chosen.crossfitted, chosen.oof)
+    print("   which source a slice looks like: recognisers of rendering statistics, cross-fitted on the same folds")
+    recognised = recognition.fit(training, folds)
+    print(recognition.format_table(recognised.table))
+    validated = per_source.validated_sources(training, chosen.crossfitted)
+    within = per_source.within(training, chosen.crossfitted, chosen.oof, recognised.held_out_flagged, validated)
     print(per_source.format_within(within))
 
     print(f"4. Fitting the chosen head ({chosen.settings.describe()}) on all {len(y)} rows")
@@ -137,13 +141,15 @@ def train(args: argparse.Namespace, resnet: "keras.Model", digest: str) -> int:
     ood = fit.guard_statistics((training.features - linear.mean) / linear.scale)
     repeats = chosen.oof.logits.shape[0]
     pipeline = cv.fit_pipeline(chosen.oof.logits.reshape(-1, len(labels)), chosen.oof.ood_scores.reshape(-1, 2),
-                               np.tile(y, repeats), malignant, decision.MIN_MALIGNANT_RECALL, np.tile(sources, repeats))
-    head = fit.assemble(linear, ood, pipeline.calibration, pipeline.offsets, pipeline.thresholds)
-    print(f"   temperature {pipeline.calibration.temperature:.3f}, decision offsets {np.round(pipeline.offsets, 2)}, "
-          f"OOD thresholds: PCA score {pipeline.thresholds[0]:.3f}, kNN distance {pipeline.thresholds[1]:.3f}")
+                               np.tile(y, repeats), malignant, decision.RULE_OUT_RECALL, np.tile(sources, repeats))
+    head = fit.assemble(linear, ood, pipeline.calibration, pipeline.thresholds)
+    print(f"   temperature {pipeline.calibration.temperature:.3f}, OOD thresholds: PCA score "
+          f"{pipeline.thresholds[0]:.3f}, kNN distance {pipeline.thresholds[1]:.3f}; rule-out thresholds "
+          + ", ".join(f"{training.names[s]} {p.rule_out:.4f}" for s, p in pipeline.points.items()))
 
     print("5. Leave-one-source-out")
-    loso = per_source.loso(training, chosen.settings, args.folds, args.seed) if len(training.sources) > 1 else {}
+    loso = (per_source.loso(training, chosen.settings, args.folds, args.seed, recognised.recognisers)
+            if len(training.sources) > 1 else {})
     if loso:
         print(per_source.format_loso(loso))
 
@@ -163,18 +169,20 @@ def train(args: argparse.Namespace, resnet: "keras.Model", digest: str) -> int:
 
     print("7. Whole-scan rule by scan-level CV (pseudo-patients and DICOM series as scans)")
     scans = scan_cv.scan_rows(training)
-    scan_crossfitted, scan_folds = scan_cv.restrict(training, chosen.crossfitted, folds, scans)
+    scan_crossfitted, scan_folds = scan_cv.restrict(chosen.crossfitted, folds, scans,
+                                                         recognised.held_out_flagged)
     scan_results = scan_cv.compare(scan_crossfitted, y[scans], groups[scans], scan_folds, labels)
     scan_chosen = scan_cv.best(scan_results)
     print(scan_cv.format_table(scan_results, scan_chosen))
-    scan_checks = per_source.scan_checks(training, chosen.crossfitted, scan_chosen.rule)
+    scan_checks = per_source.scan_checks(training, chosen.crossfitted, scan_chosen.rule,
+                                         recognised.held_out_flagged, validated)
     print(per_source.format_scans(scan_checks))
 
     print(f"8. Writing the package to {args.output}")
     command = "python -m training " + " ".join(shlex.quote(a) for a in args.argv)
     record = packaging.TrainingRecord(
         args=args, training=training, results=results, digest=digest,
-        chosen=chosen, without_rule=without_rule, pipeline=pipeline, faithfulness=cam, shifts=shifts,
+        chosen=chosen, pipeline=pipeline, recognition=recognised, validated=validated, faithfulness=cam, shifts=shifts,
         scan_results=scan_results, scan_chosen=scan_chosen, within=within, loso=loso, scan_checks=scan_checks,
         command=command, seconds=round(time.perf_counter() - started))
     status = packaging.write(args.output, model, head, record)

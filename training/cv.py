@@ -3,8 +3,8 @@
 One grouped split of ~870 slices from ~70 pseudo-patients swings by 0.15 macro-F1
 between seeds, so nothing here rests on one split. Every slice is predicted by heads
 that never saw its pseudo-patient, K folds at a time, R times over with reshuffled
-folds. Everything fitted after the head (calibration, decision rule, OOD threshold) is
-*cross-fitted*: for each fold it is fitted on the other folds' out-of-fold outputs and
+folds. Everything fitted after the head (calibration, each source's operating point, OOD
+threshold) is *cross-fitted*: for each fold it is fitted on the other folds' out-of-fold outputs and
 applied to this fold, so every reported number is for a pipeline that never saw the
 slices it is scored on.
 """
@@ -16,7 +16,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from lung_classifier.verdict import decide
 from training import calibration, decision, evaluate, workers
 
 K_FOLDS = 5
@@ -71,36 +70,91 @@ def out_of_fold(n: int, n_classes: int, folds: list[Fold], fit_and_score: FitAnd
 
 
 @dataclass(frozen=True)
+class SourcePoint:
+    """One source's operating point: its calibration of the model's probabilities and its rule-out threshold."""
+
+    calibration: calibration.Calibration  # on log-probabilities of the classes the source has
+    classes: np.ndarray  # (C,) bool: the classes the source has (the others get ABSENT_BIAS)
+    rule_out: float  # P(Malignant) below this rules malignancy out (0: never, a source without cancer)
+
+    def bias(self) -> np.ndarray:
+        """(C,) the bias over every class: ABSENT_BIAS for a class the source never showed."""
+        full = np.full(len(self.classes), ABSENT_BIAS)
+        full[self.classes] = self.calibration.bias
+        return full
+
+
+ABSENT_BIAS = -30.0
+"""A class a source never showed gets this bias in its calibration: never the label of an input like it."""
+
+
+@dataclass(frozen=True)
 class Pipeline:
-    """What is fitted on out-of-fold outputs, after the head: calibration, decision rule, OOD threshold."""
+    """What is fitted on out-of-fold outputs, after the head: the global calibration (the graph's
+    probabilities), each source's operating point, and the OOD thresholds."""
 
     calibration: calibration.Calibration
-    offsets: np.ndarray  # (C,) log-probability offsets of the decision rule
+    points: dict[int, SourcePoint]  # source index -> its operating point
     thresholds: tuple[float, float]  # PCA score, kNN distance
 
     def flagged(self, scores: np.ndarray) -> np.ndarray:
         """The guard: out of distribution where either score is above its threshold."""
         return (scores[..., 0] > self.thresholds[0]) | (scores[..., 1] > self.thresholds[1])
 
+    def probabilities(self, logits: np.ndarray, sources: np.ndarray) -> np.ndarray:
+        """Each row's probabilities as its source calibrates them (lung_classifier.evidence.SourceEvidence)."""
+        from lung_classifier.evidence import SourceEvidence
+
+        model = self.calibration.probabilities(logits)
+        out = np.empty_like(model)
+        for source in np.unique(sources):
+            rows = sources == source
+            point = self.points[int(source)]
+            out[rows] = SourceEvidence.calibrated_with(model[rows], point.calibration.temperature, point.bias())
+        return out
+
+    def ruled_out(self, probabilities: np.ndarray, sources: np.ndarray, malignant: int) -> np.ndarray:
+        """The screening answer per row: P(Malignant) below its source's rule-out threshold."""
+        limits = np.array([self.points[int(source)].rule_out for source in sources])
+        return probabilities[:, malignant] < limits
+
 
 def fit_pipeline(logits: np.ndarray, ood_scores: np.ndarray, y: np.ndarray, malignant: int,
-                 min_malignant_recall: float, sources: np.ndarray | None = None) -> Pipeline:
-    """Calibration, decision rule and OOD thresholds from out-of-fold outputs (rows may span repeats)."""
+                 rule_out_recall: float, sources: np.ndarray | None = None) -> Pipeline:
+    """Global calibration, each source's calibration and rule-out threshold, and the OOD thresholds, from
+    out-of-fold outputs (rows may span repeats)."""
     sources = np.zeros(len(y), np.int64) if sources is None else sources
     calibrated = calibration.fit(logits, y)
-    offsets = decision.choose_offsets(calibrated.probabilities(logits), y, malignant, min_malignant_recall, sources)
+    model = calibrated.probabilities(logits)
+    points = {int(source): source_point(model[sources == source], y[sources == source], malignant, rule_out_recall)
+              for source in np.unique(sources)}
     thresholds = tuple(max(float(np.quantile(ood_scores[sources == source, part], decision.OOD_QUANTILE))
                            for source in np.unique(sources)) for part in range(2))
-    return Pipeline(calibrated, offsets, thresholds)
+    return Pipeline(calibrated, points, thresholds)
+
+
+def source_point(model: np.ndarray, y: np.ndarray, malignant: int, rule_out_recall: float) -> SourcePoint:
+    """A source's calibration (decision.source_calibration) and rule-out threshold (decision.rule_out_threshold)."""
+    classes = np.isin(np.arange(model.shape[1]), y)
+    fitted = decision.source_calibration(np.log(np.clip(model[:, classes], 1e-12, 1.0)),
+                                         np.searchsorted(np.flatnonzero(classes), y))
+    point = SourcePoint(fitted, classes, 0.0)
+    if not (y == malignant).any():
+        return point
+    from lung_classifier.evidence import SourceEvidence
+
+    shown = SourceEvidence.calibrated_with(model, fitted.temperature, point.bias())
+    return SourcePoint(fitted, classes, decision.rule_out_threshold(shown[y == malignant, malignant], rule_out_recall))
 
 
 @dataclass(frozen=True)
 class CrossFitted:
     """Each repeat's out-of-fold results through the whole pipeline, and the per-fold reports."""
 
-    probabilities: np.ndarray  # (R, N, C) calibrated
-    predicted: np.ndarray  # (R, N) label index by the decision rule
+    probabilities: np.ndarray  # (R, N, C) as each row's source calibrates them
+    predicted: np.ndarray  # (R, N) label index: the most probable class
     flagged: np.ndarray  # (R, N) OOD flag
+    ruled_out: np.ndarray  # (R, N) the screening answer: malignancy ruled out
     reports: list[dict[str, Any]]  # one per fold
 
     def confusion(self, y: np.ndarray, n_classes: int) -> np.ndarray:
@@ -111,25 +165,27 @@ class CrossFitted:
 
 
 def cross_fit(oof: OutOfFold, y: np.ndarray, labels: list[str], malignant: int,
-              min_malignant_recall: float, sources: np.ndarray | None = None) -> CrossFitted:
+              rule_out_recall: float, sources: np.ndarray | None = None) -> CrossFitted:
     """Score each fold with a pipeline fitted on the other folds' out-of-fold outputs."""
     shape = oof.logits.shape
     sources = np.zeros(len(y), np.int64) if sources is None else sources
     probabilities, predicted, flagged = np.zeros(shape), np.zeros(shape[:2], np.int64), np.zeros(shape[:2], bool)
+    ruled_out = np.zeros(shape[:2], bool)
     reports = []
     for fold in oof.folds:
         others = np.setdiff1d(np.arange(len(y)), fold.test)
         logits, scores = oof.logits[fold.repeat], oof.ood_scores[fold.repeat]
-        pipeline = fit_pipeline(logits[others], scores[others], y[others], malignant, min_malignant_recall,
+        pipeline = fit_pipeline(logits[others], scores[others], y[others], malignant, rule_out_recall,
                                 sources[others])
-        p = pipeline.calibration.probabilities(logits[fold.test])
-        labelled = decide(p, pipeline.offsets)
+        p = pipeline.probabilities(logits[fold.test], sources[fold.test])
+        labelled = p.argmax(axis=1)
         probabilities[fold.repeat, fold.test], predicted[fold.repeat, fold.test] = p, labelled
         flagged[fold.repeat, fold.test] = pipeline.flagged(scores[fold.test])
+        ruled_out[fold.repeat, fold.test] = pipeline.ruled_out(p, sources[fold.test], malignant)
         report = evaluate.report(p, y[fold.test], labels, predicted=labelled)
         report["ood_flag_rate"] = float(np.mean(flagged[fold.repeat, fold.test]))
         reports.append(report)
-    return CrossFitted(probabilities, predicted, flagged, reports)
+    return CrossFitted(probabilities, predicted, flagged, ruled_out, reports)
 
 
 def summarise(reports: list[dict[str, Any]], labels: list[str]) -> dict[str, dict[str, float]]:

@@ -196,9 +196,10 @@ def _pca_statistics(z_train: np.ndarray, components: np.ndarray, singular: np.nd
     return OodStatistics(components, scale, max(float(np.mean(residual**2)), 1e-6))
 
 
-def assemble(linear: LinearHead, guard: Guard, calibration: Calibration, offsets: np.ndarray,
-             thresholds: tuple[float, float]) -> Head:
-    """The package's head: calibration folded into the bias, decision offsets and OOD threshold beside it.
+def assemble(linear: LinearHead, guard: Guard, calibration: Calibration, thresholds: tuple[float, float]) -> Head:
+    """The package's head: calibration folded into the bias, the OOD thresholds beside it, and zero decision
+    offsets: the graph's label is the most probable class (each source's calibration, in the package config,
+    may move it; lung_classifier.verdict.answer gives the label a person sees).
 
     softmax((z W + b') / T) with b' = b + T * calibration.bias equals the calibrated softmax.
     """
@@ -206,7 +207,7 @@ def assemble(linear: LinearHead, guard: Guard, calibration: Calibration, offsets
     return Head(
         feature_mean=linear.mean, feature_scale=linear.scale, kernel=linear.kernel,
         bias=linear.bias + temperature * calibration.bias, temperature=np.array(temperature),
-        decision_offsets=np.asarray(offsets), ood_components=guard.pca.components, ood_scale=guard.pca.scale,
+        decision_offsets=np.zeros(len(linear.bias)), ood_components=guard.pca.components, ood_scale=guard.pca.scale,
         ood_residual=np.array(guard.pca.residual), ood_threshold=np.array(thresholds[0]),
         knn_components=guard.knn.components, knn_bank=guard.knn.rows, knn_threshold=np.array(thresholds[1]),
     ).as_float32()

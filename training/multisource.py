@@ -18,6 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lung_classifier.decoding.images import load_rgb
+from lung_classifier.evidence import rendering_statistics
 from lung_classifier.decoding.limits import ImageError
 from lung_classifier.decoding.windowing import DICOM_WINDOW
 from training import data, features
@@ -55,6 +56,7 @@ class TrainingSet:
     group: np.ndarray  # (N,) globally unique group id
     rendering: np.ndarray  # (N,) AS_IS or a window name
     item: np.ndarray  # (N,) index of the slice in its source's dataset
+    statistics: np.ndarray  # (N, R) lung_classifier.evidence.rendering_statistics of the row as rendered
 
     @property
     def names(self) -> list[str]:
@@ -66,11 +68,6 @@ class TrainingSet:
 
     def dicom_rows(self) -> np.ndarray:
         return np.array([self.sources[s].dicom for s in self.source], bool)
-
-    def dicom_labels(self) -> list[str]:
-        """The classes some DICOM source has: the only labels DICOM input may be answered with."""
-        present = {self.labels[label] for label in self.y[self.dicom_rows()].tolist()}
-        return [label for label in self.labels if label in present]
 
     def describe(self) -> dict[str, Any]:
         """Per source, for the package config: counts per class, groups, rendering, findings, licence."""
@@ -144,7 +141,7 @@ def build(read: list[SourceData], extractor: "keras.Model", digest: str, input_s
     derived = features.ArrayFeatures(extractor, input_size,
                                      features.FeatureCache(features.cache_key(digest, input_size, "derived")))
     parts: dict[str, list[np.ndarray]] = {name: [] for name in ("features", "y", "source", "group", "rendering",
-                                                                "item")}
+                                                                "item", "statistics")}
     group_offset = 0
     for index, entry in enumerate(read):
         items = entry.dataset.items
@@ -152,26 +149,29 @@ def build(read: list[SourceData], extractor: "keras.Model", digest: str, input_s
         if entry.dicom:
             renderings = []
             for window in DICOM_TRAINING_WINDOWS:
-                rows = []
+                rows, statistics = [], []
                 for first in tqdm(range(0, len(items), features.BATCH), file=sys.stderr,
                                   desc=f"{entry.source.name} at {window_name(window)}", unit="batch"):
-                    chunk = items[first:first + features.BATCH]
-                    rows.append(derived(prepare_batch([load_rgb(item.path, dicom_window=window) for item in chunk],
-                                                      input_size)))
+                    rgbs = [load_rgb(item.path, dicom_window=window) for item in items[first:first + features.BATCH]]
+                    statistics += [rendering_statistics(rgb) for rgb in rgbs]
+                    rows.append(derived(prepare_batch(rgbs, input_size)))
                 derived.save()
-                renderings.append((window_name(window), np.concatenate(rows)))
+                renderings.append((window_name(window), np.concatenate(rows), np.stack(statistics)))
             entry.groups = _series_groups(items)
         else:
             x = features.extract(extractor, [item.path for item in items], [item.md5 for item in items],
                                  input_size, plain)
-            renderings = [(AS_IS, x)]
+            statistics = [rendering_statistics(load_rgb(item.path))
+                          for item in tqdm(items, file=sys.stderr, desc=f"{entry.source.name} rendering", unit="image")]
+            renderings = [(AS_IS, x, np.stack(statistics))]
             entry.groups = (data.group_items(entry.dataset) if entry.source.grouping == "pseudo-patients" else
                             near_duplicate_groups([item.label for item in items],
                                                   np.stack([item.fingerprint for item in items]), x,
                                                   [item.path for item in items])
                             if entry.source.grouping == "near-duplicates" else _series_groups(items))
-        for name, x in renderings:
+        for name, x, statistics in renderings:
             parts["features"].append(x)
+            parts["statistics"].append(statistics)
             parts["y"].append(y)
             parts["source"].append(np.full(len(items), index))
             parts["group"].append(np.array(entry.groups) + group_offset)
@@ -185,7 +185,7 @@ def build(read: list[SourceData], extractor: "keras.Model", digest: str, input_s
     return TrainingSet(read, labels, np.concatenate(parts["features"]).astype(np.float32),
                        remap[np.concatenate(parts["y"])], np.concatenate(parts["source"]),
                        np.concatenate(parts["group"]), np.concatenate(parts["rendering"]).astype(str),
-                       np.concatenate(parts["item"]))
+                       np.concatenate(parts["item"]), np.concatenate(parts["statistics"]))
 
 
 def _series_groups(items: list[data.Item]) -> list[int]:

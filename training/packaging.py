@@ -21,16 +21,23 @@ import numpy as np
 
 from lung_classifier import package
 from lung_classifier.decoding.windowing import TRAINING_RANGE
+from lung_classifier.evidence import STATISTICS, SourceEvidence
 from lung_classifier.model.head import Head
 from lung_classifier.model.network import CAM_CHOICES, SERVED, TAPS, LungModel
 from lung_classifier.model.preprocessing import MODEL_INPUT_RESIZE
-from training import (calibration, card, cv, decision, evaluate, faithfulness, fit, guard, per_source, scan_cv,
-                      selection)
+from lung_classifier.verdict import SCREENING_MEANING
+from training import (calibration, card, cv, decision, evaluate, faithfulness, fit, guard, per_source, recognition,
+                      scan_cv, selection)
 from training.cv import Pipeline
 from training.multisource import PACKAGE_RENDERING, TrainingSet
 
-MODEL_VERSION = "3.0.0"
+MODEL_VERSION = "4.0.0"
 CHANGELOG = {
+    "4.0.0": "evidence per source (issue 23): each input recognised as a training source by statistics of its "
+             "rendering (or none); the label is the most probable class of the source's own calibration; a separate "
+             "screening answer (malignancy ruled out or not, per-source threshold for recall >= 0.99 pooled out of "
+             "fold); \"Normal\" only for sources whose cancers were validated (so no answer on DICOM); a scan is never "
+             "more reassuring than its slices",
     "3.0.0": "several training sources (--source): IQ-OTH/NCCD, Chest CT-Scan, COVID-CT-MD DICOM at ten windows; "
              "source-balanced head; offsets for Malignant recall >= 0.99 in every source with Malignant; guard = "
              "PCA score OR distance to the 5th-nearest training row; \"Normal\" means no cancer finding; DICOM "
@@ -66,7 +73,8 @@ class TrainingRecord:
     digest: str
     results: list[selection.Result]
     chosen: selection.Result
-    without_rule: dict[str, dict[str, float]]  # the chosen head's CV with offsets chosen for macro-F1 alone
+    recognition: recognition.Recognition  # the recognisers and their cross-fitted, left-out validation
+    validated: np.ndarray  # (S,) whether each source's cancers were validated (per_source.validated_sources)
     pipeline: Pipeline
     faithfulness: dict[str, Any]
     shifts: dict[str, dict[str, float]]
@@ -140,14 +148,16 @@ def calibrated(summary: dict[str, dict[str, float]]) -> bool:
     return summary["ece"]["high"] <= CALIBRATED_ECE
 
 
-HEAD_NUMBERS = ("the one copy of the numbers the rules use: temperature, decision_offsets (the decision rule), "
-                "ood_threshold and knn_threshold, and the guard's kNN bank; config.json describes the rules and "
-                "does not repeat them")
+HEAD_NUMBERS = ("the one copy of the graph's numbers: temperature (the model's calibration), decision_offsets "
+                "(zero: the graph's label is the most probable class), ood_threshold and knn_threshold, and the "
+                "guard's kNN bank; each source's numbers (recognition, calibration, rule-out threshold) live in "
+                "config.json's evidence block")
 OOD_RULE = ("ood_score = max(PCA score, kNN distance x ood_threshold / knn_threshold), so out_of_distribution = "
             "ood_score > ood_threshold (head.npz) exactly when the PCA score is above ood_threshold or the cosine "
             "distance to the 5th-nearest training row (the bank: training rows projected on 128 principal axes, "
-            "float16) is above knn_threshold; also flagged: a DICOM slice that is not axial, and a DICOM slice "
-            "whose label is not in rendering.dicom_validated_labels; no diagnosis is given for a flagged input")
+            "float16) is above knn_threshold; also given no diagnosis: a DICOM slice that is not axial, an input "
+            "recognised as no source of its kind, and one recognised as a source whose cancers were not validated "
+            "(evidence block; lung_classifier.verdict.answer)")
 
 
 def package_config(record: TrainingRecord, head: Head) -> dict[str, Any]:
@@ -177,11 +187,13 @@ def package_config(record: TrainingRecord, head: Head) -> dict[str, Any]:
                         "bias": dict(zip(labels, pipeline.calibration.bias.tolist())),
                         "calibrated": calibrated(record.chosen.summary),
                         "cv_ece": record.chosen.summary["ece"]},
-        "decision_rule": {"rule": "label = argmax over classes of log(probability) + offset[class] "
-                                  "(head.npz: decision_offsets)",
-                          "chosen_for": f"out-of-fold Malignant recall >= {decision.MIN_MALIGNANT_RECALL} in every "
-                                        "source with Malignant slices, then the highest mean over sources of "
-                                        "macro-F1"},
+        "decision_rule": {"rule": "label = the most probable class of the recognised source's calibrated "
+                                  "probabilities; screening: malignancy ruled out when answered and P(Malignant) < "
+                                  "the source's rule_out_threshold (evidence block)",
+                          "chosen_for": f"rule-out threshold: pooled out-of-fold recall >= {decision.RULE_OUT_RECALL} "
+                                        "of the source's cancers; cancers validated when the cross-fitted screening "
+                                        f"recall is >= {decision.SCREENING_RECALL}"},
+        "evidence": evidence_config(record),
         "ood": {"quantile_of_out_of_fold": decision.OOD_QUANTILE,
                 "threshold_rule": "each threshold = the highest over training sources of that source's "
                                   f"{decision.OOD_QUANTILE} quantile of its cross-fitted out-of-fold scores",
@@ -209,22 +221,27 @@ def package_config(record: TrainingRecord, head: Head) -> dict[str, Any]:
 
 
 def rendering_config(record: TrainingRecord) -> dict[str, Any]:
-    """The training range, each source's rendering, and what the evidence validated (the library reads
-    dicom_validated_labels: DICOM slices are answered only with these labels)."""
-    training = record.training
-    dicom_labels = training.dicom_labels()
-    entry_classes = {name: list(entry["classes"]) for name, entry in training.describe().items()}
-    return {
-        **TRAINING_RANGE,
-        "training_slices": {name: entry["rendering"] for name, entry in training.describe().items()},
-        "dicom_validated_labels": dicom_labels,
-        "validated": {
-            name: (f"DICOM at the package window {PACKAGE_RENDERING}: answered only as {' or '.join(dicom_labels)} "
-                   "(the classes of the DICOM training sources) when the guard passes; any other label on DICOM, "
-                   "and reformatted DICOM, is flagged" if entry.dicom else
-                   f"image files as they are: {', '.join(entry_classes[name])} answered when the guard passes")
-            for name, entry in zip(training.names, training.sources)},
-    }
+    """The training range and each source's rendering."""
+    return {**TRAINING_RANGE,
+            "training_slices": {name: entry["rendering"] for name, entry in record.training.describe().items()}}
+
+
+def evidence_config(record: TrainingRecord) -> dict[str, Any]:
+    """Evidence per source (lung_classifier.evidence reads it): recognition, calibration, rule-out threshold,
+    whether its cancers were validated, and what the cross-fitting measured of them."""
+    training, labels = record.training, record.labels
+    sources = []
+    for index, entry in enumerate(training.sources):
+        point = record.pipeline.points[index]
+        sources.append({
+            **SourceEvidence(entry.source.name, entry.source.shown_title, entry.dicom,
+                             record.recognition.recognisers[index], point.calibration.temperature, point.bias(),
+                             point.rule_out, bool(record.validated[index])).as_config(labels),
+            "measured": {key: record.within[entry.source.name]["pooled"][key]
+                         for key in ("screening_sensitivity", "screening_specificity", "macro_f1", "answered")}})
+    return {"statistics": list(STATISTICS), "recognition_quantile": recognition.RECOGNITION_QUANTILE,
+            "rule_out_recall": decision.RULE_OUT_RECALL, "screening_recall": decision.SCREENING_RECALL,
+            "sources": sources}
 
 
 def scan_config(record: TrainingRecord) -> dict[str, Any]:
@@ -250,7 +267,7 @@ def metrics(record: TrainingRecord) -> dict[str, Any]:
         "selection": [{"settings": r.settings.as_dict(), "summary": r.summary, "seconds_per_fit": r.seconds_per_fit}
                       for r in record.results],
         "chosen": chosen.settings.as_dict(),
-        "cv_without_recall_rule": record.without_rule,
+        "recognition": record.recognition.table,
         "faithfulness": record.faithfulness,
         "ood_shifts": record.shifts,
         "scan": [result.as_dict(record.labels) for result in record.scan_results],
@@ -271,7 +288,7 @@ def write_plots(directory: Path, record: TrainingRecord) -> None:
     evaluate.plot_roc(after, truth, labels, directory / "roc_curves.png", title)
     evaluate.plot_reliability(before, after, truth, directory / "reliability.png", title)
     for name, points in trade_curves(record).items():
-        per_source.plot_trade(points, shipped_point(record, name), directory / f"trade_{name}.png")
+        per_source.plot_trade(points, shipped_point(record, name), directory / f"trade_{name}.png", name)
 
 
 def _trade_rows(record: TrainingRecord, name: str) -> np.ndarray:
@@ -280,7 +297,7 @@ def _trade_rows(record: TrainingRecord, name: str) -> np.ndarray:
 
 
 def trade_curves(record: TrainingRecord) -> dict[str, list[per_source.TradePoint]]:
-    """Per source with Normal and Malignant slices: recall against normals called Malignant (pooled out of fold)."""
+    """Per source with Normal and Malignant slices: cancers against normals not ruled out (pooled out of fold)."""
     training, curves = record.training, {}
     repeats = record.chosen.crossfitted.probabilities.shape[0]
     for name in training.names:
@@ -294,19 +311,20 @@ def trade_curves(record: TrainingRecord) -> dict[str, list[per_source.TradePoint
 
 
 def shipped_point(record: TrainingRecord, name: str) -> dict[str, float]:
-    """Where the shipped rule (cross-fitted offsets) sits on a source's trade curve."""
+    """Where the shipped rule-out threshold sits on a source's trade curve: cross-fitted (each fold's threshold
+    from the other folds) shares not ruled out, and the threshold fitted on all folds."""
     training = record.training
     rows = _trade_rows(record, name)
-    predicted, y = record.chosen.crossfitted.predicted[:, rows], np.broadcast_to(training.y[rows],
-                                                                               (record.chosen.crossfitted.predicted.shape[0], int(rows.sum())))
-    malignant = training.labels.index("Malignant")
+    kept = ~record.chosen.crossfitted.ruled_out[:, rows]
+    y = np.broadcast_to(training.y[rows], kept.shape)
 
-    def called(label: str) -> float:
+    def not_ruled_out(label: str) -> float:
         if label not in training.labels or not (y == training.labels.index(label)).any():
             return float("nan")
-        return float(np.mean(predicted[y == training.labels.index(label)] == malignant))
+        return float(np.mean(kept[y == training.labels.index(label)]))
 
-    return {"recall": called("Malignant"), "normals": called("Normal"), "benign": called("Benign")}
+    return {"recall": not_ruled_out("Malignant"), "normals": not_ruled_out("Normal"),
+            "benign": not_ruled_out("Benign"), "threshold": record.pipeline.points[training.names.index(name)].rule_out}
 
 
 def targets_table(summary: dict[str, dict[str, float]]) -> str:
@@ -347,8 +365,7 @@ def card_values(record: TrainingRecord, config: dict[str, Any], summary: dict[st
         "calibration_wording": ("calibrated" if calibrated(summary) else
                                 f"not called calibrated (the CV ECE's upper bound is above {CALIBRATED_ECE}): "
                                 "the page says \"model confidence\""),
-        "offsets": ", ".join(f"{l} {o:+.2f}" for l, o in zip(labels, head.decision_offsets)),
-        "min_recall": decision.MIN_MALIGNANT_RECALL,
+        "rule_out_recall": decision.RULE_OUT_RECALL, "screening_recall": decision.SCREENING_RECALL,
         "ood_components": config["ood"]["components"], "ood_threshold": f"{float(head.ood_threshold):.3f}",
         "ood_quantile": decision.OOD_QUANTILE,
         "training_window": f"width {rendering['window_width_hu'][0]}-{rendering['window_width_hu'][1]} HU, "
@@ -357,10 +374,19 @@ def card_values(record: TrainingRecord, config: dict[str, Any], summary: dict[st
         "n_rows": len(record.y), "n_slices": sum(len(entry.dataset.items) for entry in record.training.sources),
         "n_groups": len(set(record.training.group.tolist())), "n_sources": len(sources),
         "sources_table": "\n".join(source_rows), "weighting": config["training"]["weighting"],
-        "dicom_validated": (f"answered only as {' or '.join(rendering['dicom_validated_labels'])} (the classes of "
-                            "the DICOM training sources) when the guard passes; any other label on DICOM is flagged "
-                            "(\"a cancer finding on DICOM is not validated\")" if rendering["dicom_validated_labels"]
-                            else "every DICOM slice is flagged (no DICOM training source)"),
+        "validated_sources": ", ".join(entry.source.shown_title for entry, ok in
+                                       zip(record.training.sources, record.validated) if ok) or "none",
+        "unvalidated_sources": ", ".join(f"{entry.source.shown_title} ({'DICOM' if entry.dicom else 'images'})"
+                                         for entry, ok in zip(record.training.sources, record.validated) if not ok)
+                               or "none",
+        "dicom_answered": ("no DICOM input is answered: no DICOM training source has validated cancers"
+                           if not any(ok and entry.dicom for entry, ok in zip(record.training.sources, record.validated))
+                           else "DICOM is answered where it is recognised as a DICOM source with validated cancers"),
+        "statistics": ", ".join(STATISTICS), "recognition_quantile": recognition.RECOGNITION_QUANTILE,
+        "recognition_table": recognition.format_table(record.recognition.table),
+        "operating_points_table": per_source.format_operating_points(
+            record.within, {name: record.pipeline.points[i] for i, name in enumerate(record.training.names)}, labels),
+        "screening_meaning": SCREENING_MEANING,
         "knn_threshold": f"{float(head.knn_threshold):.3f}", "knn_components": config["ood"]["knn_components"],
         "knn_rows": config["ood"]["knn_bank_rows"],
         "per_source_table": per_source.format_within(record.within),
@@ -374,9 +400,6 @@ def card_values(record: TrainingRecord, config: dict[str, Any], summary: dict[st
         "cv_table": cv.format_summary(summary, record.chosen.crossfitted.confusion(record.y, len(labels)), labels,
                                       args.folds, args.repeats),
         "targets_table": targets_table(summary),
-        "rule_cost": ", ".join(f"{title} {cv.format_interval(record.without_rule, name)}" for name, title in
-                               (("macro_f1", "macro-F1"), ("recall_Malignant", "Malignant recall"),
-                                ("recall_Normal", "Normal recall"), ("recall_Benign", "Benign recall"))),
         "selection_table": selection.format_table(record.results, record.chosen, labels, record.malignant),
         "faithfulness_table": faithfulness.format_table(record.faithfulness),
         "cam_choice": record.faithfulness["chosen"], "guard_table": guard.format_table(record.shifts),

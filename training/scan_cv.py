@@ -9,7 +9,7 @@ held-out scans are labelled by :meth:`ScanRule.label`, the confident-malignant
 guarantee included. The rule with the best mean macro-F1 among those that never call
 a malignant scan Normal is shipped, refitted on all scans of all repeats.
 
-Slices flagged out of distribution (by the guard, or a DICOM slice by the DICOM rule) are
+Slices flagged by the guard or not recognised as their source are
 left out of their scan's pooling, as the library does; a scan with more than half its
 slices flagged gets no verdict and is counted in the scan flag rate instead.
 """
@@ -41,20 +41,18 @@ def scan_rows(training: TrainingSet) -> np.ndarray:
     return np.flatnonzero(scan_like[training.source] & training.answered_rendering())
 
 
-def restrict(training: TrainingSet, crossfitted: cv.CrossFitted, folds: list[cv.Fold],
-             rows: np.ndarray) -> tuple[cv.CrossFitted, list[cv.Fold]]:
-    """The cross-fitted outputs and folds of these rows only, with the DICOM rule added to the flags."""
-    from training.per_source import product_flags
-
-    dicom_labels = training.dicom_labels()
-    flagged = np.stack([product_flags(training, rows, crossfitted.predicted[r, rows], crossfitted.flagged[r, rows],
-                                      dicom_labels) for r in range(crossfitted.predicted.shape[0])])
-    position = np.full(len(training.y), -1)
+def restrict(crossfitted: cv.CrossFitted, folds: list[cv.Fold], rows: np.ndarray,
+             unrecognised: np.ndarray) -> tuple[cv.CrossFitted, list[cv.Fold]]:
+    """The cross-fitted outputs and folds of these rows only, flagged by the guard and recognition. Whether a
+    source's cancers were validated is left out: it gates the product's answers, not which pooling rule reads
+    slice probabilities best (and a source without cancer, COVID-CT-MD, would leave no scan to compare)."""
+    flagged = crossfitted.flagged[:, rows] | unrecognised[:, rows]
+    position = np.full(crossfitted.flagged.shape[1], -1)
     position[rows] = np.arange(len(rows))
     subset_folds = [cv.Fold(fold.repeat, position[np.intersect1d(fold.train, rows)],
                             position[np.intersect1d(fold.test, rows)]) for fold in folds]
     return (cv.CrossFitted(crossfitted.probabilities[:, rows], crossfitted.predicted[:, rows], flagged,
-                           crossfitted.reports), subset_folds)
+                           crossfitted.ruled_out[:, rows] & ~flagged, crossfitted.reports), subset_folds)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 The candidates differ in what the issue tracker and the dataset notes suggest could matter
 (regularisation, how rows of several sources are weighted); each is scored through the whole
-cross-fitted pipeline (calibration, Malignant-first decision rule, OOD thresholds), and the
+cross-fitted pipeline (calibration, each source's operating point, OOD thresholds), and the
 best mean over sources of balanced accuracy (pooled out of fold) wins: pooled macro-F1 would
 let the source with most rows (ten renderings per DICOM slice) choose. The comparison table
 goes into the model card.
@@ -47,7 +47,7 @@ def ood_scores_per_fold(features: np.ndarray, folds: list[cv.Fold]) -> list[np.n
 
 def evaluate_candidate(settings: fit.HeadSettings, features: np.ndarray, y: np.ndarray, sources: np.ndarray,
                        labels: list[str], folds: list[cv.Fold], ood_scores: list[np.ndarray], malignant: int,
-                       min_malignant_recall: float) -> Result:
+                       rule_out_recall: float) -> Result:
     """Out-of-fold logits of heads with these settings, then the cross-fitted pipeline's metrics."""
     scores_of = {id(fold): scores for fold, scores in zip(folds, ood_scores)}
     fit_seconds: list[float] = []
@@ -60,7 +60,7 @@ def evaluate_candidate(settings: fit.HeadSettings, features: np.ndarray, y: np.n
 
     oof = cv.out_of_fold(len(y), len(labels), folds, fit_and_score)
     seconds = float(np.mean(fit_seconds))
-    crossfitted = cv.cross_fit(oof, y, labels, malignant, min_malignant_recall, sources)
+    crossfitted = cv.cross_fit(oof, y, labels, malignant, rule_out_recall, sources)
     truth = np.broadcast_to(y, crossfitted.predicted.shape)
     in_source = np.broadcast_to(sources, crossfitted.predicted.shape)
     score = float(np.mean([balanced_accuracy_per_row(truth[in_source == s],
@@ -70,13 +70,13 @@ def evaluate_candidate(settings: fit.HeadSettings, features: np.ndarray, y: np.n
 
 
 def compare(features: np.ndarray, y: np.ndarray, sources: np.ndarray, labels: list[str], folds: list[cv.Fold],
-            malignant: int, min_malignant_recall: float,
+            malignant: int, rule_out_recall: float,
             candidates: tuple[fit.HeadSettings, ...] = CANDIDATES) -> list[Result]:
     ood_scores = ood_scores_per_fold(features, folds)
     results = []
     for settings in candidates:
         result = evaluate_candidate(settings, features, y, sources, labels, folds, ood_scores, malignant,
-                                    min_malignant_recall)
+                                    rule_out_recall)
         print(f"   {settings.describe()}: mean balanced accuracy over sources {result.source_score:.3f}, "
               f"macro-F1 {cv.format_interval(result.summary, 'macro_f1')}, "
               f"Malignant recall {cv.format_interval(result.summary, f'recall_{labels[malignant]}')}")
@@ -85,7 +85,7 @@ def compare(features: np.ndarray, y: np.ndarray, sources: np.ndarray, labels: li
 
 
 def best(results: list[Result]) -> Result:
-    """Highest mean balanced accuracy over sources (the decision rule already holds Malignant recall)."""
+    """Highest mean balanced accuracy over sources (the screening answer holds Malignant recall)."""
     return max(results, key=lambda result: result.source_score)
 
 

@@ -1,6 +1,6 @@
 """Training sources as data: a name, a folder, a label map, a grouping rule, and how slices are rendered.
 
-    --source 'NAME=FOLDER[;labels=PATTERN:CLASS,...][;grouping=RULE][;findings=PATTERN:TEXT,...][;licence=TEXT]'
+    --source 'NAME=FOLDER[;title=TEXT][;labels=PATTERN:CLASS,...][;grouping=RULE][;findings=PATTERN:TEXT,...][;licence=TEXT]'
 
 A class folder's name is matched against the label map's shell patterns in order (case
 insensitive; first match wins); without a map, folder names are read as IQ-OTH/NCCD's
@@ -59,6 +59,11 @@ class Source:
     grouping: str = "pseudo-patients"
     findings: tuple[tuple[str, str], ...] = ()  # (folder-name pattern, what the folder truly shows)
     licence: str = ""
+    title: str = ""  # for people ("Chest CT-Scan"): answers name the source whose validation applies
+
+    @property
+    def shown_title(self) -> str:
+        return self.title or self.name
 
     def label_of(self, folder_name: str) -> str:
         """The class of a class folder: the first matching pattern, else IQ-OTH/NCCD's folder names."""
@@ -78,7 +83,7 @@ class Source:
         return None
 
     def describe(self) -> dict[str, Any]:
-        return {"folder": str(self.folder), "labels": dict(self.labels) or "IQ-OTH/NCCD folder names",
+        return {"title": self.shown_title, "folder": str(self.folder), "labels": dict(self.labels) or "IQ-OTH/NCCD folder names",
                 "grouping": self.grouping, "grouping_rule": GROUPINGS[self.grouping],
                 "findings": dict(self.findings), "licence": self.licence}
 
@@ -95,9 +100,9 @@ def parse_source(text: str) -> Source:
     for option in options:
         key, equals, value = option.partition("=")
         key = key.strip()
-        if not equals or key not in ("labels", "grouping", "findings", "licence"):
+        if not equals or key not in ("title", "labels", "grouping", "findings", "licence"):
             raise SourceError(f"--source {text!r}: unknown option {option!r} "
-                              "(labels=, grouping=, findings=, licence=)")
+                              "(title=, labels=, grouping=, findings=, licence=)")
         if key in fields:
             raise SourceError(f"--source {text!r}: {key}= given twice")
         fields[key] = value.strip()
@@ -105,7 +110,7 @@ def parse_source(text: str) -> Source:
     if grouping not in GROUPINGS:
         raise SourceError(f"--source {text!r}: unknown grouping {grouping!r} (one of {', '.join(GROUPINGS)})")
     return Source(name.strip(), Path(folder.strip()).expanduser(), _pairs(fields.get("labels", ""), text),
-                  grouping, _pairs(fields.get("findings", ""), text), fields.get("licence", ""))
+                  grouping, _pairs(fields.get("findings", ""), text), fields.get("licence", ""), fields.get("title", ""))
 
 
 def _pairs(value: str, text: str) -> tuple[tuple[str, str], ...]:

@@ -1,4 +1,5 @@
-"""`python -m lung_classifier predict IMAGE... [--json]`: each slice's label (or why none) from the command line.
+"""`python -m lung_classifier predict IMAGE... [--json]`: each slice's label and screening answer (or why there is
+no diagnosis), with the page's one-line reason, from the command line.
 
 Exit codes: 0 every file answered (a flagged slice is an answer), 1 some file could not be
 read (the others are still answered), 2 the model cannot be loaded (lung_classifier.cli).
@@ -13,7 +14,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..decoding.limits import ImageError
-from ..verdict import labels_meaning, shown_label
+from ..verdict import labels_meaning, reason_line, shown_label
 from .arguments import slice_file
 
 if TYPE_CHECKING:
@@ -39,10 +40,12 @@ def run_predict(classifier: LungClassifier, args: argparse.Namespace) -> int:
         if args.json:  # a flagged input: label None beside the flag, probabilities kept for scripts
             print(json.dumps({"image": path, **result.as_dict()}))
         elif result.out_of_distribution:  # for a person: the reason, and no class probability
-            print(f"{path}: {result.verdict}: {result.ood_reason}")
+            print(f"{path}: {result.verdict}; {result.screening}")
+            print(f"  {reason_line(result, meanings)}")
         else:
             scores = "  ".join(f"{label} {p:.3f}" for label, p in result.probabilities.items())
-            print(f"{path}: {shown_label(result.label, meanings)}  ({scores})")
+            print(f"{path}: {shown_label(result.label, meanings)}; {result.screening}  ({scores})")
+            print(f"  {reason_line(result, meanings)}")
     return 1 if failures else 0
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from ..decoding.limits import ImageError
 from .arguments import whole_number, writable_file
 from ..package.format import PackageError
-from ..verdict import labels_meaning, shown_label
+from ..verdict import SCREENING_MEANING, labels_meaning, shown_label
 from ..scan.aggregation import NORMAL
 from ..scan.analysis import ScanResult, slice_row
 
@@ -73,9 +73,12 @@ def print_summary(result: ScanResult, out: TextIO, meanings: dict[str, str] | No
     print(f"slices: {len(result.slices)}", file=out)
     verdict = result.verdict if result.out_of_distribution else shown_label(str(result.label), meanings)
     print(f"verdict: {verdict}", file=out)
+    print(f"screening: {result.screening}", file=out)
+    print(f"flagged: {result.flagged_summary()}", file=out)
+    print(SCREENING_MEANING, file=out)
     if result.out_of_distribution:
-        print(f"flagged: {result.ood_reason}", file=out)
-        print("top slices (least like the training slices):", file=out)
+        print(f"no diagnosis: {result.ood_reason}", file=out)
+        print("top slices (the ones to look at):", file=out)
     else:
         print("probabilities: " + "  ".join(f"{k} {p:.3f}" for k, p in result.probabilities.items()), file=out)
         why = "closest to changing the verdict" if result.label == NORMAL else "drove the verdict"
@@ -85,9 +88,10 @@ def print_summary(result: ScanResult, out: TextIO, meanings: dict[str, str] | No
         analysis = scan_slice.analysis
         where = f" at {scan_slice.position:.1f} mm" if scan_slice.position is not None else ""
         if analysis.out_of_distribution:
-            said = f"{analysis.verdict} (OOD score {analysis.ood_score:.2f})"
+            said = f"{analysis.verdict}: {analysis.ood_reason}"
         else:
-            said = f"{analysis.verdict}  (" + "  ".join(f"{k} {p:.3f}" for k, p in analysis.probabilities.items()) + ")"
+            said = (f"{analysis.verdict}; {analysis.screening}  ("
+                    + "  ".join(f"{k} {p:.3f}" for k, p in analysis.probabilities.items()) + ")")
         print(f"  slice {scan_slice.number} ({scan_slice.name}){where}: {said}", file=out)
     for note in result.notes:
         print(f"note: {note}", file=out)
@@ -99,12 +103,13 @@ def write_csv(result: ScanResult, path: str, labels: tuple[str, ...]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as stream:
         writer = csv.writer(stream)
         writer.writerow(["number", "index", "name", "position", "label", *(f"p_{label}" for label in labels),
-                         "out_of_distribution"])
+                         "out_of_distribution", "malignancy_ruled_out", "reason"])
         for scan_slice in result.slices:
             row = slice_row(scan_slice)
             position = "" if row["position"] is None else f"{row['position']:.3f}"
-            writer.writerow([row["number"], row["index"], row["name"], position, row["label"] or "", *(f"{row['probabilities'][label]:.6f}" for label in labels),
-                             row["out_of_distribution"]])
+            writer.writerow([row["number"], row["index"], row["name"], position, row["label"] or "",
+                             *(f"{row['probabilities'][label]:.6f}" for label in labels),
+                             row["out_of_distribution"], row["malignancy_ruled_out"], row["ood_reason"] or ""])
 
 
 class _ProgressBar:

@@ -20,8 +20,7 @@ TRAINING_RANGE: dict[str, Any] = {
     "dicom_window": {"centre": DICOM_WINDOW[0], "width": DICOM_WINDOW[1]},
 }
 """The IQ-OTH/NCCD export range every training rendering lies in, and the window DICOM input is rendered at.
-Training adds, per source, how its slices were rendered and what the evidence validated
-(``dicom_validated_labels``: the labels a DICOM slice may be answered with)."""
+Training adds, per source, how its slices were rendered."""
 
 
 def dicom_window(config: dict[str, Any]) -> tuple[float, float]:
@@ -29,8 +28,3 @@ def dicom_window(config: dict[str, Any]) -> tuple[float, float]:
     window = config["rendering"]["dicom_window"]
     return float(window["centre"]), float(window["width"])
 
-
-def dicom_validated_labels(config: dict[str, Any]) -> tuple[str, ...]:
-    """The labels the evidence validated on DICOM at the package window; none for a package without DICOM sources
-    (or from before sources were recorded), so every DICOM slice is flagged there."""
-    return tuple(config["rendering"].get("dicom_validated_labels", ()))

@@ -6,7 +6,8 @@ probabilities into one evidence value per class; a scan-level temperature and bi
 (fitted on out-of-fold scans) turn the evidence into probabilities, and the same
 Malignant-first decision rule as for slices picks the label. A scan with any
 confidently malignant slice is never called Normal, whatever the pooled evidence says: it is
-called Malignant.
+called Malignant. On top of the pooled rule, :func:`scan_answer` keeps a scan from being more
+reassuring than its slices (a withheld or unsure slice blocks Normal).
 
 Rules (``pool``):
 - ``max``: the most suspicious slice decides each abnormal class;
@@ -147,26 +148,47 @@ def _floats(values: np.ndarray | None, n: int) -> list[float]:
     return [0.0] * n if values is None else [float(v) for v in values]
 
 
-def withheld_reason(rule: ScanRule, label: int, probabilities: np.ndarray, flags: np.ndarray, dicom: bool,
-                    dicom_labels: tuple[str, ...]) -> str | None:
-    """Why a scan verdict reached from its in-distribution slices must not be given, or None.
+@dataclass(frozen=True)
+class ScanAnswer:
+    """A scan's answer from its slices' answers: never more reassuring than they are."""
 
-    - A scan is never called Normal while a slice, flagged or not, has P(Malignant) at or above
-      the rule's confident_malignant (an in-distribution one already turns the verdict Malignant,
-      ScanRule.label; a flagged one cannot vouch for Malignant either): no diagnosis then.
-    - A DICOM scan is answered only with a label the evidence validated on DICOM.
-    ``probabilities`` (n, C) and ``flags`` (n,) are every slice's, flagged ones included.
+    label: int | None  # None: no diagnosis
+    decision: ScanDecision | None  # the pooled rule's, over the answered slices (None when most are withheld)
+    malignancy_ruled_out: bool
+    withheld: int  # slices given no diagnosis
+    not_ruled_out: int  # answered slices whose P(Malignant) is at or above their source's rule-out threshold
+    reason: str | None  # why the scan gets no diagnosis: "most slices withheld" or "slices block Normal"
+
+
+MOST_WITHHELD = "most slices withheld"
+BLOCKS_NORMAL = "slices block Normal"
+
+
+def scan_answer(rule: ScanRule, probabilities: np.ndarray, withheld: np.ndarray,
+                ruled_out: np.ndarray) -> ScanAnswer:
+    """The scan rule over the slices' answers, monotone in the slices.
+
+    - More than ``max_flagged_fraction`` of the slices withheld: no diagnosis.
+    - A slice withheld (for any reason: each could hide a cancer) or answered without ruling malignancy out
+      blocks a Normal verdict: the pooled rule's label stands if it is not Normal, else no diagnosis.
+    - Every slice answered and ruling malignancy out: the pooled rule's label among the classes other than
+      Malignant (Normal or Benign), and malignancy is ruled out for the scan.
+    So a Normal scan has every slice answered and ruled out, which every subset of it has too: adding
+    slices never turns no diagnosis or a cancer answer into Normal. ``probabilities`` (n, C), ``withheld``
+    and ``ruled_out`` (n,) are every slice's, withheld ones included.
     """
-    from ..verdict import CANCER_ON_DICOM, UNVALIDATED_DICOM
-
-    malignant = rule.labels.index(MALIGNANT)
-    if rule.labels[label] == NORMAL and len(probabilities):
-        top = int(np.argmax(probabilities[:, malignant]))
-        if probabilities[top, malignant] >= rule.confident_malignant:
-            return (f"a slice has P(Malignant) {probabilities[top, malignant]:.2f}, at or above "
-                    f"{rule.confident_malignant:.2f}, but is {'flagged' if flags[top] else 'not trusted'}: a scan with "
-                    "such a slice is never called Normal; no diagnosis, have it read by a specialist")
-    if dicom and rule.labels[label] not in dicom_labels:
-        return CANCER_ON_DICOM if dicom_labels else UNVALIDATED_DICOM
-    return None
-
+    withheld, ruled_out = np.asarray(withheld, bool), np.asarray(ruled_out, bool)
+    counts = dict(withheld=int(withheld.sum()), not_ruled_out=int((~withheld & ~ruled_out).sum()))
+    if rule.flagged(withheld):
+        return ScanAnswer(None, None, False, reason=MOST_WITHHELD, **counts)
+    decision = rule.decide(np.asarray(probabilities, np.float64)[~withheld])
+    normal, malignant = rule.labels.index(NORMAL), rule.labels.index(MALIGNANT)
+    if counts["withheld"] or counts["not_ruled_out"]:
+        if decision.label == normal:
+            return ScanAnswer(None, decision, False, reason=BLOCKS_NORMAL, **counts)
+        return ScanAnswer(decision.label, decision, False, reason=None, **counts)
+    label = decision.label
+    if label == malignant:  # every slice ruled malignancy out: the scan cannot argue for it
+        others = [c for c in range(len(rule.labels)) if c != malignant]
+        label = others[int(np.argmax(decision.probabilities[others]))]
+    return ScanAnswer(label, decision, True, reason=None, **counts)

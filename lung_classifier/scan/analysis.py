@@ -3,8 +3,10 @@
 The slices are decoded and analysed a batch at a time and only their results are kept
 (no pixels), so a 1000-slice scan needs the memory of one batch plus 1000 small
 results. The scan verdict comes from the package's whole-scan rule
-(:mod:`.aggregation`, ``config["scan"]``), applied to the
-in-distribution slices only; a scan with most slices flagged gets no verdict.
+(:mod:`.aggregation`, ``config["scan"]``), applied to the answered slices, and is never more
+reassuring than the slices: a slice given no diagnosis, or one that does not rule malignancy
+out, keeps the scan from being called Normal (aggregation.scan_answer); a scan with most slices
+flagged gets no verdict. Every result says how many slices were flagged, and why.
 
 A slice that cannot be decoded (damaged, an encoding not accepted) is skipped with a
 note naming it, rather than failing the scan: one bad file among 300 should not hide
@@ -24,8 +26,8 @@ from ..decoding.images import ImageInput, Slice
 from ..decoding.series import ScanError, ScanSource, Series, SliceEntry, open_series
 from ..batch import analyze_many
 from ..package.format import PackageError
-from ..verdict import OOD_NOTICE, Analysis
-from .aggregation import MALIGNANT, ScanRule, withheld_reason
+from ..verdict import OOD_NOTICE, Analysis, screening_answer
+from .aggregation import MALIGNANT, MOST_WITHHELD, ScanRule, scan_answer
 
 class SliceClassifier(Protocol):
     """What a scan needs of a classifier (LungClassifier is one): its package, and slices read and analysed."""
@@ -33,7 +35,6 @@ class SliceClassifier(Protocol):
     labels: tuple[str, ...]
     config: dict[str, Any]
     source_name: str
-    dicom_labels: tuple[str, ...]
 
     def read(self, image: ImageInput) -> Slice: ...
 
@@ -82,16 +83,44 @@ class ScanResult:
     heatmaps: dict[int, np.ndarray] = field(default_factory=dict)
     images: dict[int, np.ndarray] = field(default_factory=dict)  # the top slices' decoded RGB (explain=True)
     notes: list[str] = field(default_factory=list)  # what was skipped or refused, and why
+    malignancy_ruled_out: bool = False  # only when every slice was answered and ruled malignancy out
 
     @property
     def verdict(self) -> str:
         """What to show a person: the scan label, or OOD_NOTICE when the scan is out of distribution."""
         return OOD_NOTICE if self.out_of_distribution else str(self.label)
 
+    @property
+    def screening(self) -> str:
+        return screening_answer(self.malignancy_ruled_out)
+
+    @property
+    def withheld_reasons(self) -> dict[str, int]:
+        """Why slices were given no diagnosis: each reason and how many slices it holds back, most first."""
+        reasons = Counter(s.analysis.ood_reason for s in self.slices if s.analysis.out_of_distribution)
+        return dict(reasons.most_common())
+
+    @property
+    def not_ruled_out(self) -> int:
+        """Answered slices whose P(Malignant) is at or above their source's rule-out threshold."""
+        return sum(1 for s in self.slices if not s.analysis.out_of_distribution and not s.analysis.malignancy_ruled_out)
+
+    def flagged_summary(self) -> str:
+        """How many slices were flagged and why, in one line every surface shows."""
+        withheld = sum(self.withheld_reasons.values())
+        text = f"{withheld} of {len(self.slices)} slices flagged (no diagnosis)"
+        if withheld:
+            text += ": " + "; ".join(f"{count} {reason}" for reason, count in self.withheld_reasons.items())
+        return text + f"; {self.not_ruled_out} answered slices do not rule malignancy out"
+
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: the verdict, scan probabilities, top slices, a row per slice, notes (no heatmaps)."""
-        return {"verdict": self.verdict, "label": self.label, "probabilities": self.probabilities,
-                "out_of_distribution": self.out_of_distribution, "ood_reason": self.ood_reason, "top": self.top,
+        """JSON-ready: the verdict, screening answer, scan probabilities, flagged slices and why, top slices, a row
+        per slice, notes (no heatmaps)."""
+        return {"verdict": self.verdict, "label": self.label, "malignancy_ruled_out": self.malignancy_ruled_out,
+                "screening": self.screening, "probabilities": self.probabilities,
+                "out_of_distribution": self.out_of_distribution, "ood_reason": self.ood_reason,
+                "flagged_slices": sum(self.withheld_reasons.values()), "flagged_reasons": self.withheld_reasons,
+                "slices_not_ruling_out": self.not_ruled_out, "top": self.top,
                 "top_numbers": [self.slices[i].number for i in self.top],
                 "slices": [slice_row(scan_slice) for scan_slice in self.slices], "notes": self.notes}
 
@@ -102,7 +131,8 @@ def slice_row(scan_slice: ScanSlice) -> dict[str, Any]:
     analysis = scan_slice.analysis
     return {"index": scan_slice.index, "number": scan_slice.number, "name": scan_slice.name,
             "position": scan_slice.position, "label": None if analysis.out_of_distribution else analysis.label,
-            "probabilities": analysis.probabilities, "out_of_distribution": analysis.out_of_distribution}
+            "malignancy_ruled_out": analysis.malignancy_ruled_out, "probabilities": analysis.probabilities,
+            "out_of_distribution": analysis.out_of_distribution, "ood_reason": analysis.ood_reason}
 
 
 def scan_rule(classifier: SliceClassifier) -> ScanRule:
@@ -125,9 +155,9 @@ def analyze_scan(classifier: SliceClassifier, source: ScanSource, *, top_k: int 
         if not slices:
             raise ScanError("no slice of the upload could be decoded (" + "; ".join(notes) + "): upload the "
                             "DICOM files of one series, or the slice images")
-        label, probabilities, flagged, reason, top = _decide(classifier, rule, slices, top_k, series.dicom)
+        label, probabilities, flagged, reason, top, ruled_out = _decide(classifier, rule, slices, top_k)
         heatmaps, images = _explain(classifier, series, [entries[index] for index in top], top) if explain else ({}, {})
-    return ScanResult(slices, label, probabilities, flagged, reason, top, heatmaps, images, notes)
+    return ScanResult(slices, label, probabilities, flagged, reason, top, heatmaps, images, notes, ruled_out)
 
 
 def _analyze_slices(classifier: SliceClassifier, series: Series, batch_size: int,
@@ -148,28 +178,31 @@ def _analyze_slices(classifier: SliceClassifier, series: Series, batch_size: int
     return slices, entries, series.notes.render()
 
 
-def _decide(classifier: SliceClassifier, rule: ScanRule, slices: list[ScanSlice], top_k: int,
-            dicom: bool) -> tuple[str | None, dict[str, float] | None, bool, str | None, list[int]]:
-    flags = np.array([scan_slice.analysis.out_of_distribution for scan_slice in slices])
-    k = min(top_k, len(slices))
-    if rule.flagged(flags):
-        reasons = Counter(scan_slice.analysis.ood_reason for scan_slice in slices if scan_slice.analysis.ood_reason)
-        reason = (f"{int(flags.sum())} of {len(slices)} slices are unlike the training slices (more than "
-                  f"{rule.max_flagged_fraction:.0%}); most often: {reasons.most_common(1)[0][0]}")
-        scores = np.array([scan_slice.analysis.ood_score for scan_slice in slices])
-        return None, None, True, reason, [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
-    kept = np.flatnonzero(~flags)
+def _decide(classifier: SliceClassifier, rule: ScanRule, slices: list[ScanSlice], top_k: int
+            ) -> tuple[str | None, dict[str, float] | None, bool, str | None, list[int], bool]:
+    """(label, probabilities, no diagnosis, why, top slices, malignancy ruled out) by aggregation.scan_answer."""
+    withheld = np.array([scan_slice.analysis.out_of_distribution for scan_slice in slices])
+    ruled_out = np.array([scan_slice.analysis.malignancy_ruled_out for scan_slice in slices])
     every = np.array([[s.analysis.probabilities[label] for label in classifier.labels] for s in slices])
-    probabilities = every[kept]
-    decision = rule.decide(probabilities)
-    reason = withheld_reason(rule, decision.label, every, flags, dicom, classifier.dicom_labels)
-    if reason is not None:  # the most malignant slices are what a person should look at
+    found = scan_answer(rule, every, withheld, ruled_out)
+    k = min(top_k, len(slices))
+    if found.label is None:
+        result = ScanResult(slices, None, None, True, None, [])
+        if found.reason == MOST_WITHHELD:
+            reason = (f"{found.withheld} of {len(slices)} slices were given no diagnosis (more than "
+                      f"{rule.max_flagged_fraction:.0%}); most often: {next(iter(result.withheld_reasons))}")
+            scores = np.array([scan_slice.analysis.ood_score for scan_slice in slices])
+            return None, None, True, reason, [int(i) for i in np.argsort(-scores, kind="stable")[:k]], False
+        reason = (f"its answered slices alone would say Normal, but {found.withheld} of {len(slices)} slices were "
+                  f"given no diagnosis and {found.not_ruled_out} do not rule malignancy out: a scan is never more "
+                  "reassuring than its slices; have it read by a specialist")
         order = np.argsort(-every[:, classifier.labels.index(MALIGNANT)], kind="stable")[:k]
-        return None, None, True, reason, [int(i) for i in order]
-    order = np.argsort(-decision.contributions, kind="stable")[:min(k, len(kept))]
-    return (classifier.labels[decision.label],
-            {label: float(p) for label, p in zip(classifier.labels, decision.probabilities)},
-            False, None, [int(kept[i]) for i in order])
+        return None, None, True, reason, [int(i) for i in order], False
+    kept = np.flatnonzero(~withheld)
+    order = np.argsort(-found.decision.contributions, kind="stable")[:min(k, len(kept))]
+    return (classifier.labels[found.label],
+            {label: float(p) for label, p in zip(classifier.labels, found.decision.probabilities)},
+            False, None, [int(kept[i]) for i in order], found.malignancy_ruled_out)
 
 
 def _explain(classifier: SliceClassifier, series: Series, entries: list[SliceEntry],
