@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import REPO, require, synthetic_slice
+from conftest import REPO, WAIT_S, require, synthetic_slice
 from testkit.app_server import AppServer, start_app
 
 pytestmark = pytest.mark.browser
@@ -26,7 +26,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-quic", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = REPO / "test-artifacts"
 README_SCREENSHOT = REPO / "docs" / "screenshot.png"
-TIMEOUT_MS = 30_000
+TIMEOUT_MS = int(WAIT_S * 1000)
 
 
 # Before the session fixtures build anything; CI installs chromium (see .ci/run).
@@ -217,7 +217,7 @@ def test_whole_scan_tab_shows_the_verdict_the_curve_and_the_top_slices(page, ser
     numbers = [int(n) for n in re.findall(r"Slice (\d+):", captions)]
     assert numbers == [expected.slices[i].number for i in expected.top]
     page.context.close()  # the page's session ends: its uploads go
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + WAIT_S
     while any(server.upload_root.rglob("case (*).png")) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(list(server.upload_root.rglob(path.name)) for path in paths), "an upload outlived its page"
