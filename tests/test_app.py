@@ -163,6 +163,9 @@ def test_view_api_lists_the_endpoints_predict_first_with_named_outputs_and_a_rea
     assert returns[0].startswith("Prediction (") and returns[1:] == ["why", "Slice and Grad-CAM heatmap", "note",
                                                                      "details"]
     assert "examples/normal-case-320.jpg" in json.dumps(endpoints["/predict"]["parameters"][0]["example_input"])
+    # A scan is the caller's own: a named placeholder, not one example JPEG sent as a "scan".
+    assert "path/to/your-scan.zip" in json.dumps(endpoints["/scan"]["parameters"][0]["example_input"])
+    assert "examples/" not in json.dumps(endpoints["/scan"]["parameters"][0]["example_input"])
 
 
 def test_model_card_tab_carries_its_plots_inline(server, tiny_package):
@@ -352,6 +355,7 @@ def test_page_offers_one_example_per_class_with_the_dataset_attribution(server):
     assert {name.split("-")[0] for name in shipped} == {"normal", "benign", "malignant"}
     for phrase in ("IQ-OTH/NCCD", "Alyasriy", "AL-Huseiny", "10.17632/bhmdr45bh2", "CC BY 4.0"):
         assert phrase in config, phrase
+    assert "These examples are **training slices**" in config  # 99% on them says nothing about new scans
 
 
 def test_page_and_answers_show_no_server_path(client, server, tiny_package, files):
