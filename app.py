@@ -18,7 +18,7 @@ import gradio as gr  # noqa: E402
 
 from demo import scan_view, texts
 from demo.handlers import MAX_BATCH_FILES, Handlers
-from demo.components import DecisionLabel, SliceFile, SliceFiles
+from demo.components import DecisionLabel, ScanFiles, SliceFile, SliceFiles
 from demo.startup import example_files, lean_tensorflow_import, warm_up
 from demo.uploads import UPLOAD_LIFETIME, keep_examples
 from lung_classifier import LungClassifier
@@ -46,6 +46,8 @@ def build_demo(classifier: LungClassifier, examples: list[str] | None = None, ba
                         thumbnails = gr.Gallery([(path, Path(path).stem.replace("-", " ")) for path in kept],
                                                 label="No slice at hand? Try an example", columns=3, height=160,
                                                 allow_preview=False, object_fit="contain", elem_id="examples")
+                        if all(Path(path).resolve().parent == EXAMPLES.resolve() for path in examples or []):
+                            gr.Markdown(texts.EXAMPLES_SEEN_IN_TRAINING, elem_id="examples-seen-in-training")
                         gr.Markdown(texts.ATTRIBUTION)
                     preview = gr.Image(label="The slice as the model sees it", type="filepath", interactive=False,
                                        elem_id="preview", height=380, alt_text=texts.PREVIEW_ALT)
@@ -71,7 +73,7 @@ def build_demo(classifier: LungClassifier, examples: list[str] | None = None, ba
                                             height=220)
                     run_scan = gr.Button("Classify the scan", variant="primary", interactive=False)
                     with gr.Group():
-                        scan_label = DecisionLabel(num_top_classes=3, label="scan verdict")
+                        scan_label = DecisionLabel(num_top_classes=3, label="scan verdict", elem_id="scan-label")
                         scan_why = gr.Markdown(label="why", elem_id="scan-why", padding=True)
                     scan_note = gr.Markdown(label="scan note", elem_id="scan-note")
                 with gr.Column():
@@ -83,7 +85,7 @@ def build_demo(classifier: LungClassifier, examples: list[str] | None = None, ba
             with gr.Accordion("Every slice", open=False):
                 scan_table = gr.Dataframe(headers=scan_view.headers(classifier.labels), interactive=False)
             with gr.Row(visible=False):  # /scan: the verdict and the data, no pictures
-                api_scan_files = SliceFiles(label="scan files", file_count="multiple", type="filepath")
+                api_scan_files = ScanFiles(label="scan files", file_count="multiple", type="filepath")
                 api_scan_outputs = [DecisionLabel(label="scan verdict"), gr.JSON(label="scan")]
                 api_scan = gr.Button()
         with gr.Tab("Model card"):
@@ -96,14 +98,18 @@ def build_demo(classifier: LungClassifier, examples: list[str] | None = None, ba
             thumbnails.select(handlers.pick_example, None, upload, api_visibility="private")
         for files, button in ((upload, run), (uploads, run_many), (scan_files, run_scan)):
             files.change(handlers.ready, files, button, api_visibility="private", queue=False)
-        upload.change(handlers.show, upload, [preview, label, why, heatmap, note, details], api_visibility="private",
-                      concurrency_limit=2, **page)
+        # Earlier results go first, outside the queue: a refused file (show raises) leaves no stale slice behind.
+        slice_outputs = [preview, label, why, heatmap, note, details]
+        upload.change(handlers.slice_cleared, None, slice_outputs, api_visibility="private", queue=False).then(
+            handlers.show, upload, slice_outputs, api_visibility="private", concurrency_limit=2, **page)
         run.click(handlers.analyze, upload, [label, why, heatmap, note, details], api_name="analyze",
                   concurrency_limit=2, **page)
         run_many.click(handlers.batch, uploads, table, api_name="batch", concurrency_limit=2, **page)
         scan_outputs = [scan_label, scan_why, scan_note, scan_plot, scan_top, scan_table]
         run_scan.click(handlers.scan_page, scan_files, scan_outputs, api_visibility="private", concurrency_id="scan",
                        concurrency_limit=1, **page)
+        # Other files (or none): the old verdict goes at once (outside the queue, so no scan waits behind it).
+        scan_files.change(handlers.scan_cleared, None, scan_outputs, api_visibility="private", queue=False)
         api_scan.click(handlers.scan_api, api_scan_files, api_scan_outputs, api_name="scan", concurrency_id="scan",
                        concurrency_limit=1)
     return demo.queue(max_size=256)

@@ -1,5 +1,5 @@
 """The page's API-facing components: a label that shows the decision, and file inputs whose API panel
-shows a real slice and that take one file where a list is expected.
+shows a real slice (a placeholder for a scan) and that take one file where a list is expected.
 
 None defines its own __init__: Gradio builds a component's page props and API info from the
 __init__ signature, so a `label` swallowed by **kwargs would vanish from both.
@@ -71,3 +71,10 @@ class SliceFiles(SliceFile):
     @data_model.setter
     def data_model(self, _: type) -> None:  # gr.File.__init__ assigns ListFiles
         pass
+
+
+class ScanFiles(SliceFiles):
+    """The scan input: its "Use via API" example is a named placeholder for the caller's own zip. No scan ships
+    with the repository, and one example JPEG sent as a "scan" would show a call nobody makes."""
+
+    api_example = "path/to/your-scan.zip"

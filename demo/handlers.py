@@ -70,10 +70,15 @@ class Handlers:
         return (texts.label_value(result), texts.why(result, self.classifier.config), picture, texts.note(result),
                 texts.details(result))
 
+    @staticmethod
+    def slice_cleared() -> tuple[None, None, str, None, str, None]:
+        """The One slice tab's preview and results wiped (its upload changed)."""
+        return None, None, "", None, "", None
+
     def show(self, slice_file: str | None, request: gr.Request) -> tuple[Any, None, str, None, str, None]:
         """The slice as the model will see it, as soon as it is chosen; earlier results cleared."""
         if not slice_file:
-            return None, None, "", None, "", None
+            return self.slice_cleared()
         with self.janitor.using([slice_file], request):  # holds the upload for this page's Classify clicks
             try:
                 rgb = self.classifier.read(slice_file).rgb
@@ -115,6 +120,10 @@ class Handlers:
             result, gallery = scan_view.analyze(self.classifier, paths, explain=True, progress=progress)
         return (texts.label_value(result), texts.why(result, self.classifier.config),
                 scan_view.note(result, len(gallery)), scan_view.plot(result), gallery, scan_view.table(result))
+
+    def scan_cleared(self) -> tuple[Any, ...]:
+        """The Whole scan tab's results wiped when its upload changes (cleared, or other files chosen)."""
+        return scan_view.cleared(self.classifier.labels)
 
     def scan_api(self, scan_files: list[str] | str | None, request: gr.Request) -> tuple[LabelData, dict[str, Any]]:
         """A whole CT series (one zip, or the slices' files): the scan's verdict, and every slice's result, each

@@ -88,6 +88,15 @@ def nothing_answered(result: ScanResult) -> bool:
     return all(piece.analysis.out_of_distribution for piece in result.slices)
 
 
+def cleared(labels: Sequence[str]) -> tuple[None, str, str, gr.LinePlot, list, pd.DataFrame]:
+    """The tab's outputs before any scan: no verdict, no note, an empty curve under its usual label, no slices,
+    an empty table. Shown as soon as the upload changes, so no verdict stands beside files it was not given."""
+    empty = pd.DataFrame(columns=["slice", CLASS, PROBABILITY])
+    return (None, "", "", gr.LinePlot(value=empty, x="slice", y=PROBABILITY, color=CLASS, y_lim=[0, 1],
+                                      x_axis_format="d", label=PLOT_LABEL),
+            [], pd.DataFrame(columns=headers(labels)))
+
+
 def axis(result: ScanResult) -> str:
     """The plot's x axis: the slice position along the body where every slice has one, else its number."""
     known = result.slices and all(piece.position is not None for piece in result.slices)

@@ -23,6 +23,11 @@ ATTRIBUTION = (
     "[doi:10.17632/bhmdr45bh2](https://doi.org/10.17632/bhmdr45bh2), "
     "[CC BY 4.0](https://creativecommons.org/licenses/by/4.0/)."
 )
+EXAMPLES_SEEN_IN_TRAINING = (
+    "These examples are **training slices** of the embedded default model: a confident answer on them shows "
+    "that it learned them, not how it does on a new scan. The model card has the cross-validated numbers."
+)
+"""Beside the shipped examples (examples/), which the default model was trained on."""
 WHAT_THE_MODEL_EXPECTS = (
     "an axial chest CT slice exported as an image the way the IQ-OTH/NCCD slices were: greyscale, in a "
     "soft-tissue-to-bone window (width 350-1200 HU, centre 50-600 HU), so the lungs look near black")

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-START_TIMEOUT = 120.0
+START_TIMEOUT = 300.0
+"""How long app.py may take to answer (polled): a TensorFlow import on a loaded 2-core machine takes minutes."""
 STOP_TIMEOUT = 20.0
 LAUNCH_VARIABLES = ("GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "PORT", "LUNG_SHARE", "GRADIO_MCP_SERVER",
                     "LUNG_EXAMPLES")

@@ -18,6 +18,10 @@ TINY_SIZE = 64
 
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+WAIT_S = 120.0
+"""The longest a test waits for what must happen (a page update, a queued answer, an upload's deletion),
+sized for a loaded 2-core CI machine (a browser test's 30 s wait for the details JSON ran out there).
+Every wait polls and returns as soon as it happens, so no test takes longer on a fast machine."""
 
 
 def require(condition: object, reason: str) -> None:

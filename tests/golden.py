@@ -1,9 +1,10 @@
 """The default model's answers on every development slice and example, recorded to prove a refactor changed nothing.
 
-``python tests/golden.py`` records (run it before a change that must not move any
-answer); ``tests/test_golden.py`` recomputes them with the current code and compares
-bit for bit. Files are keyed by their path relative to their root and carry their md5,
-so a changed data copy reads as such, not as a changed model.
+``python tests/golden.py`` records (run it before a change that must not move any answer,
+and after retraining); ``tests/test_golden.py`` recomputes them with the current code and
+compares decisions exactly and numbers within a measured cross-machine tolerance. Files are
+keyed by their path relative to their root and carry their md5, so a changed data copy
+reads as such, not as a changed model.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from conftest import REPO, synthetic_slice
+from conftest import REPO, WAIT_S, synthetic_slice
 from testkit.app_server import AppServer, local_url_line, start_app
 from testkit.dicom_files import ct_slice
 from testkit.hostile_corpus import encode, png_claiming_size
@@ -163,11 +163,14 @@ def test_view_api_lists_the_endpoints_predict_first_with_named_outputs_and_a_rea
     assert returns[0].startswith("Prediction (") and returns[1:] == ["why", "Slice and Grad-CAM heatmap", "note",
                                                                      "details"]
     assert "examples/normal-case-320.jpg" in json.dumps(endpoints["/predict"]["parameters"][0]["example_input"])
+    # A scan is the caller's own: a named placeholder, not one example JPEG sent as a "scan".
+    assert "path/to/your-scan.zip" in json.dumps(endpoints["/scan"]["parameters"][0]["example_input"])
+    assert "examples/" not in json.dumps(endpoints["/scan"]["parameters"][0]["example_input"])
 
 
 def test_model_card_tab_carries_its_plots_inline(server, tiny_package):
     # The card's plots/*.png links cannot be fetched by the page: the app inlines them as data URIs.
-    with urllib.request.urlopen(server.url + "/config", timeout=10) as response:
+    with urllib.request.urlopen(server.url + "/config", timeout=WAIT_S) as response:
         config = response.read().decode()
     assert "Lung CT slice classifier: tiny-test" in config
     assert "](plots/" not in config
@@ -276,7 +279,7 @@ def test_sixteen_concurrent_clients_are_all_answered_correctly(server, downloads
 
     def one_client(index: int) -> list[tuple[Path, dict]]:
         client = new_client(server, downloads)
-        barrier.wait(timeout=60)
+        barrier.wait(timeout=WAIT_S)
         return [(path, client.predict(send(path), api_name="/predict"))
                 for client_index, path, _ in jobs if client_index == index]
 
@@ -305,15 +308,15 @@ def test_a_bad_upload_does_not_fail_good_requests_batched_with_it(server, downlo
     bad.write_text("not an image " * 10)
     clients = [new_client(server, downloads) for _ in range(9)]
     first = clients[0].submit(send(blocker), api_name="/predict")
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + WAIT_S
     while first.status().code not in (Status.PROCESSING, Status.FINISHED) and time.monotonic() < deadline:
         time.sleep(0.02)
     jobs = [client.submit(send(path), api_name="/predict") for client, path in zip(clients[1:], [bad, *paths])]
-    first.result(timeout=60)
+    first.result(timeout=WAIT_S)
     with pytest.raises(AppError, match="not an image"):
-        jobs[0].result(timeout=60)
+        jobs[0].result(timeout=WAIT_S)
     for job, path in zip(jobs[1:], paths):
-        assert_same_prediction(job.result(timeout=60), library.predict(path))
+        assert_same_prediction(job.result(timeout=WAIT_S), library.predict(path))
 
 
 def test_concurrent_requests_with_the_same_file_all_succeed(server, downloads, library, files):
@@ -335,7 +338,7 @@ def test_concurrent_requests_with_the_same_file_all_succeed(server, downloads, l
 
 
 def page_config(server: AppServer) -> dict:
-    with urllib.request.urlopen(server.url + "/config", timeout=10) as response:
+    with urllib.request.urlopen(server.url + "/config", timeout=WAIT_S) as response:
         return json.loads(response.read())
 
 
@@ -352,6 +355,7 @@ def test_page_offers_one_example_per_class_with_the_dataset_attribution(server):
     assert {name.split("-")[0] for name in shipped} == {"normal", "benign", "malignant"}
     for phrase in ("IQ-OTH/NCCD", "Alyasriy", "AL-Huseiny", "10.17632/bhmdr45bh2", "CC BY 4.0"):
         assert phrase in config, phrase
+    assert "These examples are **training slices**" in config  # 99% on them says nothing about new scans
 
 
 def test_page_and_answers_show_no_server_path(client, server, tiny_package, files):
@@ -438,16 +442,16 @@ def call_naming_a_server_path(server: AppServer, endpoint: str, path: str) -> tu
     body = json.dumps({"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}]}).encode()
     request = urllib.request.Request(f"{server.url}/gradio_api/call/{endpoint}", data=body,
                                      headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
+    with urllib.request.urlopen(request, timeout=WAIT_S) as response:
         event_id = json.loads(response.read())["event_id"]
-    with urllib.request.urlopen(f"{server.url}/gradio_api/call/{endpoint}/{event_id}", timeout=60) as response:
+    with urllib.request.urlopen(f"{server.url}/gradio_api/call/{endpoint}/{event_id}", timeout=WAIT_S) as response:
         stream = response.read().decode()
     events = [line.removeprefix("event: ") for line in stream.splitlines() if line.startswith("event: ")]
     data = [line.removeprefix("data: ") for line in stream.splitlines() if line.startswith("data: ")]
     return events[-1], data[-1]
 
 
-def gone(root: Path, data: bytes, within: float = 15.0) -> bool:
+def gone(root: Path, data: bytes, within: float = WAIT_S) -> bool:
     """True once no file under root holds these bytes (polled: a session's end is noticed at its heartbeat)."""
     deadline = time.monotonic() + within
     while files_holding(root, data) and time.monotonic() < deadline:
@@ -512,7 +516,7 @@ def upload_only(server: AppServer, path: Path) -> str:
     import httpx
 
     with open(path, "rb") as file:
-        response = httpx.post(f"{server.url}/gradio_api/upload", files={"files": (path.name, file)}, timeout=30)
+        response = httpx.post(f"{server.url}/gradio_api/upload", files={"files": (path.name, file)}, timeout=WAIT_S)
     response.raise_for_status()
     return response.json()[0]
 

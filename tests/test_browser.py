@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import REPO, require, synthetic_slice
+from conftest import REPO, WAIT_S, require, synthetic_slice
 from testkit.app_server import AppServer, start_app
 
 pytestmark = pytest.mark.browser
@@ -26,7 +26,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-quic", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = REPO / "test-artifacts"
 README_SCREENSHOT = REPO / "docs" / "screenshot.png"
-TIMEOUT_MS = 30_000
+TIMEOUT_MS = int(WAIT_S * 1000)
 
 
 # Before the session fixtures build anything; CI installs chromium (see .ci/run).
@@ -217,10 +217,48 @@ def test_whole_scan_tab_shows_the_verdict_the_curve_and_the_top_slices(page, ser
     numbers = [int(n) for n in re.findall(r"Slice (\d+):", captions)]
     assert numbers == [expected.slices[i].number for i in expected.top]
     page.context.close()  # the page's session ends: its uploads go
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + WAIT_S
     while any(server.upload_root.rglob("case (*).png")) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(list(server.upload_root.rglob(path.name)) for path in paths), "an upload outlived its page"
+
+
+def test_whole_scan_verdict_goes_when_the_upload_is_cleared_or_replaced(page, tmp_path):
+    """No verdict stands beside files it was not given: clearing the upload, or choosing other files, wipes it."""
+    from playwright.sync_api import expect
+
+    first, second = [], []
+    for index in range(1, 5):
+        first.append(tmp_path / f"first ({index}).png")
+        synthetic_slice("Normal", 600 + index).resize((112, 112)).save(first[-1])
+        second.append(tmp_path / f"second ({index}).png")
+        synthetic_slice("Malignant", 700 + index).resize((112, 112)).save(second[-1])
+    page.get_by_role("tab", name="Whole scan").click()
+    block = page.locator(".block").filter(has=page.get_by_test_id("block-label").filter(has_text="CT scan:"))
+    verdict = page.locator("#scan-label [data-testid='label-output-value']")
+    blank = re.compile(r"^\s*$")
+
+    def classify(paths: list[Path]) -> None:
+        block.locator("input[type=file]").set_input_files([str(path) for path in paths])
+        expect(block.get_by_test_id("download-link")).to_have_count(len(paths))
+        page.get_by_role("button", name="Classify the scan", exact=True).click()
+        expect(verdict).to_have_count(1)
+        expect(page.locator("#scan-note")).not_to_have_text(blank)
+        expect(page.locator("#scan-top img").first).to_be_visible()
+
+    def assert_wiped() -> None:
+        expect(verdict).to_have_count(0)
+        expect(page.locator("#scan-note")).to_have_text(blank)
+        expect(page.locator("#scan-why")).to_have_text(blank)
+        expect(page.locator("#scan-top img")).to_have_count(0)
+
+    classify(first)
+    block.get_by_role("button", name="Clear", exact=True).click()
+    assert_wiped()
+    classify(first)
+    block.locator("input[type=file]").set_input_files([str(path) for path in second])  # other files, no Clear
+    assert_wiped()
+    expect(error_toast(page)).to_have_count(0)
 
 
 CLASS_PERCENTAGE = re.compile(r"(Normal|Benign|Malignant)\s*\d+(\.\d+)?\s*%")
