@@ -131,3 +131,14 @@ def tiny_standard_backbone(monkeypatch, tmp_path):
     monkeypatch.setattr(backbone, "load_resnet50", load)
     monkeypatch.setattr(backbone, "model_digest", lambda model: digests[id(model)])
     return use_seed
+
+
+@pytest.fixture(scope="module")
+def local_ray(cache_root):
+    """One local Ray of 2 CPUs for a test module (it starts slowly on 2 cores), stopped after; the cache folder
+    is set first, so its workers inherit it. The engines use it rather than starting their own."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
