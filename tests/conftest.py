@@ -133,12 +133,17 @@ def tiny_standard_backbone(monkeypatch, tmp_path):
     return use_seed
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: TensorFlow's default thread count here, and the local Ray's CPUs."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 @pytest.fixture(scope="module")
 def local_ray(cache_root):
-    """One local Ray of 2 CPUs for a test module (it starts slowly on 2 cores), stopped after; the cache folder
-    is set first, so its workers inherit it. The engines use it rather than starting their own."""
+    """One local Ray for a test module (it starts slowly on 2 cores), stopped after; the cache folder is set
+    first, so its workers inherit it. The engines use it rather than starting their own."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=max(2, usable_cores()), include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, need_shared_data
+from conftest import REPO, need_shared_data, usable_cores
 
 from lung_classifier.archive import JournalError, ModelSpec, job, run
 
@@ -34,7 +34,8 @@ def source(tmp_path_factory) -> Path:
     for folder, name in IMAGES.items():
         shutil.copy(iqoth / folder / name, root / "images" / name)
     (root / "images" / "notes.txt").write_text("exported by hand")
-    (root / "images" / "truncated.jpg").write_bytes((iqoth / "Normal cases" / "Normal case (2).jpg").read_bytes()[:3000])
+    whole = (iqoth / "Normal cases" / "Normal case (2).jpg").read_bytes()
+    (root / "images" / "truncated.jpg").write_bytes(whole[:3000])
     (root / "images" / "broken.zip").write_bytes(b"PK\x03\x04" + b"\0" * 200)
     shutil.copytree(SHARED / "covidctmd" / "P001", root / "covid" / "P001")
     shutil.copytree(SHARED / "lidc" / "LIDC-IDRI-0001", root / "lidc" / "LIDC-IDRI-0001")
@@ -66,7 +67,8 @@ def test_rows_per_series_slice_and_image_from_the_library_answers(local_rows, so
     assert set(series) == {"covid/P001", "lidc/LIDC-IDRI-0001", "cap001.zip", "images/broken.zip"}
     slices = [row for row in local_rows if row["kind"] == "slice"]
     assert len([row for row in slices if row["unit"] == "lidc/LIDC-IDRI-0001"]) == 73
-    assert len([row for row in slices if row["unit"] == "cap001.zip"]) == len(list((SHARED / "covidctmd" / "cap001").iterdir()))
+    zipped = len(list((SHARED / "covidctmd" / "cap001").iterdir()))
+    assert len([row for row in slices if row["unit"] == "cap001.zip"]) == zipped
     images = {row["unit"]: row for row in local_rows if row["kind"] == "image"}
     assert set(images) == {f"images/{name}" for name in [*IMAGES.values(), *HOSTILE[:2]]}
     answered = images["images/Normal case (1).jpg"]
@@ -88,9 +90,10 @@ def test_a_hostile_file_is_a_row_with_its_refusal(local_rows):
 
 
 def test_ray_gives_the_local_rows(local_ray, local_rows, source, spec, tmp_path):
-    """One worker with the local loop's 2 threads: the same rows, bit for bit."""
+    """One worker with the local loop's threads (TensorFlow's default: one per usable core): the same rows, bit
+    for bit."""
     out = tmp_path / "results.parquet"
-    summary = run(source, out, spec, "ray", workers=1, worker_cpus=2)
+    summary = run(source, out, spec, "ray", workers=1, worker_cpus=usable_cores())
     assert summary.scored == summary.units and summary.refused == len(HOSTILE)
     assert sorted_rows(out) == local_rows
 

@@ -53,7 +53,7 @@ class Unit:
 
 def list_units(source: str | os.PathLike) -> list[Unit]:
     """Every unit of SOURCE in a stable order (series and images as their folders sort), digests not yet taken."""
-    root = Path(source)
+    root = Path(source).absolute()  # workers elsewhere (another directory, another node) read the same paths
     if root.is_dir():
         return list(_tree_units(root, root))
     if root.is_file() and root.suffix.lower() == ".csv":
@@ -80,11 +80,19 @@ def _tree_units(folder: Path, root: Path) -> Iterator[Unit]:
 
 def _file_units(files: list[Path], root: Path) -> Iterator[Unit]:
     """The files of one folder: all of them one series when one is DICOM; else each zip a series, each file an image."""
-    if any(is_dicom_file(path) for path in files):
+    if any(_sniffed(is_dicom_file, path) for path in files):
         yield Unit(SERIES, _relative(files[0].parent, root), tuple(str(path) for path in files))
         return
     for path in files:
-        yield Unit(SERIES if is_zip(path) else IMAGE, _relative(path, root), (str(path),))
+        yield Unit(SERIES if _sniffed(is_zip, path) else IMAGE, _relative(path, root), (str(path),))
+
+
+def _sniffed(test, path: Path) -> bool:
+    """A file's kind by its first bytes; one that cannot be opened is an image here, refused with its error later."""
+    try:
+        return test(path)
+    except OSError:
+        return False
 
 
 def _manifest_units(manifest: Path) -> list[Unit]:
@@ -118,8 +126,14 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def with_digest(unit: Unit) -> Unit:
-    """The unit with its content digest: the sha256 of its one file, or of a series' sorted file digests."""
-    digests = sorted(file_digest(Path(path)) for path in unit.paths)
+    """The unit with its content digest: the sha256 of its one file, or of a series' sorted file digests.
+
+    A file that cannot be read gets no content digest but its name: its unit is refused with the error
+    when scored, and scored afresh once it can be read."""
+    try:
+        digests = sorted(file_digest(Path(path)) for path in unit.paths)
+    except OSError:
+        return Unit(unit.kind, unit.name, unit.paths, f"unreadable:{unit.name}")
     if len(digests) == 1:
         return Unit(unit.kind, unit.name, unit.paths, digests[0])
     return Unit(unit.kind, unit.name, unit.paths, hashlib.sha256("\n".join(digests).encode()).hexdigest())

@@ -39,13 +39,11 @@ def score_chunk(classifier: LungClassifier, units: list[Unit], identity: dict[st
                 batch_size: int) -> list[tuple[Unit, str]]:
     """Each unit with its rows as one JSON text (exact floats; what the journal stores)."""
     images = [unit for unit in units if unit.kind == IMAGE]
-    rows = {unit.name: _image_rows(unit, outcome) for unit, outcome in
-            zip(images, _image_outcomes(classifier, images, batch_size))}
-    for unit in units:
-        if unit.kind == SERIES:
-            rows[unit.name] = _series_rows(classifier, unit, batch_size)
-    return [(unit, json.dumps([{**_meta(unit, row.pop("kind")), **identity, **row} for row in rows[unit.name]]))
+    answers = iter(_image_outcomes(classifier, images, batch_size))
+    rows = [_image_rows(next(answers)) if unit.kind == IMAGE else _series_rows(classifier, unit, batch_size)
             for unit in units]
+    return [(unit, json.dumps([{**_meta(unit, row.pop("kind")), **identity, **row} for row in unit_rows]))
+            for unit, unit_rows in zip(units, rows)]
 
 
 def refusal_rows(unit: Unit, identity: dict[str, Any], message: str) -> str:
@@ -73,7 +71,7 @@ def _one_outcome(classifier: LungClassifier, unit: Unit) -> Any:
         return exc
 
 
-def _image_rows(unit: Unit, outcome: Any) -> list[dict[str, Any]]:
+def _image_rows(outcome: Any) -> list[dict[str, Any]]:
     if isinstance(outcome, Exception):
         return [{"kind": IMAGE, "refusal": _failure(outcome)}]
     if outcome.analysis is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..archive import ENGINES, JournalError, ModelSpec, SourceError, Summary, run
@@ -23,7 +24,7 @@ from .model_flags import native_stderr_silenced
 
 def add_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
     archive = commands.add_parser("archive", parents=parents,
-                                  help="score every series and image under a folder, zip or manifest CSV into one table")
+                                  help="score every series and image under a folder, zip or manifest into one table")
     archive.add_argument("source", metavar="SOURCE", help="a folder tree, a zip, or a manifest CSV (column 'path')")
     archive.add_argument("--out", required=True, help="results file: .parquet or .csv (its journal: OUT.parts/)")
     archive.add_argument("--engine", choices=ENGINES, default="local",
@@ -46,7 +47,8 @@ def _positive(text: str) -> int:
 
 
 def run_archive(args: argparse.Namespace) -> int:
-    spec = ModelSpec(args.model, args.revision, args.trust_saved_model, args.precision)
+    model = str(Path(args.model).absolute()) if args.model and Path(args.model).exists() else args.model
+    spec = ModelSpec(model, args.revision, args.trust_saved_model, args.precision)  # a folder, as workers find it
     if args.engine == "local":
         with native_stderr_silenced():
             import tensorflow  # noqa: F401 - imported here, quietly, before the local engine loads the model
