@@ -185,6 +185,19 @@ def median(runs: tuple[Measured, ...]) -> Measured:
     return sorted(runs, key=lambda m: m.marginal_cpu_per_slice)[(len(runs) - 1) // 2]
 
 
+def fixed_cpu(m: Measured) -> float:
+    """CPU seconds a run costs before its first slice: the half run less its slices at the marginal cost."""
+    return m.half_cpu - m.half_slices * m.marginal_cpu_per_slice
+
+
+def break_even(m: Measured, local: Measured) -> float:
+    """The job size (slices) from which m's CPU, fixed costs included, is at most TARGET times the local one's."""
+    margin = TARGET * local.marginal_cpu_per_slice - m.marginal_cpu_per_slice
+    if margin <= 0:
+        return float("inf")
+    return max(0.0, (fixed_cpu(m) - TARGET * fixed_cpu(local)) / margin)
+
+
 def render(results: list[Measured], digest_rate: float, cores: int) -> list[str]:
     local = results[0]
     lines = ["| Engine | Slices | Wall (s) | Slices/s | CPU (s): all (driver / workers / Ray's own) | CPU/slice (ms) | "
@@ -201,7 +214,7 @@ def render(results: list[Measured], digest_rate: float, cores: int) -> list[str]
     met = "met" if worst <= TARGET else "**not met**"
     costly = max(ray, key=lambda m: m.marginal_cpu_per_slice)
     per_core = 1 / costly.marginal_cpu_per_slice
-    fixed = costly.half_cpu - costly.half_slices * costly.marginal_cpu_per_slice
+    fixed = fixed_cpu(costly)
     slices = 100_000 * SLICES_PER_SERIES
     estimate = [f"- N = {n} machines of {cores} cores: {slices / (n * cores * per_core) / 3600:.1f} h"
                 for n in (1, 10, 100)] + [
@@ -210,7 +223,8 @@ def render(results: list[Measured], digest_rate: float, cores: int) -> list[str]
         *lines, "",
         f"- Target: Ray CPU per slice at most {TARGET}x the local engine's. Marginal (fixed costs apart): worst "
         f"{worst:.2f}x, {met}. All costs included, the ratio falls with the job's size, because Ray's start-up is "
-        "paid once per job.",
+        "paid once per job: " + "; ".join(f"{m.name} is within {TARGET}x from {break_even(m, local):,.0f} slices"
+                                          for m in ray) + ".",
         f"- Marginal = (full source - its half of {results[0].half_slices} slices) / the slices between them: what a "
         "slice costs once the engine runs, without the fixed costs (model load; Ray's start-up, its actors and "
         "each actor's model). Driver = this process (listing, digests, Ray Data's scheduler, the journal); "
