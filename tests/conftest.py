@@ -18,6 +18,10 @@ TINY_SIZE = 64
 
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+from lung_classifier.archive.ray_engine import LOOPBACK_ONLY  # noqa: E402 - before any test imports ray
+
+os.environ.update(LOOPBACK_ONLY)  # the tests' Ray clusters listen on loopback only
 WAIT_S = 120.0
 """The longest a test waits for what must happen (a page update, a queued answer, an upload's deletion),
 sized for a loaded 2-core CI machine (a browser test's 30 s wait for the details JSON ran out there).
@@ -144,3 +148,19 @@ def tiny_standard_backbone(monkeypatch, tmp_path):
     monkeypatch.setattr(backbone, "load_resnet50", load)
     monkeypatch.setattr(backbone, "model_digest", lambda model: digests[id(model)])
     return use_seed
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: TensorFlow's default thread count here, and the local Ray's CPUs."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@pytest.fixture(scope="module")
+def local_ray(cache_root):
+    """One local Ray for a test module (it starts slowly on 2 cores), stopped after; the cache folder is set
+    first, so its workers inherit it. The engines use it rather than starting their own."""
+    import ray
+
+    ray.init(num_cpus=max(2, usable_cores()), include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -55,6 +55,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-savedmodel", action="store_true",
                         help="write no SavedModel (the repo's embedded default: rebuilt on first load)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the package to this Hub model repo")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="where image files' backbone features are computed: this process, or Ray Data actors "
+                             "(the cache then written as shards as they come); DICOM renderings stay local")
+    parser.add_argument("--address", default=None, help="ray: join this running cluster instead of starting one")
+    parser.add_argument("--workers", type=int, default=None, help="ray: feature actors (default: one per CPU)")
     args = parser.parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])
     from training.sources import SourceError, check_unique, parse_source
@@ -107,7 +112,8 @@ def train(args: argparse.Namespace, resnet: "keras.Model", digest: str) -> int:
 
     print("2. Backbone features (frozen, cached per file and per rendering) and groups")
     extractor = build_extractor(resnet)
-    training = multisource.build(read, extractor, digest, args.input_size)
+    engine = features.Engine(args.engine, args.address, args.workers)
+    training = multisource.build(read, extractor, digest, args.input_size, engine)
     labels, y, groups, sources = training.labels, training.y, training.group, training.source
     for name, entry in training.describe().items():
         counts = ", ".join(f"{label} {c['slices']} slices / {c['groups']} groups" for label, c in entry["classes"].items())

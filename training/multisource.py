@@ -133,8 +133,9 @@ def read_dicom_folders(folders: list[Path], labels: dict[Path, str]) -> data.Dat
     return data.Dataset(items=items, skipped=skipped)
 
 
-def build(read: list[SourceData], extractor: "keras.Model", digest: str, input_size: int) -> TrainingSet:
-    """Features for every row (cached), then each source's groups, into one TrainingSet."""
+def build(read: list[SourceData], extractor: "keras.Model", digest: str, input_size: int,
+          engine: features.Engine = features.Engine()) -> TrainingSet:
+    """Features for every row (cached; image files' on ``engine``), then each source's groups, into one TrainingSet."""
     from lung_classifier.model.preprocessing import prepare_batch
 
     plain = features.FeatureCache(features.cache_key(digest, input_size))
@@ -160,7 +161,7 @@ def build(read: list[SourceData], extractor: "keras.Model", digest: str, input_s
             entry.groups = _series_groups(items)
         else:
             x = features.extract(extractor, [item.path for item in items], [item.md5 for item in items],
-                                 input_size, plain)
+                                 input_size, plain, engine)
             statistics = [rendering_statistics(load_rgb(item.path))
                           for item in tqdm(items, file=sys.stderr, desc=f"{entry.source.name} rendering", unit="image")]
             renderings = [(AS_IS, x, np.stack(statistics))]

@@ -1,8 +1,10 @@
-"""The command line: `python -m lung_classifier predict IMAGE... [--model SOURCE] [--json]`
-and `python -m lung_classifier scan PATH... [--json | --csv OUT]`.
+"""The command line: `python -m lung_classifier predict IMAGE... [--model SOURCE] [--json]`,
+`python -m lung_classifier scan PATH... [--json | --csv OUT]` and
+`python -m lung_classifier archive SOURCE --out results.parquet [--engine local|ray]`.
 
-One module per command (predict.py, scan.py), the model flags every program shares in
-model_flags.py; this parser loads the model the same way for each command, then hands over.
+One module per command (predict.py, scan.py, archive.py), the model flags every program shares in
+model_flags.py; this parser loads the model the same way for predict and scan, then hands over
+(archive hands the flags to its engine, whose workers load the model themselves).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..model.backbone import BackboneWeightsError
     from ..package.format import PackageError
     from ..package.hub import HubError
-    from . import predict, scan
+    from . import archive, predict, scan
     from .model_flags import load, model_options
 
     parser = argparse.ArgumentParser(prog="python -m lung_classifier")
@@ -26,7 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     shared = [model_options()]  # predict and scan load the model the same way
     predict.add_parser(commands, shared)
     scan.add_parser(commands, shared)
+    archive.add_parser(commands, shared)
     args = parser.parse_args(argv)
+    if args.command == "archive":
+        return archive.run_archive(args)
 
     try:
         classifier = load(args)

@@ -184,7 +184,7 @@ class _SeriesContext:
             if path.is_dir():
                 return _folder_members(path)
             if path.is_file():
-                if _is_zip(path):
+                if is_zip(path):
                     return self._zip_members(path)
                 raise ScanError(f"{path.name} is a single file, not a zip archive: give a folder, a zip file or "
                                 "several slice files (for one slice, use analyze())")
@@ -194,7 +194,7 @@ class _SeriesContext:
         paths = [Path(item) for item in source]
         if not paths:
             raise ScanError("no files given: upload the slices of one scan, or a zip of them")
-        if len(paths) == 1 and paths[0].is_file() and _is_zip(paths[0]):
+        if len(paths) == 1 and paths[0].is_file() and is_zip(paths[0]):
             return self._zip_members(paths[0])  # one uploaded archive
         if len(paths) > MAX_MEMBERS:
             raise ScanError(f"{len(paths)} files is more than the {MAX_MEMBERS} an upload may hold: "
@@ -215,9 +215,20 @@ class _SeriesContext:
                 for index, info in members]
 
 
-def _is_zip(path: Path) -> bool:
+def is_zip(path: Path) -> bool:
+    """A zip archive by its first bytes (a local file header, or the end record of an empty archive)."""
     with open(path, "rb") as stream:
         return stream.read(4) in (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def is_dicom(head: bytes) -> bool:
+    """A DICOM file by its first 132 bytes: the 128-byte preamble, then "DICM"."""
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
+def is_dicom_file(path: Path) -> bool:
+    with open(path, "rb") as stream:
+        return is_dicom(stream.read(132))
 
 
 def _file_member(path: Path, order: str) -> _Member:
@@ -282,7 +293,7 @@ def _classify(member: _Member, notes: Notes) -> _Found | None:
         with member.open() as stream:
             head = stream.read(512)
             stream.seek(0)
-            if len(head) >= 132 and head[128:132] == b"DICM":
+            if is_dicom(head):
                 placement = read_dicom_placement(stream, member.name)
                 return _Found(SliceEntry(member.name, member.key, member.order), True, placement)
             if head.startswith(_ARCHIVE_MAGICS) or head[257:262] == b"ustar":
