@@ -4,9 +4,11 @@
     python -m training.readme_numbers --check   # exit 1 if the block is stale
 
 The README states quality numbers only between BEGIN and END; `render` writes that block
-from the package's metrics.json (per source, all sources pooled, leave one source out) and
-config.json (version, CV protocol, the whole-scan rule's CV), and tests/test_readme.py fails
-when the README's block differs from a fresh render.
+from the package's metrics.json (per source as the product answers it, all sources pooled,
+source recognition validated leaving each source out, a source never seen, the DICOM series
+through the scan rule) and config.json (version, CV protocol, each source's evidence: rule-out
+threshold and whether its cancers were validated; the whole-scan rule's CV), and
+tests/test_readme.py fails when the README's block differs from a fresh render.
 """
 
 from __future__ import annotations
@@ -23,61 +25,133 @@ README = REPO / "README.md"
 PACKAGE = REPO / "lung_classifier" / "default_model"
 BEGIN = "<!-- metrics:begin (python -m training.readme_numbers writes this block from the default package) -->"
 END = "<!-- metrics:end -->"
+EXPORTED = " exported as images at "
+"""How metrics.json names a DICOM source rendered at one window and judged by the image sources' recognisers."""
 
 
-def _value(x: float) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+def _missing(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def _value(x: float | None) -> str:
+    return "-" if _missing(x) else f"{x:.3f}"
 
 
 def _interval(summary: dict[str, float]) -> str:
     return f"{summary['mean']:.3f} [{summary['low']:.3f}, {summary['high']:.3f}]"
 
 
-def _per_source_rows(metrics: dict[str, Any], repeats: int) -> list[str]:
-    rows = ["| source (slices, or renderings) | answered | accuracy on answered | Malignant recall | normals called Malignant |",
-            "| --- | --- | --- | --- | --- |"]
+def _meets(flagged: float, target: str) -> bool:
+    """Whether a recognition figure meets its target ("<= 0.05", ">= 0.95")."""
+    operator, bound = target.split()
+    return flagged <= float(bound) if operator == "<=" else flagged >= float(bound)
+
+
+def _sources(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {source["name"]: source for source in config["evidence"]["sources"]}
+
+
+def _titled(text: str, config: dict[str, Any]) -> str:
+    """metrics.json's source names ("iqothnccd") as people read them ("IQ-OTH/NCCD")."""
+    for name, source in _sources(config).items():
+        text = text.replace(name, source["title"])
+    return text
+
+
+def _per_source_rows(metrics: dict[str, Any], config: dict[str, Any], repeats: int) -> list[str]:
+    rows = ["| source (slices) | answered | label macro-F1 | screening sensitivity | screening "
+            "specificity | cancers reassured | cancers validated | rule-out threshold |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    evidence = _sources(config)
     for name, entry in metrics["per_source"].items():
-        pooled, folds = entry["pooled"], entry["folds"]
+        pooled, folds, source = entry["pooled"], entry["folds"], evidence[name]
 
         def cell(key: str) -> str:
             value = pooled[key]
-            if value is None or math.isnan(value):
+            if _missing(value):
                 return "-"
-            return f"{value:.3f} [{folds[key]['low']:.2f}, {folds[key]['high']:.2f}]"
+            return f"{value:.3f} [{folds[key]['low']:.2f}, {folds[key]['high']:.2f}]" if key in folds else f"{value:.3f}"
 
-        rows.append(f"| {name} ({pooled['n'] // repeats}) | {cell('answered')} | {cell('accuracy_answered')} | "
-                    f"{cell('recall_Malignant')} | {cell('normals_called_Malignant')} |")
+        kind = ", DICOM" if source["dicom"] else ""
+        threshold = f"{source['rule_out_threshold']:.3f}" if source["cancers_validated"] else "- (never answered)"
+        rows.append(f"| {source['title']}{kind} ({pooled['n'] // repeats}) | {cell('answered')} | {cell('macro_f1')} | "
+                    f"{cell('screening_sensitivity')} | {cell('screening_specificity')} | {cell('cancers_reassured')} | "
+                    f"{'yes' if entry['validated'] else 'no'} | {threshold} |")
     return rows
 
 
-def _left_out(metrics: dict[str, Any]) -> str:
-    parts = [f"{name}: answered {_value(entry['answered'])}, accuracy on answered "
-             f"{_value(entry['accuracy_answered'])}, Malignant recall {_value(entry['recall_Malignant'])}, non-cancer "
-             f"called Malignant without a flag {_value(entry['noncancer_Malignant_unflagged'])}"
+def _recognition_rows(metrics: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """One row per recognition set; a DICOM source's exports at many windows share one row, each window's figure in
+    it, those that miss the target named."""
+    rows = ["| slices | judged by the recognisers of | flagged (recognised as none of them) | target |",
+            "| --- | --- | --- | --- |"]
+    grouped: dict[tuple[str, str, str], list[tuple[str, float]]] = {}
+    for entry in metrics["recognition"]:
+        if EXPORTED in entry["set"]:
+            base, window = entry["set"].split(EXPORTED, 1)
+            grouped.setdefault((base, entry["judged_by"], entry["target"]), []).append((window, entry["flagged"]))
+            continue
+        missed = "" if _meets(entry["flagged"], entry["target"]) else " (missed)"
+        rows.append(f"| {entry['set']} | {entry['judged_by']} | {entry['flagged']:.3f}{missed} | {entry['target']} |")
+    for (base, judged_by, target), windows in grouped.items():
+        met = [window for window, flagged in windows if _meets(flagged, target)]
+        missed = [f"{window} {flagged:.3f}" for window, flagged in windows if not _meets(flagged, target)]
+        cell = f"met at {len(met)} of {len(windows)} windows" + (f"; missed at {', '.join(missed)}" if missed else "")
+        rows.append(f"| {base} exported as images ({len(windows)} windows) | {judged_by} | {cell} | {target} |")
+    return [_titled(row, config) for row in rows]
+
+
+def _left_out(metrics: dict[str, Any], config: dict[str, Any]) -> str:
+    titles = {name: source["title"] for name, source in _sources(config).items()}
+    parts = [f"{titles[name]}: answered {_value(entry['answered'])} (the feature guard alone would answer "
+             f"{_value(entry['guard_only']['answered'])}), label macro-F1 {_value(entry['macro_f1'])}, Malignant recall "
+             f"{_value(entry['recall_Malignant'])}"
              for name, entry in metrics["leave_one_source_out"].items()]
     return "; ".join(parts)
 
 
+def _scan_checks(metrics: dict[str, Any], config: dict[str, Any]) -> str:
+    parts = []
+    for name, entry in metrics["scan_checks"].items():
+        verdicts = ", ".join(f"{verdict} x{entry['verdicts'].count(verdict)}" for verdict in dict.fromkeys(entry["verdicts"]))
+        parts.append(f"{name}, {entry['finding']}: {verdicts}; slices flagged {_value(entry['flagged'])}")
+    return _titled("; ".join(parts), config)
+
+
 def render(metrics: dict[str, Any], config: dict[str, Any]) -> str:
     """The block, markers included: every number read from the package, none typed."""
-    cv, protocol, scan = metrics["cv"], config["training"]["cv"], config["scan"]
+    cv, protocol, scan, evidence = metrics["cv"], config["training"]["cv"], config["scan"], config["evidence"]
     lines = [
         BEGIN,
         f"Default model {config['model_version']}, {protocol['folds']}-fold patient-grouped cross-validation "
-        f"stratified by {protocol['strata']}, repeated {protocol['repeats']} times. Per source, as the product answers "
-        "it (image files as they are, DICOM at the package window): the pooled out-of-fold value, then the "
-        "2.5-97.5 percentile interval over folds.",
+        f"stratified by {protocol['strata']}, repeated {protocol['repeats']} times, the whole pipeline cross-fitted. "
+        "Per source, as the product answers it (image files as they are, DICOM at the package window): the pooled "
+        "out-of-fold value [2.5-97.5% interval over folds]. Screening sensitivity: cancers not ruled out (a cancer "
+        "given no diagnosis counts as not ruled out); specificity: normals answered and ruled out; cancers reassured: "
+        "cancers answered Normal with malignancy ruled out. Each source's rule-out threshold on P(Malignant) is set "
+        f"so that {evidence['rule_out_recall']} of its cancers reach it pooled out of fold; its cancers count as "
+        f"validated when the cross-fitted screening sensitivity is at least {evidence['screening_recall']}.",
         "",
-        *_per_source_rows(metrics, protocol["repeats"]),
+        *_per_source_rows(metrics, config, protocol["repeats"]),
         "",
-        f"- All sources pooled (mean [interval] over folds): macro-F1 {_interval(cv['macro_f1'])}, Malignant recall "
+        f"- All sources pooled (every slice and DICOM rendering, each source's calibration, before any flag; mean "
+        f"[interval] over folds): label macro-F1 {_interval(cv['macro_f1'])}, Malignant recall "
         f"{_interval(cv['recall_Malignant'])}, Benign recall {_interval(cv['recall_Benign'])}, calibration error "
         f"(ECE) {_interval(cv['ece'])}; the probabilities are "
         f"{'called calibrated' if config['calibration']['calibrated'] else 'not called calibrated (model confidence)'}.",
-        f"- A source never seen in training (trained on the others): {_left_out(metrics)}.",
+        f"- A source never seen in training (trained on the others): {_left_out(metrics, config)}.",
+        f"- DICOM series through the whole-scan rule (leave one scan out, the verdict of each repeat): "
+        f"{_scan_checks(metrics, config)}.",
         f"- Whole scans ({scan['rule']} rule, scan-level CV): macro-F1 {_interval(scan['cv']['macro_f1'])}, "
         f"Malignant recall {_interval(scan['cv']['recall_Malignant'])}, malignant scans called Normal: "
-        f"{scan['cv_malignant_scans_called_normal']}.",
+        f"{scan['cv_malignant_scans_called_normal']}; a scan with more than {scan['max_flagged_fraction']:.0%} of its "
+        "slices flagged gets no verdict.",
+        "",
+        f"Which source an input looks like (recognition by {len(evidence['statistics'])} rendering statistics, "
+        f"threshold at the {evidence['recognition_quantile']} quantile of cross-fitted distances), checked on held-out "
+        "patients and on each source left out:",
+        "",
+        *_recognition_rows(metrics, config),
         END,
     ]
     return "\n".join(lines)
