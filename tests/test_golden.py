@@ -19,7 +19,7 @@ flag changed in any run.) The tolerances below are about 30 times the largest of
 whose decision margin, or whose OOD score's distance to the threshold, lies within the
 tolerance may legitimately come out the other way on another CPU: its decision is compared
 only when it is firm (its numbers always are). The record's closest call has a log-score margin
-of 0.0076 and an OOD distance of 0.20, so none of model 3.0.0's answers is exempt, and more than
+of 0.0076 and an OOD distance of 0.20 (model 3.0.0), so none of its answers was exempt; more than
 MAX_CLOSE_CALLS exempt answers fail the test. The record's format is tests/golden.py's.
 """
 
@@ -61,8 +61,18 @@ def label_is_firm(probabilities: dict[str, float], label: str, offsets: np.ndarr
     return True
 
 
+def screening_is_firm(answer: dict[str, Any], rule_out: dict[str, float],
+                      tolerance: float = PROBABILITY_TOLERANCE) -> bool:
+    """The screening answer stays the same however P(Malignant) moves within the tolerance: an unanswered input
+    is never ruled out; an answered one is firm when P(Malignant) is further than that from its source's
+    rule-out threshold (`rule_out`: threshold by the source's "answered as" line)."""
+    if answer["label"] is None:
+        return True
+    return abs(answer["probabilities"]["Malignant"] - rule_out[answer["answered_as"]]) > tolerance
+
+
 def differences(recorded: dict[str, Any], current: dict[str, Any], offsets: np.ndarray,
-                labels: list[str]) -> tuple[list[str], list[str]]:
+                labels: list[str], rule_out: dict[str, float] | None = None) -> tuple[list[str], list[str]]:
     """(files whose answer changed, files too close to a boundary to compare their decision)."""
     changed, close = [], []
     for key, want in recorded.items():
@@ -81,22 +91,28 @@ def differences(recorded: dict[str, Any], current: dict[str, Any], offsets: np.n
         flag_firm = abs(want["ood_score"] - want["ood_threshold"]) > OOD_TOLERANCE
         decided = want["label"] is not None
         label_firm = not decided or label_is_firm(want["probabilities"], want["label"], offsets, labels)
-        if not (flag_firm and label_firm):
+        screening_firm = rule_out is None or screening_is_firm(want, rule_out)
+        firm = flag_firm and label_firm and screening_firm
+        if not firm:
             close.append(key)
-        decision = ("out_of_distribution", "ood_reason", "label", "verdict")
-        decision_agrees = not (flag_firm and label_firm) or all(got[k] == want[k] for k in decision)
+        decision = ("out_of_distribution", "ood_reason", "label", "verdict", "malignancy_ruled_out", "screening",
+                    "answered_as")
+        decision_agrees = not firm or all(got.get(k) == want.get(k) for k in decision)
         if not (numbers_agree and decision_agrees):
             changed.append(key)
     return changed, close
 
 
 @pytest.fixture(scope="module")
-def head_rule() -> tuple[np.ndarray, list[str]]:
+def head_rule() -> tuple[np.ndarray, list[str], dict[str, float]]:
+    """The default package's offsets, labels, and each source's rule-out threshold by its "answered as" line."""
     from lung_classifier.classifier import DEFAULT_MODEL
     from lung_classifier.model.head import Head
+    from lung_classifier.verdict import answered_as
 
     config = json.loads((DEFAULT_MODEL / "config.json").read_text())
-    return np.asarray(Head.load(DEFAULT_MODEL / "head.npz").decision_offsets, np.float64), config["labels"]
+    rule_out = {answered_as(source["title"]): source["rule_out_threshold"] for source in config["evidence"]["sources"]}
+    return np.asarray(Head.load(DEFAULT_MODEL / "head.npz").decision_offsets, np.float64), config["labels"], rule_out
 
 
 def answer(probabilities: dict[str, float], label: str | None, score: float = 1.0) -> dict[str, Any]:
@@ -134,8 +150,21 @@ def test_a_close_call_may_flip_but_its_numbers_may_not_move():
     assert differences({"a": at_threshold}, {"a": refused}, offsets, labels) == ([], ["a"])
 
 
+def test_a_screening_answer_at_its_threshold_is_a_close_call():
+    offsets, labels = np.zeros(3), ["Normal", "Benign", "Malignant"]
+    rule_out = {"answered as an X-like image": 0.2}
+    want = {**answer({"Normal": 0.6, "Benign": 0.2, "Malignant": 0.2 - PROBABILITY_TOLERANCE / 4}, "Normal"),
+            "malignancy_ruled_out": True, "screening": "ruled out", "answered_as": "answered as an X-like image"}
+    flipped = {**want, "malignancy_ruled_out": False, "screening": "not ruled out",
+               "probabilities": {**want["probabilities"], "Malignant": 0.2 + PROBABILITY_TOLERANCE / 4}}
+    assert differences({"a": want}, {"a": flipped}, offsets, labels, rule_out) == ([], ["a"])
+    firm = {**want, "probabilities": {**want["probabilities"], "Malignant": 0.1}}
+    assert differences({"a": firm}, {"a": {**firm, "malignancy_ruled_out": False}}, offsets, labels, rule_out) == (
+        ["a"], [])
+
+
 def test_offsets_move_the_boundary_the_firmness_check_reads(head_rule):
-    offsets, labels = head_rule
+    offsets, labels, _ = head_rule
     p = {"Normal": 0.5, "Benign": 0.2, "Malignant": 0.3}
     from lung_classifier.verdict import decide
 
@@ -151,8 +180,8 @@ def test_default_model_answers_as_recorded(head_rule):
     current = compute(precision=recorded["precision"])
     assert current["precision"] == recorded["precision"]
     assert current["files"].keys() == recorded["files"].keys()
-    offsets, labels = head_rule
-    changed, close = differences(recorded["files"], current["files"], offsets, labels)
+    offsets, labels, rule_out = head_rule
+    changed, close = differences(recorded["files"], current["files"], offsets, labels, rule_out)
     assert not changed, f"{len(changed)} answers changed, e.g. {changed[:3]}: " + json.dumps(
         {key: {"now": current["files"][key], "recorded": recorded["files"][key]} for key in changed[:2]})
     assert len(close) <= MAX_CLOSE_CALLS, f"{len(close)} recorded answers sit on a decision boundary: {close[:5]}"
