@@ -300,7 +300,7 @@ def test_complete_builds_head_only_package_once_into_the_cache(tiny_package, tmp
     target, full = package.full_package(head_only, config, precision="float32")
     assert "building the full model" in capsys.readouterr().err
     assert target.parent == tmp_path / "cache" / "packages"
-    assert re.fullmatch(r"tiny-test-[0-9a-f]{16}-[0-9a-f]{16}-float32", target.name)
+    assert re.fullmatch(r"tiny-test-[0-9a-f]{16}-[0-9a-f]{16}-r2-float32", target.name)
     assert full["rebuilt"]["precision"] == "float32"
     assert package.has_saved_model(full)
     assert full["rebuilt"]["weights_sha256"] == "tiny-backbone-seed-0"

@@ -1,7 +1,8 @@
 """The bfloat16 backbone answers as float32 does on every development slice (issue 11's agreement rule).
 
 Same label, probabilities within 0.04 (model 3.0.0 measured 0.037), OOD flags identical except within 2% of the threshold,
-and Grad-CAM heatmaps close to float32's; plus the CPU-flag choice of "auto".
+the library's answers (label, screening answer, flag, reason) identical, and Grad-CAM heatmaps close to float32's;
+plus the CPU-flag choice of "auto".
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def test_bfloat16_agrees_with_float32_on_every_development_slice():
     exact = LungClassifier.from_pretrained(precision="float32")
     fast = LungClassifier.from_pretrained(precision="bfloat16")
     assert (exact.precision, fast.precision) == ("float32", "bfloat16")
-    pixels = prepare_batch([exact.read(item.path).rgb for item in items], exact.input_size)
+    decoded = [exact.read(item.path) for item in items]
+    pixels = prepare_batch([piece.rgb for piece in decoded], exact.input_size)
 
     def outputs(signature) -> dict[str, np.ndarray]:
         parts = [signature(images=tf.constant(pixels[i:i + BATCH])) for i in range(0, len(pixels), BATCH)]
@@ -53,6 +55,15 @@ def test_bfloat16_agrees_with_float32_on_every_development_slice():
     threshold = exact.ood_threshold
     flags_differ = want["out_of_distribution"] != got["out_of_distribution"]
     assert not (flags_differ & (np.abs(want["ood_score"] - threshold) > 0.02 * threshold)).any()
+
+    # The answers people read: label, screening answer, flag and reason as float32's (the library rechecks in float32
+    # what lies near a source's rule-out threshold or between two classes: classifier.RECHECK_BAND).
+    decided = ("label", "malignancy_ruled_out", "out_of_distribution", "ood_reason", "answered_as")
+    for start in range(0, len(decoded), BATCH):
+        chunk = decoded[start:start + BATCH]
+        for item, a, b in zip(items[start:start + BATCH], exact.analyze_batch(chunk), fast.analyze_batch(chunk)):
+            want, got = a.as_dict(), b.as_dict()
+            assert {k: got[k] for k in decided} == {k: want[k] for k in decided}, item.path.name
 
     # Grad-CAM through the bfloat16 graph: the same label and nearly the same map.
     chosen = [items[i].path for i in np.linspace(0, len(items) - 1, HEATMAP_SLICES).astype(int)]

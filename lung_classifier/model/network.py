@@ -172,6 +172,7 @@ class LungModel(tf.Module):
         self.predict = tf.function(self._predict, input_signature=self.signature)
         self.explain = tf.function(self._explain, input_signature=self.signature)
         self.features = tf.function(self._features, input_signature=self.signature)
+        self.exact = tf.function(self._exact, input_signature=self.signature)
 
     def _features(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         return {"features": pool(self.extractor(images))}
@@ -179,6 +180,12 @@ class LungModel(tf.Module):
     def _served(self, images: tf.Tensor, extractor: keras.Model) -> dict[str, tf.Tensor]:
         outputs = head_outputs(pool(extractor(images)), self.head)
         return {name: outputs[name] for name in (*SERVED, "margin")}
+
+    def _exact(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Served outputs from the float32 reference alone: the library's recheck of answers that lie near a
+        threshold it applies outside the graph (a source's calibration and rule-out threshold)."""
+        outputs = self._served(images, self.reference if self.reference is not None else self.extractor)
+        return {name: outputs[name] for name in SERVED}
 
     def _predict(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         outputs = self._checked(images, self._served)
@@ -240,4 +247,6 @@ class LungModel(tf.Module):
         archive.add_endpoint("serving_default", self.predict)
         archive.add_endpoint("explain", self.explain)
         archive.add_endpoint("features", self.features)
+        if self.reference is not None:
+            archive.add_endpoint("exact", self.exact)
         archive.write_out(str(path), verbose=False)

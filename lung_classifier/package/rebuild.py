@@ -73,6 +73,11 @@ def export_saved_model(directory: Path, config: dict[str, Any], source: WeightsS
     return digest
 
 
+BUILD_FORMAT = "r2"
+"""The rebuilt graph's endpoints, in the cache key: r2 added `exact` (the float32 recheck of a bfloat16 build), so a
+build cached before it is made again rather than answered without the recheck."""
+
+
 def cache_root() -> Path:
     from ..model.backbone import cache_dir
 
@@ -109,7 +114,7 @@ def full_package(directory: Path, config: dict[str, Any], weights: str | None = 
     source = backbone.resolve_weights(weights)
     weights_file = sha256_file(source.path)
     target = cache_root() / (f"{cache_name(config)}-{sha256_file(directory / CONFIG)[:16]}-{weights_file[:16]}"
-                             f"-{chosen}")
+                             f"-{BUILD_FORMAT}-{chosen}")
     if (target / CONFIG).is_file():
         try:
             cached = read_config(target)
