@@ -38,7 +38,7 @@ CLASSES = {
     "PNG": ("png-rgba-40mp.png", "black-36mp.png", "black-10mp.png", "bomb-9000x9000-zeros.png"),
     "DICOM header": ("dicom-40000-header-elements.dcm", "nested-sequence-bomb.dcm"),
     "DICOM RLE": ("rle-one-byte-runs-1024.dcm", "bomb-rle-8000x8000.dcm", "rle-6000x6000-zeros.dcm"),
-    "DICOM JPEG family": ("j2k-noise-2048.dcm",),
+    "DICOM JPEG family": ("j2k-noise-2048.dcm", "jls-second-frame-65535.dcm", "j2k-precincts-2x2-2048.dcm"),
     "DICOM Deflated": ("bomb-deflate-8000x8000.dcm",),
     "zip": tuple(hostile_zips()),
 }
