@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..decoding.series import is_dicom_file, is_zip, natural_key
+from ..package.format import sha256_file
 
 SERIES = "series"
 IMAGE = "image"
@@ -131,20 +132,12 @@ def with_digest(unit: Unit) -> Unit:
     A file that cannot be read gets no content digest but its name: its unit is refused with the error
     when scored, and scored afresh once it can be read."""
     try:
-        digests = sorted(file_digest(Path(path)) for path in unit.paths)
+        digests = sorted(sha256_file(Path(path)) for path in unit.paths)
     except OSError:
         return Unit(unit.kind, unit.name, unit.paths, f"unreadable:{unit.name}")
     if len(digests) == 1:
         return Unit(unit.kind, unit.name, unit.paths, digests[0])
     return Unit(unit.kind, unit.name, unit.paths, hashlib.sha256("\n".join(digests).encode()).hexdigest())
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def chunks(units: Iterable[Unit], images_per_chunk: int) -> list[list[Unit]]:
