@@ -505,6 +505,7 @@ def real_weights(monkeypatch) -> str:
 
 def random_resnet_head_package(directory: Path, weights_sha256: str, seed: int = 0) -> dict:
     """A head-only package with a random but valid head for ResNet50's 3584 pooled features."""
+    from lung_classifier.classifier import DEFAULT_MODEL
     from lung_classifier.model.head import Head
     from lung_classifier.model.network import TAPS
 
@@ -541,6 +542,8 @@ def random_resnet_head_package(directory: Path, weights_sha256: str, seed: int =
         "head": {"file": package.HEAD},
         "gradcam": {"layers": "conv4+conv5"},
         "rendering": TRAINING_RANGE,
+        # The evidence per source of the default package: valid recognisers and operating points for these labels.
+        "evidence": json.loads((DEFAULT_MODEL / package.CONFIG).read_text())["evidence"],
     }
     return package.write_config(directory, config)
 

@@ -14,7 +14,7 @@ from training.features import Engine, FeatureCache
 
 def test_ray_gives_the_local_features(local_ray, synthetic_dataset, tmp_path):
     extractor = build_extractor(tiny_backbone())
-    paths = sorted(synthetic_dataset.rglob("*.jpg"))
+    paths = sorted(path for path in synthetic_dataset.rglob("*") if path.is_file())
     md5s = [hashlib.md5(path.read_bytes()).hexdigest() for path in paths]
     local = features.extract(extractor, paths, md5s, TINY_SIZE, FeatureCache("tiny", tmp_path / "local"))
     cache = FeatureCache("tiny", tmp_path / "ray")
