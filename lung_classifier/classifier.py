@@ -1,11 +1,12 @@
 """LungClassifier: from_pretrained / predict / analyze / save_pretrained / push_to_hub.
 
-Loading happens once: the SavedModel's signatures are concrete graphs, so every later
-call runs the model without tracing or rebuilding anything.
+Loading happens once (an ONNX Runtime session, or a SavedModel's concrete signatures), so every
+later call runs the model without tracing or rebuilding anything.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Callable, Iterator
@@ -15,6 +16,8 @@ import numpy as np
 from PIL import Image
 
 from . import evidence, package
+from .model import precision as precisions
+from .package import onnx_build
 from .decoding import windowing
 from .decoding.images import ImageInput, Slice, read_slice
 from .decoding.series import ScanSource
@@ -26,6 +29,9 @@ from .verdict import Analysis, answer
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
+
+    from .model.onnx_runtime import OnnxNetwork
+    from .model.saved_model import SavedModelNetwork
 
 DEFAULT_MODEL = Path(__file__).parent / "default_model"
 
@@ -64,7 +70,7 @@ def resolve_source(source: str | Path | None, *, revision: str | None = None, to
 
 
 RECHECK_BAND = 0.1
-"""A bfloat16 answer whose shown P(Malignant) lies within this of its source's rule-out threshold, or whose two most
+"""An int8 or bfloat16 answer whose shown P(Malignant) lies within this of its source's rule-out threshold, or whose two most
 probable classes lie within this of each other, is recomputed in float32 (the graph's `exact` endpoint). On model
 4.0.0's 872 development slices bfloat16 moved a shown probability by at most 0.021, and without this recheck it
 ruled malignancy out on 7 slices where float32 did not (tests/test_precision.py holds the answers equal)."""
@@ -73,16 +79,18 @@ ruled malignancy out on 7 slices where float32 did not (tests/test_precision.py 
 class LungClassifier:
     """A loaded model package; thread-safe for concurrent predictions."""
 
-    def __init__(self, directory: Path, config: dict[str, Any], origin: str, source_name: str | None = None):
-        import tensorflow as tf
-
+    def __init__(self, directory: Path, config: dict[str, Any], origin: str, source_name: str | None = None,
+                 explanations: Callable[[], Path] | None = None):
+        """``explanations``: where an ONNX Runtime build finds the SavedModel that draws its Grad-CAM heatmaps
+        (called, and the graph loaded, on the first explain=True only)."""
         self.directory = directory
         self.config = config
         self.origin = origin
         self.source_name = source_name or origin
         self.labels: tuple[str, ...] = tuple(config["labels"])
         self.input_size: int = config["input"]["size"]
-        self.ood_threshold: float = float(package.read_head(directory / package.HEAD, len(self.labels)).ood_threshold)
+        head = package.read_head(directory / package.HEAD, len(self.labels))
+        self.ood_threshold: float = float(head.ood_threshold)
         """The head's threshold, which the graph's flag uses: messages quote this one."""
         self.dicom_window = windowing.dicom_window(config)
         if not isinstance(config.get("evidence"), dict) or not config["evidence"].get("sources"):
@@ -92,20 +100,43 @@ class LungClassifier:
         """What the package validated per training source: recognition, calibration, rule-out threshold."""
         rebuilt = config.get("rebuilt")
         self.precision: str = rebuilt.get("precision", "float32") if isinstance(rebuilt, dict) else "as shipped"
-        """The backbone's number format: "float32" or "bfloat16" when rebuilt here, "as shipped" when trusted."""
-        loaded = tf.saved_model.load(str(directory / package.SAVED_MODEL))
-        self._loaded = loaded  # keeps the variables the signatures use alive
-        self._predict = loaded.signatures["serving_default"]
-        self._explain = loaded.signatures["explain"]
-        self._exact = loaded.signatures["exact"] if "exact" in loaded.signatures else None
-        """The float32 recheck of a bfloat16 build (None where the graph already runs in float32 or as shipped)."""
+        """The backbone's number format: "int8", "float32" or "bfloat16" when built here, "as shipped" when trusted."""
+        self.runtime: str = rebuilt.get("runtime", "tensorflow") if isinstance(rebuilt, dict) else "tensorflow"
+        """What runs the backbone: "onnxruntime" or "tensorflow" (see lung_classifier.model.precision)."""
+        self.network = self._network(head)
+        self._explanations = explanations
+        self._explainer = self.network if self.runtime == "tensorflow" else None
+        self._explainer_lock = threading.Lock()
+
+    def _network(self, head: Any) -> "OnnxNetwork | SavedModelNetwork":
+        if self.runtime == "onnxruntime":
+            from .model.onnx_runtime import OnnxNetwork
+
+            int8 = self.directory / onnx_build.INT8_GRAPH if self.precision == "int8" else None
+            return OnnxNetwork(head, self.directory / onnx_build.FLOAT32_GRAPH, int8)
+        from .model.saved_model import SavedModelNetwork
+
+        return SavedModelNetwork(self.directory / package.SAVED_MODEL)
+
+    def explainer(self) -> SavedModelNetwork:
+        """The graph that draws Grad-CAM heatmaps: the SavedModel itself, or for an ONNX Runtime build the
+        TensorFlow rebuild of the same package, loaded on first use (TensorFlow is imported then, not before)."""
+        with self._explainer_lock:
+            if self._explainer is None:
+                from .model.saved_model import SavedModelNetwork
+
+                if self._explanations is None:
+                    raise package.PackageError(f"{self.origin}: this ONNX Runtime build has no graph for Grad-CAM")
+                self._explainer = SavedModelNetwork(self._explanations() / package.SAVED_MODEL)
+            return self._explainer
 
     @classmethod
     def from_pretrained(cls, source: str | Path | None = None, *, revision: str | None = None,
                         weights: str | None = None, token: bool | str | None = None,
                         cache_dir: str | Path | None = None, force_download: bool = False,
                         local_files_only: bool = False, trust_saved_model: bool = False,
-                        allow_other_weights: bool = False, precision: str = "auto") -> "LungClassifier":
+                        allow_other_weights: bool = False, precision: str = "auto",
+                        runtime: str = "auto") -> "LungClassifier":
         """Load a package: None (embedded default), a local directory, or a Hub repo id.
 
         Only the package's config and head arrays are trusted: the graph is rebuilt from
@@ -115,18 +146,39 @@ class LungClassifier:
         write files, so only for packages you trust. Weights other than those the head was
         trained on are an error unless ``allow_other_weights=True`` (then a warning).
         ``revision``, ``token``, ``cache_dir``, ``force_download`` and ``local_files_only``
-        are huggingface_hub's, for Hub repos. ``precision`` is the rebuilt backbone's number
-        format: "auto" (bfloat16 where the CPU has AVX-512 BF16 or AMX, else float32),
-        "float32" or "bfloat16"; the head always computes in float32.
+        are huggingface_hub's, for Hub repos. ``runtime`` runs the backbone: "onnxruntime"
+        (no TensorFlow until a Grad-CAM heatmap is asked for), "tensorflow", or "auto" (ONNX
+        Runtime where installed). ``precision`` is its number format: "auto" (int8 on ONNX
+        Runtime where the CPU has VNNI, bfloat16 on TensorFlow where it has AVX-512 BF16 or AMX,
+        else float32), "int8", "float32" or "bfloat16"; the head always computes in float32
+        and answers near a boundary are recomputed in float32 (lung_classifier.model.precision).
         """
         found = resolve_source(source, revision=revision, token=token, cache_dir=cache_dir,
                                force_download=force_download, local_files_only=local_files_only,
                                saved_model=trust_saved_model)
         config = package.read_config(found.directory, saved_model=trust_saved_model, root=found.root,
                                      ignore=found.ignore)
-        full, config = package.full_package(found.directory, config, weights, trust_saved_model=trust_saved_model,
-                                        allow_other_weights=allow_other_weights, precision=precision)
-        return cls(full, config, found.origin, found.name)
+        engine, chosen = precisions.resolve(precision, runtime)
+        if trust_saved_model and package.has_saved_model(config):
+            if runtime == "onnxruntime":
+                raise ValueError("runtime='onnxruntime' runs the graph built here from the head; a trusted "
+                                 "SavedModel runs on TensorFlow as shipped (drop one of the two)")
+            engine = "tensorflow"
+        if engine == "tensorflow":
+            full, full_config = package.full_package(found.directory, config, weights,
+                                                     trust_saved_model=trust_saved_model,
+                                                     allow_other_weights=allow_other_weights, precision=precision)
+            return cls(full, full_config, found.origin, found.name)
+        if chosen == "int8" and precision == "auto" and not onnx_build.has_calibration(config):
+            chosen = "float32"  # a package trained before int8 ranges were measured
+        full, full_config = onnx_build.onnx_package(found.directory, config, weights,
+                                                    allow_other_weights=allow_other_weights, precision=chosen)
+
+        def explanations() -> Path:
+            return package.full_package(found.directory, config, weights,
+                                        allow_other_weights=allow_other_weights)[0]
+
+        return cls(full, full_config, found.origin, found.name, explanations)
 
     def read(self, image: ImageInput) -> Slice:
         """Decode an input as this package expects (DICOM at its window); analyze() takes the result too."""
@@ -147,14 +199,13 @@ class LungClassifier:
     def analyze_batch(self, images: Sequence[ImageInput | Slice], explain: bool = False) -> list[Analysis]:
         """One model call for many slices; each recognised by its rendering (lung_classifier.evidence) and answered
         by lung_classifier.verdict.answer; a slice given no diagnosis carries the reason in ``ood_reason``."""
-        import tensorflow as tf
-
         decoded = [image if isinstance(image, Slice) else self.read(image) for image in images]
         if not decoded:
             return []
-        batch = tf.constant(prepare_batch([item.rgb for item in decoded], self.input_size))
-        signature = self._explain if explain else self._predict
-        outputs = {name: tensor.numpy() for name, tensor in signature(images=batch).items()}
+        pixels = prepare_batch([item.rgb for item in decoded], self.input_size)
+        outputs = self.network.predict(pixels)
+        if explain:
+            outputs["heatmap"] = self.explainer().explain(pixels)["heatmap"]
         recognitions = [evidence.recognise(self.sources, evidence.rendering_statistics(item.rgb), item.dicom)
                         for item in decoded]
 
@@ -165,10 +216,9 @@ class LungClassifier:
         answers = [answered(index) for index in range(len(decoded))]
         unsure = [index for index, (shown, _, _, reason) in enumerate(answers)
                   if reason is None and self._near_a_threshold(shown, recognitions[index].source)]
-        if unsure and self._exact is not None:
-            exact = self._exact(images=tf.gather(batch, unsure))
-            for name, tensor in exact.items():
-                outputs[name][unsure] = tensor.numpy()
+        if unsure and self.network.rechecks:
+            for name, values in self.network.exact(pixels[unsure]).items():
+                outputs[name][unsure] = values
             for index in unsure:
                 answers[index] = answered(index)
         results = []

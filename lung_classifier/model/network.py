@@ -15,7 +15,8 @@ import numpy as np
 import tensorflow as tf
 import keras
 
-from .head import KNN_K, Head
+from .head import KNN_K, SERVED, Head
+from .precision import RECHECK_MARGIN, RECHECK_OOD_BAND
 
 TAPS = ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out")
 """ResNet50 stage outputs whose pooled activations feed the head (512 + 1024 + 2048 = 3584)."""
@@ -129,16 +130,6 @@ def head_outputs(features: tf.Tensor, head: "HeadVariables") -> dict[str, tf.Ten
         "ood_score": ood_score,
         "out_of_distribution": ood_score > head.ood_threshold,
     }
-
-
-SERVED = ("probabilities", "label", "ood_score", "out_of_distribution")
-"""What serving_default returns; `explain` adds `heatmap`."""
-RECHECK_MARGIN = 0.25
-"""A reduced-precision answer whose decision margin (log-probability units) is below this is recomputed in
-float32. On the 869 development slices bfloat16 moved a class's decision score by at most 0.10, so a label
-can change only where the margin is below 0.20; 37 of them (4%) are rechecked (tests/test_precision.py)."""
-RECHECK_OOD_BAND = 0.05
-"""... and so is one whose OOD score is within this fraction of the threshold (bfloat16 moved it by < 2%)."""
 
 
 class HeadVariables(tf.Module):

@@ -1,17 +1,27 @@
-"""Which number format the rebuilt backbone computes in: bfloat16 where the CPU has it, else float32.
+"""Which runtime and number format compute the backbone: int8 ONNX Runtime, bfloat16 TensorFlow, or float32.
 
-bfloat16 convolutions run on AVX-512 BF16 or AMX units at about twice float32's rate,
-with the head (standardisation, classifier, calibration, OOD score) kept in float32;
-tests/test_precision.py holds it to float32's answers on every development slice.
-On CPUs without those instructions bfloat16 would be emulated, slower than float32.
+ONNX Runtime (no TensorFlow import, a start in about a second) runs the backbone in int8 where the CPU
+has VNNI dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX), else in float32; TensorFlow, the
+fallback where onnxruntime is not installed, runs it in bfloat16 on AVX-512 BF16 or AMX, else float32.
+Either way the head (standardisation, classifier, calibration, OOD score) computes in float32, and
+answers a reduced-precision backbone leaves near a decision boundary are recomputed in float32
+(RECHECK_MARGIN, RECHECK_OOD_BAND and lung_classifier.classifier.RECHECK_BAND); tests/test_precision.py
+and tests/test_onnx.py hold the answers to float32's on every development slice. Without those
+instructions int8 and bfloat16 would be emulated, slower than float32.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import platform
 from pathlib import Path
 
-CHOICES = ("auto", "float32", "bfloat16")
+CHOICES = ("auto", "int8", "float32", "bfloat16")
+RUNTIMES = ("auto", "onnxruntime", "tensorflow")
+FORMATS = {"onnxruntime": ("int8", "float32"), "tensorflow": ("bfloat16", "float32")}
+"""The number formats each runtime computes the backbone in, fastest first."""
+INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+"""/proc/cpuinfo flags of native int8 dot products (VNNI, AMX): without them ONNX Runtime's u8s8 kernels can saturate."""
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 """/proc/cpuinfo flags of native bfloat16 arithmetic (AVX-512 BF16 dot products, AMX tiles)."""
 
@@ -35,10 +45,30 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(cpu_info().get("flags", "").split())
 
 
-def resolve(precision: str, flags: frozenset[str] | None = None) -> str:
-    """"float32" or "bfloat16": an explicit choice as given, "auto" by the CPU's flags."""
+RECHECK_MARGIN = 0.25
+"""A reduced-precision answer whose decision margin (log-probability units) is below this is recomputed in
+float32. On the 869 development slices bfloat16 moved a class's decision score by at most 0.10, so a label
+can change only where the margin is below 0.20; 37 of them (4%) are rechecked (tests/test_precision.py)."""
+RECHECK_OOD_BAND = 0.05
+"""... and so is one whose OOD score is within this fraction of the threshold (bfloat16 moved it by < 2%)."""
+
+
+def onnxruntime_available() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+def resolve(precision: str = "auto", runtime: str = "auto", flags: frozenset[str] | None = None) -> tuple[str, str]:
+    """(runtime, number format): explicit choices as given, "auto" by what is installed and the CPU's flags."""
     if precision not in CHOICES:
         raise ValueError(f"precision {precision!r} is not one of {', '.join(CHOICES)}")
-    if precision != "auto":
-        return precision
-    return "bfloat16" if BF16_FLAGS & (cpu_flags() if flags is None else flags) else "float32"
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    if runtime == "auto":
+        runtime = "onnxruntime" if precision != "bfloat16" and onnxruntime_available() else "tensorflow"
+    if precision == "auto":
+        fast, needs = FORMATS[runtime][0], INT8_FLAGS if runtime == "onnxruntime" else BF16_FLAGS
+        return runtime, fast if needs & (cpu_flags() if flags is None else flags) else "float32"
+    if precision not in FORMATS[runtime]:
+        raise ValueError(f"precision {precision!r} runs on {'tensorflow' if runtime == 'onnxruntime' else 'onnxruntime'}"
+                         f", not {runtime}: {runtime} computes in {' or '.join(FORMATS[runtime])}")
+    return runtime, precision

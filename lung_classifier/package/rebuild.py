@@ -15,6 +15,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .format import (CONFIG, HEAD, SAVED_MODEL, PackageError, WeightsMismatchError, has_saved_model, listed_files,
@@ -103,7 +104,7 @@ def full_package(directory: Path, config: dict[str, Any], weights: str | None = 
     """
     from ..model import precision as precisions
 
-    chosen = precisions.resolve(precision)
+    chosen = precisions.resolve(precision, "tensorflow")[1]
     if trust_saved_model and has_saved_model(config):
         if precision != "auto":
             raise ValueError(f"precision={precision!r} applies to the graph rebuilt from the head; a trusted "
@@ -112,9 +113,26 @@ def full_package(directory: Path, config: dict[str, Any], weights: str | None = 
     from ..model import backbone
 
     source = backbone.resolve_weights(weights)
+
+    def build(staging: Path) -> dict[str, Any]:
+        return {"weights_sha256": export_saved_model(staging, config, source, allow_other_weights, chosen),
+                "precision": chosen}
+
+    return cached_build(directory, config, source, f"{BUILD_FORMAT}-{chosen}", build, allow_other_weights,
+                        f"the full model from {directory.name} and the ImageNet ResNet50 in {chosen}")
+
+
+def cached_build(directory: Path, config: dict[str, Any], source: WeightsSource, kind: str,
+                 build: Callable[[Path], dict[str, Any]], allow_other_weights: bool,
+                 what: str) -> tuple[Path, dict[str, Any]]:
+    """The package's build of this ``kind`` from the cache, or ``build(staging)`` into it (a copy of the package's
+    own files, to which it adds its graph and returns the "rebuilt" record: weights_sha256 and its settings).
+
+    Keyed by the package's config digest, the weights file's digest and ``kind``; the weights a cached build
+    used are checked against the head's on every load. Written beside the cache entry and moved in whole.
+    """
     weights_file = sha256_file(source.path)
-    target = cache_root() / (f"{cache_name(config)}-{sha256_file(directory / CONFIG)[:16]}-{weights_file[:16]}"
-                             f"-{BUILD_FORMAT}-{chosen}")
+    target = cache_root() / f"{cache_name(config)}-{sha256_file(directory / CONFIG)[:16]}-{weights_file[:16]}-{kind}"
     if (target / CONFIG).is_file():
         try:
             cached = read_config(target)
@@ -125,11 +143,7 @@ def full_package(directory: Path, config: dict[str, Any], weights: str | None = 
             check_weights(config["backbone"]["weights_sha256"], used, source.origin, allow_other_weights,
                           has_saved_model(config))
             return target, cached
-    print(
-        f"lung_classifier: building the full model from {directory.name} and the ImageNet ResNet50 in {chosen} "
-        "(first use on this machine only)",
-        file=sys.stderr,
-    )
+    print(f"lung_classifier: building {what} (first use on this machine only)", file=sys.stderr)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
     try:
@@ -138,9 +152,8 @@ def full_package(directory: Path, config: dict[str, Any], weights: str | None = 
             shutil.copyfile(directory / name, staging / name)
             if sha256_file(staging / name) != config["files"][name]:
                 raise PackageError(f"{directory}: {name} changed while it was being copied; try again")
-        digest = export_saved_model(staging, config, source, allow_other_weights, chosen)
-        rebuilt = {"weights_sha256": digest, "weights_file_sha256": weights_file,
-                   "source_config_sha256": sha256_file(directory / CONFIG), "precision": chosen}
+        rebuilt = {**build(staging), "weights_file_sha256": weights_file,
+                   "source_config_sha256": sha256_file(directory / CONFIG)}
         full_config = write_config(staging, {**config, "rebuilt": rebuilt})
         shutil.rmtree(target, ignore_errors=True)
         os.replace(staging, target)

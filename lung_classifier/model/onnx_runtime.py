@@ -1,0 +1,74 @@
+"""The backbone on ONNX Runtime and the head in NumPy: the served outputs without importing TensorFlow.
+
+An int8 graph answers first; the images whose answer it leaves near a decision boundary or
+near the OOD threshold (precision.RECHECK_MARGIN, RECHECK_OOD_BAND) are recomputed with the
+float32 graph, whose session opens on first need, so labels and flags are float32's.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from .head import SERVED, Head, head_outputs
+from .precision import RECHECK_MARGIN, RECHECK_OOD_BAND
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def open_session(graph: Path):
+    """An ONNX Runtime CPU session with every graph optimisation, one intra-op thread per usable core."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = usable_cores()
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxNetwork:
+    """predict / exact like the SavedModel's endpoints, from the ONNX graph(s) of a package build."""
+
+    runtime = "onnxruntime"
+
+    def __init__(self, head: Head, float32_graph: Path, int8_graph: Path | None = None):
+        self.head = head
+        self._float32_graph = float32_graph
+        self._fast = open_session(int8_graph or float32_graph)
+        self._exact = None if int8_graph else self._fast
+        self._opening = threading.Lock()
+        self.rechecks = int8_graph is not None
+        """Whether :meth:`exact` differs from :meth:`predict` (the int8 graph's float32 recheck)."""
+
+    def _answer(self, session, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        features = session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(pixels, np.float32)})[0]
+        return head_outputs(features, self.head)
+
+    def _exact_session(self):
+        with self._opening:
+            if self._exact is None:
+                self._exact = open_session(self._float32_graph)
+        return self._exact
+
+    def exact(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """The served outputs from the float32 graph."""
+        outputs = self._answer(self._exact_session(), pixels)
+        return {name: outputs[name] for name in SERVED}
+
+    def predict(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = self._answer(self._fast, pixels)
+        if self.rechecks:
+            threshold = float(self.head.ood_threshold)
+            unsure = np.flatnonzero((outputs["margin"] < RECHECK_MARGIN)
+                                    | (np.abs(outputs["ood_score"] - threshold) < RECHECK_OOD_BAND * threshold))
+            if unsure.size:
+                again = self._answer(self._exact_session(), pixels[unsure])
+                for name in SERVED:
+                    outputs[name][unsure] = again[name]
+        return {name: outputs[name] for name in SERVED}
