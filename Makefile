@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast benchmarks default-model
+.PHONY: setup demo test test-fast benchmarks default-model int8-calibration
 
 setup: $(STAMP)  ## virtual environment + ResNet50 ImageNet weights (idempotent)
 	$(PY) -m lung_classifier.model.backbone
@@ -37,3 +37,6 @@ SOURCES := \
 default-model: setup  ## retrain the embedded default model on the three shared sources (../shared/data)
 	$(PY) -m training $(SOURCES) --output $(OUTPUT) --no-savedmodel
 	$(if $(filter lung_classifier/default_model,$(OUTPUT)),cp $(OUTPUT)/README.md model_card.md)  # the repo's card
+
+int8-calibration: setup  ## measure the embedded default model's int8 activation ranges on the shared sources again
+	$(PY) -m training.int8_calibration $(OUTPUT) $(DATA)/iqothnccd $(DATA)/chestctscan $(DATA)/covidctmd

@@ -69,13 +69,6 @@ def resolve_source(source: str | Path | None, *, revision: str | None = None, to
                   hub.HUB_FILES)
 
 
-RECHECK_BAND = 0.1
-"""An int8 or bfloat16 answer whose shown P(Malignant) lies within this of its source's rule-out threshold, or whose two most
-probable classes lie within this of each other, is recomputed in float32 (the graph's `exact` endpoint). On model
-4.0.0's 872 development slices bfloat16 moved a shown probability by at most 0.021, and without this recheck it
-ruled malignancy out on 7 slices where float32 did not (tests/test_precision.py holds the answers equal)."""
-
-
 class LungClassifier:
     """A loaded model package; thread-safe for concurrent predictions."""
 
@@ -216,7 +209,7 @@ class LungClassifier:
         answers = [answered(index) for index in range(len(decoded))]
         unsure = [index for index, (shown, _, _, reason) in enumerate(answers)
                   if reason is None and self._near_a_threshold(shown, recognitions[index].source)]
-        if unsure and self.network.rechecks:
+        if unsure and self.network.rechecks:  # recomputed in float32
             for name, values in self.network.exact(pixels[unsure]).items():
                 outputs[name][unsure] = values
             for index in unsure:
@@ -242,12 +235,13 @@ class LungClassifier:
 
     def _near_a_threshold(self, shown: np.ndarray, source: evidence.SourceEvidence | None) -> bool:
         """An answer reduced precision could move: P(Malignant) near the source's rule-out threshold, or the two
-        most probable classes near each other (RECHECK_BAND)."""
-        if source is None:
+        most probable classes near each other (lung_classifier.model.precision.RECHECK)."""
+        if source is None or self.precision not in precisions.RECHECK:
             return False
+        recheck = precisions.RECHECK[self.precision]
         top2 = np.sort(shown)[-2:]
         malignant = float(shown[self.labels.index("Malignant")])
-        return abs(malignant - source.rule_out) < RECHECK_BAND or float(top2[1] - top2[0]) < RECHECK_BAND
+        return abs(malignant - source.rule_out) < recheck.rule_out_band or float(top2[1] - top2[0]) < recheck.gap_band
 
     def analyze_many(self, items: Sequence[T], *, read: Callable[[T], ImageInput] | None = None,
                      batch_size: int = 16, max_pixels: int | None = None,

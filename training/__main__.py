@@ -96,8 +96,8 @@ def train(args: argparse.Namespace, resnet: "keras.Model", digest: str) -> int:
     import tensorflow as tf
 
     from lung_classifier.model.network import LungModel, build_extractor
-    from training import (cv, decision, faithfulness, features, fit, guard, multisource, packaging, per_source,
-                          recognition, scan_cv, selection)
+    from training import (cv, decision, faithfulness, features, fit, guard, int8_calibration, multisource, packaging,
+                          per_source, recognition, scan_cv, selection)
     from training.data import DatasetError
 
     started = time.perf_counter()
@@ -194,6 +194,9 @@ def train(args: argparse.Namespace, resnet: "keras.Model", digest: str) -> int:
     status = packaging.write(args.output, model, head, record)
     if status:
         return status
+    int8_calibration.add_to_package(args.output, resnet, int8_calibration.spread(
+        [[item.path for item in entry.dataset.items] for entry in training.sources]))
+    print(f"   int8 activation ranges measured on {int8_calibration.SLICES} development slices")
     if args.push_to_hub:
         from lung_classifier.package import hub
         print(f"   pushed to {args.push_to_hub} at commit {hub.upload(args.output, args.push_to_hub).oid}")

@@ -16,7 +16,7 @@ import tensorflow as tf
 import keras
 
 from .head import KNN_K, SERVED, Head
-from .precision import RECHECK_MARGIN, RECHECK_OOD_BAND
+from .precision import RECHECK
 
 TAPS = ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out")
 """ResNet50 stage outputs whose pooled activations feed the head (512 + 1024 + 2048 = 3584)."""
@@ -188,8 +188,9 @@ class LungModel(tf.Module):
         if self.reference is None:
             return outputs
         threshold = self.head.ood_threshold
-        unsure = tf.where((outputs["margin"] < RECHECK_MARGIN)
-                          | (tf.abs(outputs["ood_score"] - threshold) < RECHECK_OOD_BAND * threshold))
+        recheck = RECHECK["bfloat16"]
+        unsure = tf.where((outputs["margin"] < recheck.margin)
+                          | (tf.abs(outputs["ood_score"] - threshold) < recheck.ood_band * threshold))
 
         def recheck() -> dict[str, tf.Tensor]:
             exact = run(tf.gather_nd(images, unsure), self.reference)

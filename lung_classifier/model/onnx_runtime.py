@@ -1,7 +1,7 @@
 """The backbone on ONNX Runtime and the head in NumPy: the served outputs without importing TensorFlow.
 
 An int8 graph answers first; the images whose answer it leaves near a decision boundary or
-near the OOD threshold (precision.RECHECK_MARGIN, RECHECK_OOD_BAND) are recomputed with the
+near the OOD threshold (precision.RECHECK["int8"]) are recomputed with the
 float32 graph, whose session opens on first need, so labels and flags are float32's.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .head import SERVED, Head, head_outputs
-from .precision import RECHECK_MARGIN, RECHECK_OOD_BAND
+from .precision import RECHECK
 
 
 def usable_cores() -> int:
@@ -64,9 +64,9 @@ class OnnxNetwork:
     def predict(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         outputs = self._answer(self._fast, pixels)
         if self.rechecks:
-            threshold = float(self.head.ood_threshold)
-            unsure = np.flatnonzero((outputs["margin"] < RECHECK_MARGIN)
-                                    | (np.abs(outputs["ood_score"] - threshold) < RECHECK_OOD_BAND * threshold))
+            threshold, recheck = float(self.head.ood_threshold), RECHECK["int8"]
+            unsure = np.flatnonzero((outputs["margin"] < recheck.margin)
+                                    | (np.abs(outputs["ood_score"] - threshold) < recheck.ood_band * threshold))
             if unsure.size:
                 again = self._answer(self._exact_session(), pixels[unsure])
                 for name in SERVED:

@@ -5,7 +5,7 @@ has VNNI dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX), else in float
 fallback where onnxruntime is not installed, runs it in bfloat16 on AVX-512 BF16 or AMX, else float32.
 Either way the head (standardisation, classifier, calibration, OOD score) computes in float32, and
 answers a reduced-precision backbone leaves near a decision boundary are recomputed in float32
-(RECHECK_MARGIN, RECHECK_OOD_BAND and lung_classifier.classifier.RECHECK_BAND); tests/test_precision.py
+(RECHECK); tests/test_precision.py
 and tests/test_onnx.py hold the answers to float32's on every development slice. Without those
 instructions int8 and bfloat16 would be emulated, slower than float32.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 CHOICES = ("auto", "int8", "float32", "bfloat16")
@@ -45,12 +46,26 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(cpu_info().get("flags", "").split())
 
 
-RECHECK_MARGIN = 0.25
-"""A reduced-precision answer whose decision margin (log-probability units) is below this is recomputed in
-float32. On the 869 development slices bfloat16 moved a class's decision score by at most 0.10, so a label
-can change only where the margin is below 0.20; 37 of them (4%) are rechecked (tests/test_precision.py)."""
-RECHECK_OOD_BAND = 0.05
-"""... and so is one whose OOD score is within this fraction of the threshold (bfloat16 moved it by < 2%)."""
+@dataclass(frozen=True)
+class Recheck:
+    """When a reduced-precision answer is recomputed in float32: the graph's decision margin (log-probability units)
+    below ``margin`` or its OOD score within ``ood_band`` (a fraction) of the threshold; a shown P(Malignant) within
+    ``rule_out_band`` of its source's rule-out threshold, or the two most probable classes within ``gap_band``."""
+
+    margin: float
+    ood_band: float
+    rule_out_band: float
+    gap_band: float
+
+
+RECHECK = {
+    "bfloat16": Recheck(margin=0.25, ood_band=0.05, rule_out_band=0.1, gap_band=0.1),
+    "int8": Recheck(margin=0.5, ood_band=0.2, rule_out_band=0.1, gap_band=0.2),
+}
+"""Each about 1.25x or more the largest change measured on the 869 development slices against float32
+(tests/test_precision.py, tests/test_onnx.py). bfloat16: a decision score by at most 0.10, an OOD score by < 2%, a
+shown probability by at most 0.021 (model 4.0.0). int8: an OOD score by 14% of the threshold, a shown P(Malignant)
+by 0.080 and the gap between the two most probable classes by 0.192."""
 
 
 def onnxruntime_available() -> bool:

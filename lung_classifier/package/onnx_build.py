@@ -12,8 +12,12 @@ TensorFlow is imported only to build.
 from __future__ import annotations
 
 import json
+import math
+import tempfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .errors import PackageError
 from .rebuild import cached_build, check_weights
@@ -27,26 +31,69 @@ ONNX_FORMAT = "o1"
 QUANTIZED_OPS = ["Conv", "MaxPool"]
 """Quantized operators: residual additions stay float32 (quantized too they cut the worst feature cosine against
 float32 from 0.990 to 0.982 on 32 development slices, for no speed)."""
+RANGES = "Percentile"
+"""How activation ranges are set: ONNX Runtime's 0.001-99.999 percentiles of each tensor on the calibration slices.
+Min-max ranges let rare extremes coarsen the steps: the largest probability moved 0.29 against float32 on 240
+development slices (0.13 at the 99th percentile), 0.135 (0.10) with percentiles."""
 FLOAT32_NODES = ["conv1_conv/conv"]
 """The stem convolution stays float32: it sees mean-subtracted pixels on 3 channels, where int8 lost most (worst
-feature cosine 0.974 with it quantized, 0.990 without) and gained nothing in speed."""
+feature cosine 0.974 with it quantized, 0.990 without) and gained nothing in speed. Keeping the conv2 or conv5
+stage float32 too changed the probabilities' error by under 0.01 and cost 10% of the speed."""
 
 
 def has_calibration(config: dict[str, Any]) -> bool:
     return CALIBRATION in config.get("files", {})
 
 
+def _number(end: Any) -> float:
+    """One end of a range as the cache writes it: a number, or a float32 array of one number."""
+    if isinstance(end, dict):
+        if end.get("dtype") != "float32":
+            raise ValueError(f"a range end of dtype {end.get('dtype')!r:.20}")
+        end = end["data"]
+        end = end[0] if isinstance(end, list) and len(end) == 1 else end
+    if isinstance(end, bool) or not isinstance(end, (int, float)):
+        raise ValueError(f"a range end that is not a number: {end!r:.40}")
+    return float(end)
+
+
+def read_ranges(calibration: Path) -> dict[str, tuple[float, float]]:
+    """The package's ranges, checked: RANGES, tensor name -> (lowest, highest), finite float32 numbers, in order."""
+    try:
+        cache = json.loads(calibration.read_text())
+        if cache["calibration_method"]["value"] != f"CalibrationMethod.{RANGES}" or not cache["data"]:
+            raise ValueError(f"not {RANGES} ranges")
+        ranges = {}
+        for name, entry in cache["data"].items():
+            low, high = (_number(entry[end]) for end in ("lowest", "highest"))
+            if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+                raise ValueError(f"{name!r:.60}: range [{low}, {high}]")
+            ranges[name] = (low, high)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise PackageError(f"{calibration.name}: not ONNX Runtime {RANGES} calibration ranges ({exc})") from None
+    return ranges
+
+
+def write_ranges(ranges: dict[str, tuple[float, float]], out: Path) -> None:
+    """The ranges as ONNX Runtime's calibration cache, written here from checked numbers only."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
+
+    data = {name: TensorData(lowest=np.array(low, np.float32), highest=np.array(high, np.float32))
+            for name, (low, high) in ranges.items()}
+    save_tensors_data(TensorsData(CalibrationMethod[RANGES], data), out)
+
+
 def quantize(float_graph: Path, calibration: Path, out: Path) -> None:
     """The int8 graph from the float32 one and the package's measured ranges (no images needed here)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    ranges = json.loads(calibration.read_text())
-    if not isinstance(ranges, dict) or ranges.get("calibration_method") != "MinMax" or not ranges.get("data"):
-        raise PackageError(f"{calibration.name}: not MinMax activation ranges of ONNX Runtime's calibration cache")
-    quantize_static(float_graph, out, calibration_data_reader=None, quant_format=QuantFormat.QDQ, per_channel=True,
-                    op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=FLOAT32_NODES,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=calibration)
+    with tempfile.TemporaryDirectory(prefix="int8-ranges-") as work:
+        checked = Path(work) / CALIBRATION
+        write_ranges(read_ranges(calibration), checked)
+        quantize_static(float_graph, out, calibration_data_reader=None, quant_format=QuantFormat.QDQ,
+                        per_channel=True, op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=FLOAT32_NODES,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod[RANGES], calibration_cache_path=checked)
 
 
 def float32_graph(config: dict[str, Any], source: Any, allow_other_weights: bool, out: Path) -> str:
