@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     lean_tensorflow_import()
     classifier = load(args)
-    print(f"Model: {classifier.origin} (backbone precision: {classifier.precision})", flush=True)
+    print(f"Model: {classifier.origin} (backbone: {classifier.precision} on {classifier.runtime})", flush=True)
     warm_up(classifier)  # meanwhile the page is built and the server starts
     demo = build_demo(classifier, example_files(args.examples), batching=not args.no_batching)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, mcp_server=args.mcp,

@@ -1,4 +1,5 @@
-"""int8 activation ranges for a package: ONNX Runtime's percentile calibration of the float32 graph on development slices.
+"""int8 activation ranges for a package: ONNX Runtime's percentile calibration of the float32 graph on
+development slices.
 
     python -m training.int8_calibration PACKAGE FOLDER [FOLDER ...] [--slices 32]
 

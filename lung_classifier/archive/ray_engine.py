@@ -35,10 +35,15 @@ class ChunkScorer:
     """Ray Data's callable class: one package per actor; one batch is one chunk of units (JSON)."""
 
     def __init__(self, spec: ModelSpec, expected_digest: str, batch_size: int, threads: int):
-        import tensorflow as tf
+        from ..model import onnx_runtime
+        from ..model.precision import uses_tensorflow
 
-        tf.config.threading.set_intra_op_parallelism_threads(threads)  # the actor's CPUs, not the machine's
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        onnx_runtime.THREADS = threads  # the actor's CPUs, not the machine's
+        if uses_tensorflow(spec.precision, spec.runtime, spec.trust_saved_model):
+            import tensorflow as tf
+
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
         self.scorer = Scorer(spec, expected_digest, batch_size)
 
     def __call__(self, batch: dict) -> dict[str, list[str]]:

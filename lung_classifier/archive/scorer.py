@@ -28,12 +28,14 @@ class ModelSpec:
     revision: str | None = None
     trust_saved_model: bool = False
     precision: str = "auto"
+    runtime: str = "auto"
 
     def load(self) -> LungClassifier:
         from ..classifier import LungClassifier
 
         return LungClassifier.from_pretrained(self.model, revision=self.revision,
-                                              trust_saved_model=self.trust_saved_model, precision=self.precision)
+                                              trust_saved_model=self.trust_saved_model, precision=self.precision,
+                                              runtime=self.runtime)
 
     def identity(self) -> dict[str, str | None]:
         """The package's name, version and digest (the sha256 of its config.json) without loading it: no

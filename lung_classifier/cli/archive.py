@@ -17,6 +17,7 @@ from typing import Any
 
 from ..archive import ENGINES, JournalError, ModelSpec, SourceError, Summary, run
 from ..model.backbone import BackboneWeightsError
+from ..model.precision import uses_tensorflow
 from ..package.format import PackageError
 from ..package.hub import HubError
 from .model_flags import native_stderr_silenced
@@ -48,8 +49,9 @@ def _positive(text: str) -> int:
 
 def run_archive(args: argparse.Namespace) -> int:
     model = str(Path(args.model).absolute()) if args.model and Path(args.model).exists() else args.model
-    spec = ModelSpec(model, args.revision, args.trust_saved_model, args.precision)  # a folder, as workers find it
-    if args.engine == "local":
+    # a folder, as workers find it
+    spec = ModelSpec(model, args.revision, args.trust_saved_model, args.precision, args.runtime)
+    if args.engine == "local" and uses_tensorflow(args.precision, args.runtime, args.trust_saved_model):
         with native_stderr_silenced():
             import tensorflow  # noqa: F401 - imported here, quietly, before the local engine loads the model
     try:

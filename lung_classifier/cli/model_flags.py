@@ -1,7 +1,7 @@
 """The command-line flags of every program that loads a model (the CLI's commands, the demo, evaluation).
 
-One argparse parent, so `--model`, `--revision`, `--trust-saved-model` and `--precision`
-mean the same everywhere; :func:`load` turns them into a LungClassifier.
+One argparse parent, so `--model`, `--revision`, `--trust-saved-model`, `--runtime` and
+`--precision` mean the same everywhere; :func:`load` turns them into a LungClassifier.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from ..model.precision import CHOICES
+from ..model.precision import CHOICES, RUNTIMES, uses_tensorflow
 
 if TYPE_CHECKING:
     from ..classifier import LungClassifier
@@ -28,21 +28,26 @@ def model_options() -> argparse.ArgumentParser:
     group.add_argument("--trust-saved-model", action="store_true",
                        help="load the package's own SavedModel graph (only for packages you trust) instead of "
                             "rebuilding it from the head and the standard ResNet50")
+    group.add_argument("--runtime", choices=RUNTIMES, default="auto",
+                       help="what runs the backbone (default: onnxruntime where installed, else tensorflow; "
+                            "a trusted SavedModel runs on tensorflow)")
     group.add_argument("--precision", choices=CHOICES, default="auto",
-                       help="the rebuilt backbone's number format (default: bfloat16 where the CPU has "
-                            "AVX-512 BF16 or AMX, else float32)")
+                       help="the backbone's number format (default: int8 on onnxruntime where the CPU has VNNI, "
+                            "bfloat16 on tensorflow where it has AVX-512 BF16 or AMX, else float32)")
     return parser
 
 
 def load(args: argparse.Namespace) -> LungClassifier:
-    """The classifier the flags name; TensorFlow's native start-up lines are kept off the terminal."""
+    """The classifier the flags name; where TensorFlow will run, its native start-up lines are kept off the
+    terminal (on ONNX Runtime it is not imported at all)."""
     from ..classifier import LungClassifier
 
-    with native_stderr_silenced():
-        import tensorflow  # noqa: F401 - imported here, quietly, before the package loads it
+    if uses_tensorflow(args.precision, args.runtime, args.trust_saved_model):
+        with native_stderr_silenced():
+            import tensorflow  # noqa: F401 - imported here, quietly, before the package loads it
 
-    return LungClassifier.from_pretrained(args.model, revision=args.revision,
-                                          trust_saved_model=args.trust_saved_model, precision=args.precision)
+    return LungClassifier.from_pretrained(args.model, revision=args.revision, trust_saved_model=args.trust_saved_model,
+                                          precision=args.precision, runtime=args.runtime)
 
 
 @contextmanager

@@ -17,17 +17,22 @@ from .head import SERVED, Head, head_outputs
 from .precision import RECHECK
 
 
+THREADS: int | None = None
+"""Intra-op threads of sessions opened from now on; None: one per core this process may run on (a Ray actor sets
+its own CPUs here, as it sets TensorFlow's)."""
+
+
 def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def open_session(graph: Path):
-    """An ONNX Runtime CPU session with every graph optimisation, one intra-op thread per usable core."""
+    """An ONNX Runtime CPU session with every graph optimisation, THREADS intra-op threads."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = usable_cores()
+    options.intra_op_num_threads = THREADS or usable_cores()
     options.inter_op_num_threads = 1
     return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
 

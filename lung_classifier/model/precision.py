@@ -22,7 +22,8 @@ RUNTIMES = ("auto", "onnxruntime", "tensorflow")
 FORMATS = {"onnxruntime": ("int8", "float32"), "tensorflow": ("bfloat16", "float32")}
 """The number formats each runtime computes the backbone in, fastest first."""
 INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
-"""/proc/cpuinfo flags of native int8 dot products (VNNI, AMX): without them ONNX Runtime's u8s8 kernels can saturate."""
+"""/proc/cpuinfo flags of native int8 dot products (VNNI, AMX); without them ONNX Runtime's u8s8 kernels
+can saturate."""
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 """/proc/cpuinfo flags of native bfloat16 arithmetic (AVX-512 BF16 dot products, AMX tiles)."""
 
@@ -84,6 +85,12 @@ def resolve(precision: str = "auto", runtime: str = "auto", flags: frozenset[str
         fast, needs = FORMATS[runtime][0], INT8_FLAGS if runtime == "onnxruntime" else BF16_FLAGS
         return runtime, fast if needs & (cpu_flags() if flags is None else flags) else "float32"
     if precision not in FORMATS[runtime]:
-        raise ValueError(f"precision {precision!r} runs on {'tensorflow' if runtime == 'onnxruntime' else 'onnxruntime'}"
-                         f", not {runtime}: {runtime} computes in {' or '.join(FORMATS[runtime])}")
+        other = "tensorflow" if runtime == "onnxruntime" else "onnxruntime (pip install onnxruntime)"
+        raise ValueError(f"precision {precision!r} runs on {other}, not {runtime}, which computes in "
+                         f"{' or '.join(FORMATS[runtime])}")
     return runtime, precision
+
+
+def uses_tensorflow(precision: str, runtime: str, trust_saved_model: bool) -> bool:
+    """Whether loading with these flags runs TensorFlow (a trusted SavedModel always does)."""
+    return trust_saved_model or resolve(precision, runtime)[0] == "tensorflow"
