@@ -93,6 +93,7 @@ def build_demo(classifier: LungClassifier, examples: list[str] | None = None, ba
         handlers = Handlers(classifier, demo, kept, batching=batching)  # inside: its unload joins the page
         # Concurrent /predict requests share one model call (BatchingPredictor; one bad file fails only its own)
         api_run.click(handlers.predict, api_file, api_label, api_name="predict", concurrency_limit=handlers.max_batch)
+        demo.load(handlers.page_opened, None, None, api_visibility="private", queue=False)
         page = {"js": texts.CLOSE_TOASTS}  # every page request first closes earlier error toasts
         if kept:
             thumbnails.select(handlers.pick_example, None, upload, api_visibility="private")

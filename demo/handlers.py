@@ -137,6 +137,10 @@ class Handlers:
         """A button that is pressable only once files are chosen (no empty click to refuse)."""
         return gr.Button(interactive=bool(files))
 
+    def page_opened(self) -> None:
+        """A browser opened the page: its Classify shows Grad-CAM, so that graph starts loading now."""
+        self.classifier.load_explainer_in_background()
+
     def pick_example(self, event: gr.SelectData) -> str:
         """The example whose thumbnail was clicked, into the upload box (the cached copy, kept for the server's
         life)."""

@@ -1,8 +1,8 @@
 """Start-up: less work before the server answers, and none left for the first request.
 
 `lean_tensorflow_import` spares the import of all of Keras (and scikit-learn) that
-`import tensorflow` does for Keras objects in SavedModels; `warm_up` runs TensorFlow's
-one-time set-up of /predict's graph in the background while the page is built and the
+`import tensorflow` does for Keras objects in SavedModels (where TensorFlow runs at all);
+`warm_up` runs /predict's model once in the background while the page is built and the
 server starts.
 """
 
@@ -41,10 +41,11 @@ def lean_tensorflow_import() -> bool:
 def warm_up(classifier: LungClassifier) -> threading.Thread:
     """Run /predict's model call once on a blank slice, in a background thread.
 
-    The first call sets up TensorFlow's graph (about a second). Requests that arrive
-    meanwhile run as usual (the classifier is thread-safe) and share that set-up.
-    Grad-CAM's graph is left to the first /analyze: set up now, it would compete with
-    the first /predict for the CPU.
+    The first call sets up the runtime's graph (ONNX Runtime's first run, or TensorFlow's
+    graph set-up, about a second). Requests that arrive meanwhile run as usual (the
+    classifier is thread-safe) and share that set-up. Grad-CAM's graph is left until a
+    browser opens the page (Handlers.page_opened): now, it would compete with the first
+    /predict for the CPU.
     The decode workers start meanwhile too (each imports its decoders, about 0.3 s of CPU).
     """
     blank = np.full((classifier.input_size, classifier.input_size), 128, np.uint8)

@@ -2,12 +2,14 @@
 
 The one home of "decode a batch, keep what fails, analyse the rest": the server's /batch,
 a whole scan (scan.analysis) and evaluation on a labelled folder all use it, so a bad
-file costs its own item only, everywhere, and memory is one batch of decoded slices.
+file costs its own item only, everywhere, and memory is two batches of decoded slices (the
+next one decodes while the model runs on this one).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -60,15 +62,27 @@ def analyze_many(classifier: SliceReader, items: Sequence[T], *, read: Callable[
     total, spent = len(items), [0]
     if progress is not None:
         progress(0, total)
-    for start in range(0, total, batch_size):
-        outcomes, decoded = _decode(classifier, items[start:start + batch_size], read, max_pixels, spent)
-        analyses = classifier.analyze_batch([piece for _, piece in decoded]) if decoded else []
-        for slot, analysis in zip([slot for slot, _ in decoded], analyses):
-            outcomes[slot] = Outcome(outcomes[slot].item, analysis)
-        del decoded  # the batch's pixels go before the next batch is decoded (no loop variable holds one)
-        yield from outcomes
-        if progress is not None:
-            progress(min(start + batch_size, total), total)
+    if not total:
+        return
+
+    def decode(start: int) -> tuple[list[Outcome[T]], list[tuple[int, Slice]]]:
+        return _decode(classifier, items[start:start + batch_size], read, max_pixels, spent)
+
+    # The next batch decodes while the model runs on this one (the model's runtimes release the GIL), so a
+    # scan takes about the longer of the two, not their sum; at most two batches of pixels are held.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-ahead") as ahead:
+        pending = ahead.submit(decode, 0)
+        for start in range(0, total, batch_size):
+            outcomes, decoded = pending.result()
+            if start + batch_size < total:
+                pending = ahead.submit(decode, start + batch_size)
+            analyses = classifier.analyze_batch([piece for _, piece in decoded]) if decoded else []
+            for slot, analysis in zip([slot for slot, _ in decoded], analyses):
+                outcomes[slot] = Outcome(outcomes[slot].item, analysis)
+            del decoded  # the batch's pixels go before the one after next is decoded
+            yield from outcomes
+            if progress is not None:
+                progress(min(start + batch_size, total), total)
 
 
 def _decode(classifier: SliceReader, batch: Sequence[T], read: Callable[[T], ImageInput] | None,

@@ -25,7 +25,7 @@ from .batch import Outcome, T, analyze_many
 from .model.preprocessing import prepare_batch
 from .package import hub
 from .scan.analysis import ScanResult, analyze_scan
-from .verdict import Analysis, answer
+from .verdict import UNLIKE_FEATURES, Analysis, answer
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
@@ -100,6 +100,8 @@ class LungClassifier:
         self._explanations = explanations
         self._explainer = self.network if self.runtime == "tensorflow" else None
         self._explainer_lock = threading.Lock()
+        self._explainer_loading: threading.Thread | None = None  # set once, under _starting
+        self._starting = threading.Lock()
 
     def _network(self, head: Any) -> "OnnxNetwork | SavedModelNetwork":
         if self.runtime == "onnxruntime":
@@ -110,6 +112,14 @@ class LungClassifier:
         from .model.saved_model import SavedModelNetwork
 
         return SavedModelNetwork(self.directory / package.SAVED_MODEL)
+
+    def load_explainer_in_background(self) -> None:
+        """Start loading :meth:`explainer` in a background thread, once: a page that will ask for heatmaps calls
+        this when it opens, so its first one waits for less (and an API client, who gets none, never waits)."""
+        with self._starting:  # not _explainer_lock, which a load holds for seconds
+            if self._explainer is None and self._explainer_loading is None:
+                self._explainer_loading = threading.Thread(target=self.explainer, name="grad-cam-load", daemon=True)
+                self._explainer_loading.start()
 
     def explainer(self) -> SavedModelNetwork:
         """The graph that draws Grad-CAM heatmaps: the SavedModel itself, or for an ONNX Runtime build the
@@ -208,7 +218,7 @@ class LungClassifier:
 
         answers = [answered(index) for index in range(len(decoded))]
         unsure = [index for index, (shown, _, _, reason) in enumerate(answers)
-                  if reason is None and self._near_a_threshold(shown, recognitions[index].source)]
+                  if self._could_move(shown, reason, float(outputs["ood_score"][index]), recognitions[index].source)]
         if unsure and self.network.rechecks:  # recomputed in float32
             for name, values in self.network.exact(pixels[unsure]).items():
                 outputs[name][unsure] = values
@@ -233,12 +243,19 @@ class LungClassifier:
             ))
         return results
 
-    def _near_a_threshold(self, shown: np.ndarray, source: evidence.SourceEvidence | None) -> bool:
-        """An answer reduced precision could move: P(Malignant) near the source's rule-out threshold, or the two
-        most probable classes near each other (lung_classifier.model.precision.RECHECK)."""
-        if source is None or self.precision not in precisions.RECHECK:
+    def _could_move(self, shown: np.ndarray, reason: str | None, ood_score: float,
+                    source: evidence.SourceEvidence | None) -> bool:
+        """An answer reduced precision could have moved (lung_classifier.model.precision.RECHECK): one answered, or
+        withheld by the feature guard alone, whose OOD score is near the guard's threshold; or one answered whose
+        P(Malignant) is near its source's rule-out threshold or whose two most probable classes are near each other.
+        Answers withheld for another reason (its rendering, its source) stand whatever the backbone computed."""
+        if source is None or self.precision not in precisions.RECHECK or reason not in (None, UNLIKE_FEATURES):
             return False
         recheck = precisions.RECHECK[self.precision]
+        if abs(ood_score - self.ood_threshold) < recheck.ood_band * self.ood_threshold:
+            return True
+        if reason is not None:
+            return False
         top2 = np.sort(shown)[-2:]
         malignant = float(shown[self.labels.index("Malignant")])
         return abs(malignant - source.rule_out) < recheck.rule_out_band or float(top2[1] - top2[0]) < recheck.gap_band

@@ -1,8 +1,8 @@
 """The backbone on ONNX Runtime and the head in NumPy: the served outputs without importing TensorFlow.
 
-An int8 graph answers first; the images whose answer it leaves near a decision boundary or
-near the OOD threshold (precision.RECHECK["int8"]) are recomputed with the
-float32 graph, whose session opens on first need, so labels and flags are float32's.
+An int8 graph answers first; LungClassifier recomputes with the float32 graph (:meth:`OnnxNetwork.exact`,
+whose session opens on first need) the answers int8 could have moved (precision.RECHECK["int8"]), so
+labels, screening answers and flags are float32's.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from .head import SERVED, Head, head_outputs
-from .precision import RECHECK
 
 
 THREADS: int | None = None
@@ -34,6 +33,7 @@ def open_session(graph: Path):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = THREADS or usable_cores()
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
 
 
@@ -67,13 +67,6 @@ class OnnxNetwork:
         return {name: outputs[name] for name in SERVED}
 
     def predict(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """The served outputs from the fast graph (int8 where built so): the caller rechecks what matters."""
         outputs = self._answer(self._fast, pixels)
-        if self.rechecks:
-            threshold, recheck = float(self.head.ood_threshold), RECHECK["int8"]
-            unsure = np.flatnonzero((outputs["margin"] < recheck.margin)
-                                    | (np.abs(outputs["ood_score"] - threshold) < recheck.ood_band * threshold))
-            if unsure.size:
-                again = self._answer(self._exact_session(), pixels[unsure])
-                for name in SERVED:
-                    outputs[name][unsure] = again[name]
         return {name: outputs[name] for name in SERVED}
