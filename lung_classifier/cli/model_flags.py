@@ -38,11 +38,11 @@ def model_options() -> argparse.ArgumentParser:
 
 
 def load(args: argparse.Namespace) -> LungClassifier:
-    """The classifier the flags name; where TensorFlow will run, its native start-up lines are kept off the
-    terminal (on ONNX Runtime it is not imported at all)."""
+    """The classifier the flags name; where the flags choose TensorFlow, its native start-up lines are kept off the
+    terminal (on ONNX Runtime it is not imported at all, unless the package is a trusted SavedModel)."""
     from ..classifier import LungClassifier
 
-    if uses_tensorflow(args.precision, args.runtime, args.trust_saved_model):
+    if uses_tensorflow(args.precision, args.runtime, trust_saved_model=False):  # --trust-saved-model: if it has one
         with native_stderr_silenced():
             import tensorflow  # noqa: F401 - imported here, quietly, before the package loads it
 
