@@ -121,9 +121,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Serve the lung CT classifier demo and API.",
                                      parents=[model_options()],
                                      epilog="The model flags' defaults come from LUNG_MODEL, LUNG_MODEL_REVISION, "
-                                            "LUNG_TRUST_SAVED_MODEL=1 and LUNG_PRECISION where set.")
+                                            "LUNG_TRUST_SAVED_MODEL=1, LUNG_RUNTIME and LUNG_PRECISION where set.")
     parser.set_defaults(model=env.get("LUNG_MODEL"), revision=env.get("LUNG_MODEL_REVISION"), precision=env.get(
-        "LUNG_PRECISION", "auto"), trust_saved_model=env.get("LUNG_TRUST_SAVED_MODEL") == "1")
+        "LUNG_PRECISION", "auto"), runtime=env.get("LUNG_RUNTIME", "auto"),
+        trust_saved_model=env.get("LUNG_TRUST_SAVED_MODEL") == "1")
     parser.add_argument("--host", default=env.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="address to listen on (env GRADIO_SERVER_NAME; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=int(env.get("GRADIO_SERVER_PORT", env.get("PORT", 7860))),

@@ -284,9 +284,19 @@ class LungClassifier:
         """
         return analyze_scan(self, source, top_k=top_k, explain=explain, batch_size=batch_size, progress=progress)
 
+    def full_package(self) -> Path:
+        """This package with its SavedModel, the format's canonical graph (TensorFlow Serving serves it): the
+        loaded directory, or for an ONNX Runtime build the TensorFlow rebuild of the same package (built now if
+        needed). The ONNX graphs are per-machine builds, never shipped."""
+        if self.runtime == "tensorflow":
+            return self.directory
+        if self._explanations is None:
+            raise package.PackageError(f"{self.origin}: this ONNX Runtime build knows no package to save")
+        return self._explanations()
+
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write this (full) package to a directory, verified after copying."""
-        package.copy_package(self.directory, Path(directory))
+        """Write this full package (:meth:`full_package`) to a directory, verified after copying."""
+        package.copy_package(self.full_package(), Path(directory))
         return Path(directory)
 
     def push_to_hub(self, repo_id: str, *, commit_message: str = "Upload lung CT classifier package",
@@ -298,7 +308,7 @@ class LungClassifier:
         opens a pull request against main. Returns huggingface_hub's CommitInfo, as the mixin does:
         ``.oid`` is the commit sha, ``.pr_url``/``.pr_num`` the pull request's.
         """
-        return hub.upload(self.directory, repo_id, token=token, private=private, commit_message=commit_message,
+        return hub.upload(self.full_package(), repo_id, token=token, private=private, commit_message=commit_message,
                           branch=branch, create_pr=create_pr)
 
 
