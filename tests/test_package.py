@@ -565,7 +565,7 @@ def test_head_only_package_is_completed_with_real_resnet50(tmp_path, monkeypatch
     with pytest.warns(UserWarning, match=r"differ from those the head was trained on \(sha256 000000000000\.\.\.\)"):
         first = LungClassifier.from_pretrained(source, allow_other_weights=True)
     err = capfd.readouterr().err
-    assert "building the full model" in err
+    assert "building the ONNX graph" in err  # the default runtime's build
     assert first.directory.parent == tmp_path / "cache" / "packages"
     assert first.input_size == 224
     assert not (source / package.SAVED_MODEL).exists()
@@ -597,7 +597,7 @@ def test_embedded_default_model_loads_and_predicts(tmp_path, monkeypatch, capfd)
     pinned = Path(weights).name == backbone.CACHE_FILE_NAME
     classifier = LungClassifier.from_pretrained(allow_other_weights=not pinned)
     err = capfd.readouterr().err
-    assert "building the full model" in err
+    assert "building the ONNX graph" in err  # the default runtime's build
     if pinned:
         assert classifier.config["rebuilt"]["weights_sha256"] == classifier.config["backbone"]["weights_sha256"]
     assert classifier.labels == ("Normal", "Benign", "Malignant")

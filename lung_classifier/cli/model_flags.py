@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..model.precision import CHOICES, RUNTIMES, uses_tensorflow
@@ -38,16 +39,30 @@ def model_options() -> argparse.ArgumentParser:
 
 
 def load(args: argparse.Namespace) -> LungClassifier:
-    """The classifier the flags name; where the flags choose TensorFlow, its native start-up lines are kept off the
-    terminal (on ONNX Runtime it is not imported at all, unless the package is a trusted SavedModel)."""
+    """The classifier the flags name; where TensorFlow will run, its native start-up lines are kept off the
+    terminal (on ONNX Runtime it is not imported at all)."""
     from ..classifier import LungClassifier
 
-    if uses_tensorflow(args.precision, args.runtime, trust_saved_model=False):  # --trust-saved-model: if it has one
+    if _runs_tensorflow(args):
         with native_stderr_silenced():
             import tensorflow  # noqa: F401 - imported here, quietly, before the package loads it
 
     return LungClassifier.from_pretrained(args.model, revision=args.revision, trust_saved_model=args.trust_saved_model,
                                           precision=args.precision, runtime=args.runtime)
+
+
+def _runs_tensorflow(args: argparse.Namespace) -> bool:
+    """Whether these flags will run TensorFlow: they choose it, or they trust a package's SavedModel and the
+    package has one (a Hub repo, not yet fetched, is assumed to)."""
+    if uses_tensorflow(args.precision, args.runtime, trust_saved_model=False):
+        return True
+    if not args.trust_saved_model:
+        return False
+    from ..classifier import DEFAULT_MODEL
+    from ..package.format import SAVED_MODEL
+
+    local = Path(args.model).expanduser() if args.model else DEFAULT_MODEL
+    return not local.exists() or (local / SAVED_MODEL).is_dir()
 
 
 @contextmanager

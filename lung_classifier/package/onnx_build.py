@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .errors import PackageError
+from .format import has_saved_model
 from .rebuild import cached_build, check_weights
 
 CALIBRATION = "int8_calibration.json"
@@ -106,7 +107,8 @@ def float32_graph(config: dict[str, Any], source: Any, allow_other_weights: bool
     size = config["input"]["size"]
     resnet = backbone.load_resnet50(source, input_shape=(size, size, 3))
     digest = backbone.model_digest(resnet)
-    check_weights(config["backbone"]["weights_sha256"], digest, source.origin, allow_other_weights)
+    check_weights(config["backbone"]["weights_sha256"], digest, source.origin, allow_other_weights,
+                  has_saved_model(config))
     onnx.save(backbone_to_onnx(resnet), str(out))
     return digest
 
