@@ -1,7 +1,8 @@
 """The README a newcomer reads first: short, well-formed, links that resolve, and no quality number of its own.
 
 Its quality numbers live in one generated block (training.readme_numbers renders it from the
-default package's metrics.json and config.json); outside that block and code, it states none.
+default package's metrics.json and config.json), its speed in another (benchmarks.readme_table, from
+benchmarks/results.md); outside those blocks and code, it states none.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import re
 
 import pytest
 
+from benchmarks import readme_table
 from conftest import REPO
 from training import readme_numbers
 
@@ -33,8 +35,9 @@ def fences_open_at_end(text: str) -> bool:
 
 
 def outside_code_and_block(text: str) -> str:
-    block = readme_numbers.current_block(text)
-    text = text.replace(block, "")
+    for block in (readme_numbers.current_block(text),
+                  readme_numbers.current_block(text, readme_table.BEGIN, readme_table.END)):
+        text = text.replace(block, "")
     return re.sub(r"^```.*?^```+\s*$", "", text, flags=re.M | re.S)
 
 
@@ -57,6 +60,14 @@ def test_the_readme_quality_numbers_are_the_default_package_s():
     """After retraining: `python -m training.readme_numbers` rewrites the block."""
     assert readme_numbers.current_block(README.read_text()) == readme_numbers.fresh_block(), \
         "README.md's quality block is stale: run python -m training.readme_numbers"
+
+
+def test_the_readme_speed_table_is_the_recorded_benchmark_run_s():
+    """After `python -m benchmarks`: `python -m benchmarks.readme_table` rewrites the block."""
+    block = readme_numbers.current_block(README.read_text(), readme_table.BEGIN, readme_table.END)
+    assert block == readme_table.fresh_block(), \
+        "README.md's performance table is stale: run python -m benchmarks.readme_table"
+    assert "flags:" in block, "the table names the CPU it ran on, with its flags"
 
 
 def test_the_readme_states_no_quality_number_outside_the_generated_block():

@@ -163,27 +163,33 @@ def fresh_block(package: Path = PACKAGE) -> str:
     return render(metrics, config)
 
 
-def current_block(text: str) -> str:
-    """The README's block, markers included; an error if the markers are missing or out of order."""
-    start, end = text.find(BEGIN), text.find(END)
-    if start < 0 or end < start:
-        raise ValueError(f"README.md has no {BEGIN} ... {END} block")
-    return text[start:end + len(END)]
+def current_block(text: str, begin: str = BEGIN, end: str = END) -> str:
+    """The README's block between these markers, markers included; an error if they are missing or out of order
+    (benchmarks.readme_table's block uses it with its own markers)."""
+    first, last = text.find(begin), text.find(end)
+    if first < 0 or last < first:
+        raise ValueError(f"README.md has no {begin} ... {end} block")
+    return text[first:last + len(end)]
+
+
+def update_block(fresh: str, begin: str, end: str, check: bool, command: str) -> int:
+    """Rewrite the README's block between ``begin`` and ``end`` with ``fresh`` (or with ``check`` only say whether it
+    is current: exit status 1 if not); ``command`` is what rewrites it, for the message."""
+    text = README.read_text()
+    old = current_block(text, begin, end)
+    if check:
+        print(f"README block is current ({command})" if old == fresh else f"README block is stale: run {command}")
+        return 0 if old == fresh else 1
+    README.write_text(text.replace(old, fresh))
+    print(f"{README}: {'unchanged' if old == fresh else 'block rewritten by ' + command}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.readme_numbers", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only check; exit 1 if the README's block is stale")
     args = parser.parse_args(argv)
-    text = README.read_text()
-    old, new = current_block(text), fresh_block()
-    if args.check:
-        print("README numbers are current" if old == new else "README numbers are stale: run "
-              "python -m training.readme_numbers")
-        return 0 if old == new else 1
-    README.write_text(text.replace(old, new))
-    print(f"{README}: {'unchanged' if old == new else 'numbers rewritten from ' + str(PACKAGE)}")
-    return 0
+    return update_block(fresh_block(), BEGIN, END, args.check, "python -m training.readme_numbers")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ labels, screening answers and flags are float32's.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from pathlib import Path
@@ -19,6 +20,16 @@ from .head import SERVED, Head, head_outputs
 THREADS: int | None = None
 """Intra-op threads of sessions opened from now on; None: one per core this process may run on (a Ray actor sets
 its own CPUs here, as it sets TensorFlow's)."""
+
+
+@functools.cache
+def blas():
+    """NumPy's BLAS thread pools, held to one thread for the head: its products are a few milliseconds of work,
+    and a multi-threaded BLAS beside ONNX Runtime's threads made them take 2 to 900 ms on 2 busy cores (one thread:
+    2 to 6 ms)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def usable_cores() -> int:
@@ -53,7 +64,8 @@ class OnnxNetwork:
 
     def _answer(self, session, pixels: np.ndarray) -> dict[str, np.ndarray]:
         features = session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(pixels, np.float32)})[0]
-        return head_outputs(features, self.head)
+        with blas().limit(limits=1, user_api="blas"):  # see blas()
+            return head_outputs(features, self.head)
 
     def _exact_session(self):
         with self._opening:
