@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from lung_classifier.model.precision import cpu_info
+from lung_classifier.model.precision import cpu_info, resolve
 
 from .readings import memory_total
 
@@ -166,20 +166,26 @@ def machine_description() -> list[str]:
     import tensorflow as tf
     import keras
     import gradio
+    import onnxruntime
 
     cpu = cpu_info()
     flags = set(cpu.get("flags", "").split())
-    vector = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    vector = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8",
+                          "amx_tile") if f in flags]
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return [
         f"- CPU: {cpu.get('model name', platform.processor() or 'unknown')} "
         f"(vendor {cpu.get('vendor_id', '?')}, family {cpu.get('cpu family', '?')} model {cpu.get('model', '?')}; "
-        f"flags: {', '.join(vector) or 'none of avx2/avx512/amx'})",
+        f"flags: {', '.join(vector) or 'none of avx2/avx512/vnni/amx'})",
         f"- Cores: {os.cpu_count()} logical CPUs, {affinity} usable by this process "
-        f"(TF intra-op threads: {tf.config.threading.get_intra_op_parallelism_threads() or 'default = all'})",
+        f"(TF intra-op threads: {tf.config.threading.get_intra_op_parallelism_threads() or 'default = all'}; "
+        "ONNX Runtime: one intra-op thread per usable core)",
         f"- Memory: {memory_total()}",
         f"- Software: Python {platform.python_version()}, TensorFlow {tf.__version__}, Keras {keras.__version__}, "
-        f"Gradio {gradio.__version__}, NumPy {np.__version__}, {platform.system()} {platform.release()}",
+        f"ONNX Runtime {onnxruntime.__version__}, Gradio {gradio.__version__}, NumPy {np.__version__}, "
+        f"{platform.system()} {platform.release()}",
+        "- Default inference path (runtime and precision auto, by what is installed and the CPU's flags): "
+        + " ".join(resolve()),
         f"- Code: git {git_revision()}",
     ]
 
