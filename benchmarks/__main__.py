@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += [hostile.run(paths[0], args.quick, log), hostile.cpu_row(log)]
         from . import cold_start
 
-        rows += cold_start.run(paths[0], 2 if args.quick else 3, log)
+        rows += cold_start.run(paths[0], 1 if args.quick else 3, log)
         details += ["", "## Server under load", "", *served.details]
         from . import scan
 

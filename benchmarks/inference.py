@@ -202,6 +202,9 @@ def run(paths: list[Path], settings: Settings, log) -> InferenceResults:
 
     rows += _precision_rows(classifiers, batch, groups[0], flops.total, log)
     details = [_breakdown_line(steps, ours, default_name)]
+    int8 = next((c for path, c in classifiers.items() if path.precision == "int8"), None)
+    if int8 is not None:
+        details.append(_recheck_line(int8, groups))
     if settings.sweep:
         log(f"batch-size sweep {SWEEP} (default path)")
         cells = []
@@ -262,6 +265,37 @@ def _breakdown_line(steps: dict[str, Stats], ours: Stats, name: str) -> str:
             "uint8); prepare = bilinear resize to 224² float32; network = classifier.network.predict(pixels) at "
             "batch 1 (the backbone, the head (0.5 MFLOP) and the float32 recheck of unsure answers), outputs as "
             f"NumPy. predict(path) / network = {x(total / parts['network'])}")
+
+
+def _recheck_line(classifier, groups: list[list[Path]]) -> str:
+    """How many of row 3's slices the int8 path recomputes in float32 (near a decision boundary or the OOD
+    threshold), by class: the float32 graph's share of the int8 path's work. Reads OnnxNetwork's private
+    _answer and _fast (a benchmark's reading, not an API: a rename fails here loudly)."""
+    network = classifier.network
+    counted: dict[str, int] = {"float32 rows": 0}
+    answer = network._answer
+
+    def counting(session, pixels):
+        if session is not network._fast:
+            counted["float32 rows"] += len(pixels)
+        return answer(session, pixels)
+
+    by_class: dict[str, list[int]] = {}
+    network._answer = counting
+    try:
+        for group in groups:
+            for path in group:
+                before = counted["float32 rows"]
+                classifier.analyze(path)
+                by_class.setdefault(path.parent.name, []).append(counted["float32 rows"] - before)
+    finally:
+        del network._answer
+    total = sum(sum(v) for v in by_class.values())
+    slices = sum(len(v) for v in by_class.values())
+    cells = ", ".join(f"{name} {sum(v)}/{len(v)}" for name, v in sorted(by_class.items()))
+    return (f"- The int8 path ran {total} float32 passes for row 3's {slices} slices (analyze one by one, untimed; "
+            f"passes/slices by folder: {cells}): each slice near a decision boundary or the OOD threshold costs an "
+            "int8 and a float32 pass (precision.RECHECK['int8'])")
 
 
 def _precision_rows(classifiers: dict, batch: dict[str, Stats], group: list[Path], backbone_flops: int,
