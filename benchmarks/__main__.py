@@ -1,14 +1,17 @@
 """python -m benchmarks [--quick]: measure the classifier against its targets, write results.md.
 
-Rows: 1 compute bound, 2 one-image predict (vs seed-style and vs the bound), 3 batch of 32,
-4 Grad-CAM, 5 the real app.py under 1/4/16 concurrent clients with batching on and off
-(and its memory), 5c its CPU per request vs the in-process CPU per image (beside a no-model
-Gradio app's floor), 5h its peak memory under the hostile corpus from 16 clients, 5i the worst CPU
-one upload of each class costs to decode or refuse, 6 cold start,
-7 training (cold and warm feature cache) vs 10 measured seed-style epochs, 8 the bfloat16 backbone
-vs float32, 9 a whole scan through /scan vs in-process predict_batch (and the server's peak memory).
---quick (CI, about 3 minutes on 2 cores) runs fewer repeats and
-requests (1 and 16 clients only), a 24-slice scan, and skips training and the bfloat16 row.
+Rows: 1 compute bound, 2a one-image predict vs seed-style, 2b-2e one-image predict and 3a-3d
+batch of 32 on the four inference paths (ONNX Runtime int8 and float32, TensorFlow bfloat16 and
+float32) interleaved against the compute bound, 4 Grad-CAM, 5 the real app.py under 1/4/16
+concurrent clients with batching on and off (and its memory), 5c its CPU per request vs the
+in-process CPU per image (beside a no-model Gradio app's floor), 5h its peak memory under the
+hostile corpus from 16 clients, 5i the worst CPU one upload of each class costs to decode or
+refuse, 6 and 6c cold start of the app and of the CLI, step by step, against TensorFlow bfloat16,
+7 training (cold and warm feature cache) vs 10 measured seed-style epochs, 8 and 8i bfloat16 and
+int8 vs float32, 9 a whole scan through /scan against TensorFlow bfloat16 and in-process
+predict_batch (and the server's peak memory).
+--quick (CI, a few minutes on 2 cores) runs fewer repeats and requests (1 and 16 clients only),
+a 24-slice scan, and skips training.
 """
 
 from __future__ import annotations
@@ -29,8 +32,14 @@ HERE = Path(__file__).resolve().parent
 ROW_NAMES = (
     "1. Compute bound",
     "2a. Predict, one image, vs seed-style",
-    "2b. Predict, one image, vs compute bound",
-    "3. Predict, batch of 32",
+    "2b. Predict, one image, vs compute bound, ONNX Runtime int8",
+    "2c. Predict, one image, vs compute bound, ONNX Runtime float32",
+    "2d. Predict, one image, vs compute bound, TensorFlow bfloat16",
+    "2e. Predict, one image, vs compute bound, TensorFlow float32",
+    "3a. Predict, batch of 32, per image, ONNX Runtime int8",
+    "3b. Predict, batch of 32, per image, ONNX Runtime float32",
+    "3c. Predict, batch of 32, per image, TensorFlow bfloat16",
+    "3d. Predict, batch of 32, per image, TensorFlow float32",
     "4. Grad-CAM explanation",
     "5. Server /predict",
     "5c. Server CPU per /predict request",
@@ -38,9 +47,11 @@ ROW_NAMES = (
     "5h. Peak server RSS under the hostile corpus",
     "5i. Worst CPU per upload, per class",
     "6. Cold start",
+    "6c. CLI predict, one slice, cold process",
     "7a. Training, cold feature cache",
     "7b. Training, warm feature cache",
-    "8. bfloat16",
+    "8. bfloat16 backbone",
+    "8i. int8 backbone",
     "9. Whole scan through /scan",
 )
 """Every table has a row starting with each of these (tests check them)."""
@@ -51,7 +62,7 @@ SEED_EPOCHS = 10
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="CI mode, about 3 minutes: few repeats and requests, no training or bfloat16")
+                        help="CI mode, a few minutes: few repeats and requests, no training")
     parser.add_argument("--output", type=Path,
                         help="markdown file to write (default: benchmarks/results.md, or results-quick.md with --quick)")
     parser.add_argument("--requests", type=int, help="timed requests per server run (default 500; --quick: 32 with 16 clients, a quarter with 1, no 4-client run)")
@@ -64,6 +75,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.requests is None:
         args.requests = 32 if args.quick else 500
     return args
+
+
+def run_kind(args: argparse.Namespace) -> str:
+    """What the run left out, for the report's first line."""
+    if args.quick:
+        return "quick: few repeats, CI smoke run"
+    left_out = [what for flag, what in ((args.skip_server, "rows 5, 6 and 9"), (args.skip_training, "row 7"))
+                if flag]
+    fewer = [f"{args.requests} requests per server run"] if args.requests != 500 else []
+    return "full run" + (f", without {' and '.join(left_out)}" if left_out else "") + (
+        f", {fewer[0]}" if fewer else "")
 
 
 def log(message: str) -> None:
@@ -86,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_description()
     settings = inference.QUICK if args.quick else inference.FULL
     infer = inference.run(paths, settings, log)
-    rows = [r for r in infer.rows if not r.name.startswith("8.")]
-    late_rows = [r for r in infer.rows if r.name.startswith("8.")]
+    rows = [r for r in infer.rows if not r.name.startswith("8")]
+    late_rows = [r for r in infer.rows if r.name.startswith("8")]
     details: list[str] = ["## Inference", "", *infer.details]
 
     from . import hostile
@@ -98,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                  skipped("5m. Server memory", "--skip-server"),
                  skipped("5h. Peak server RSS under the hostile corpus", "--skip-server"),
                  hostile.cpu_row(log),
-                 skipped("6. Cold start", "--skip-server")]
+                 skipped("6. Cold start", "--skip-server"),
+                 skipped("6c. CLI predict, one slice, cold process", "--skip-server")]
         scan_rows = [skipped("9. Whole scan through /scan", "--skip-server")]
     else:
         from . import server
@@ -106,12 +129,13 @@ def main(argv: list[str] | None = None) -> int:
         counts = {clients: args.requests for clients in server.CLIENT_COUNTS}
         if args.quick:  # to stay under two minutes: no 4-client runs, fewer requests for one client
             counts = {1: max(4, args.requests // 4), max(server.CLIENT_COUNTS): args.requests}
-        served = server.run(paths, counts, cold_starts=2 if args.quick else 3,
-                            batch_rate=infer.batch_rate, one_rate=infer.one_rate, log=log,
+        served = server.run(paths, counts, batch_rate=infer.batch_rate, one_rate=infer.one_rate, log=log,
                             cpu_repeats=2 if args.quick else 5)
-        rows += [row for row in served.rows if not row.name.startswith("6.")]
+        rows += served.rows
         rows += [hostile.run(paths[0], args.quick, log), hostile.cpu_row(log)]
-        rows += [row for row in served.rows if row.name.startswith("6.")]
+        from . import cold_start
+
+        rows += cold_start.run(paths[0], 1 if args.quick else 3, log)
         details += ["", "## Server under load", "", *served.details]
         from . import scan
 
@@ -131,11 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     table = render_table(rows)
     misses = [f"- {row.name}: {row.met.replace('**no**: ', '')}" for row in rows if row.met.startswith("**no**")]
-    command = "python -m benchmarks" + (" --quick" if args.quick else "")
+    command = " ".join(["python -m benchmarks", *(sys.argv[1:] if argv is None else argv)])
     document = "\n".join([
         "# Benchmarks",
         "",
-        f"`{command}` on {when}, {elapsed / 60:.1f} minutes ({'quick: few repeats, CI smoke run' if args.quick else 'full run'}).",
+        f"`{command}` on {when}, {elapsed / 60:.1f} minutes ({run_kind(args)}).",
         "",
         "## Machine",
         "",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import random
 import subprocess
 import sys
 import time
@@ -13,13 +14,14 @@ from typing import Callable
 
 import numpy as np
 
-from lung_classifier.model.precision import cpu_info
+from lung_classifier.model.precision import cpu_info, resolve
 
 from .readings import memory_total
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "iqothnccd"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SHUFFLE_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -166,27 +168,36 @@ def machine_description() -> list[str]:
     import tensorflow as tf
     import keras
     import gradio
+    import onnxruntime
 
     cpu = cpu_info()
     flags = set(cpu.get("flags", "").split())
-    vector = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    vector = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8",
+                          "amx_tile") if f in flags]
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return [
         f"- CPU: {cpu.get('model name', platform.processor() or 'unknown')} "
         f"(vendor {cpu.get('vendor_id', '?')}, family {cpu.get('cpu family', '?')} model {cpu.get('model', '?')}; "
-        f"flags: {', '.join(vector) or 'none of avx2/avx512/amx'})",
+        f"flags: {', '.join(vector) or 'none of avx2/avx512/vnni/amx'})",
         f"- Cores: {os.cpu_count()} logical CPUs, {affinity} usable by this process "
-        f"(TF intra-op threads: {tf.config.threading.get_intra_op_parallelism_threads() or 'default = all'})",
+        f"(TF intra-op threads: {tf.config.threading.get_intra_op_parallelism_threads() or 'default = all'}; "
+        "ONNX Runtime: one intra-op thread per usable core)",
         f"- Memory: {memory_total()}",
         f"- Software: Python {platform.python_version()}, TensorFlow {tf.__version__}, Keras {keras.__version__}, "
-        f"Gradio {gradio.__version__}, NumPy {np.__version__}, {platform.system()} {platform.release()}",
+        f"ONNX Runtime {onnxruntime.__version__}, Gradio {gradio.__version__}, NumPy {np.__version__}, "
+        f"{platform.system()} {platform.release()}",
+        "- Default inference path (runtime and precision auto, by what is installed and the CPU's flags): "
+        + " ".join(resolve()),
         f"- Code: git {git_revision()}",
     ]
 
 
 def dataset_images(root: Path = DATA) -> list[Path]:
-    """The real slices, sorted, so every run uses the same ones."""
+    """The real slices in a fixed shuffled order, so every run uses the same ones and any run of them mixes the
+    classes as the data does (sorted, the first 95 are all Benign, whose answers the reduced-precision paths
+    recompute in float32 far more often than Malignant ones)."""
     paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         sys.exit(f"error: no images under {root} (the real IQ-OTH/NCCD data is needed)")
+    random.Random(SHUFFLE_SEED).shuffle(paths)
     return paths

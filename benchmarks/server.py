@@ -1,5 +1,5 @@
-"""Rows 5, 5c and 6: the real app.py on loopback under concurrent gradio_client load, its CPU
-cost per request, and cold start.
+"""Rows 5 and 5c: the real app.py on loopback under concurrent gradio_client load, and its CPU
+cost per request (row 6, its cold start, is benchmarks.cold_start's).
 
 Each server is `python app.py --port P [--no-batching]` in its own process; the clients
 are threads of this (the benchmark's) process, a separate process from the server, each
@@ -28,12 +28,10 @@ import numpy as np
 from testkit.app_server import AppServer, app_command, app_env, free_port, spawn
 
 from .common import (
-    REPO,
     Row,
     Stats,
     ms,
     per_s,
-    secs,
     verdict_at_least,
     verdict_at_most,
     x,
@@ -43,7 +41,6 @@ from .readings import cpu_seconds, rss_bytes
 CLIENT_COUNTS = (1, 4, 16)
 CPU_BATCH = 16  # the in-process baseline of row 5c: predict_batch of this many paths
 CPU_TARGET = 1.3  # row 5c: server CPU per request <= this x the in-process CPU per image
-COLD_TARGET_S = 5.0
 CHUNKS = 5  # throughput is also measured over consecutive fifths (in time) of a run, for its spread
 START_TIMEOUT_S = 180.0
 
@@ -85,8 +82,9 @@ class Server:
     """app.py (the embedded default model) in a subprocess; start() returns the seconds to its first answered
     /predict."""
 
-    def __init__(self, batching: bool, log_dir: Path):
+    def __init__(self, batching: bool, log_dir: Path, flags: tuple[str, ...] = ()):
         self.batching = batching
+        self.flags = flags  # app.py's model flags (--precision, --runtime...)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log_path = log_dir / f"app-{'batching' if batching else 'no-batching'}-{self.port}.log"
@@ -112,7 +110,7 @@ class Server:
                 time.sleep(0.1)
 
     def command(self) -> list[str]:
-        return app_command(self.port, *([] if self.batching else ["--no-batching"]))
+        return app_command(self.port, *([] if self.batching else ["--no-batching"]), *self.flags)
 
     @property
     def process(self) -> subprocess.Popen:
@@ -252,38 +250,27 @@ def in_process_cpu(paths: list[Path], repeats: int) -> Stats:
     return Stats.of(samples)
 
 
-def startup_phases(image: Path) -> list[tuple[str, float, float]]:
-    """Row 6's breakdown: (phase, wall s, CPU s) of app.py's start-up steps, one after another in a fresh process
-    (app.py overlaps the first model call with the page build and server start)."""
-    import json
-
-    done = subprocess.run([sys.executable, "-m", "benchmarks.startup_phases", str(image)], cwd=REPO, env=app_env(),
-                          capture_output=True, text=True, timeout=START_TIMEOUT_S, check=True)
-    return [tuple(phase) for phase in json.loads(done.stdout.strip().splitlines()[-1])]
-
-
 def marks_for(requests: int) -> tuple[int, int]:
     """When to read the server's RSS: the 100th and 500th request, or a quarter and the end of shorter runs."""
     return (100, 500) if requests >= 500 else (max(1, min(100, requests // 4)), requests)
 
 
-def run(paths: list[Path], requests: dict[int, int], cold_starts: int, batch_rate: float, one_rate: float,
+def run(paths: list[Path], requests: dict[int, int], batch_rate: float, one_rate: float,
         log, cpu_repeats: int = 3) -> ServerResults:
-    """The in-process CPU baseline, both servers under each client count in `requests` (its value:
-    timed requests), then extra cold starts up to `cold_starts` samples."""
+    """The in-process CPU baseline, then both servers under each client count in `requests` (its value:
+    timed requests)."""
     log(f"in-process CPU of predict_batch({CPU_BATCH}) x{cpu_repeats}")
     baseline_cpu = in_process_cpu(paths, cpu_repeats)
     results: dict[tuple[bool, int], LoadResult] = {}
-    cold: list[float] = []
     idle_rss: dict[bool, int] = {}
     log_dir = Path(tempfile.mkdtemp(prefix="lung-bench-server-"))
     for batching in (True, False):
         server = Server(batching, log_dir)
         log(f"starting app.py{'' if batching else ' --no-batching'} on port {server.port}")
         try:
-            cold.append(server.start(paths[0]))
+            started = server.start(paths[0])
             idle_rss[batching] = rss_bytes(server.pid)
-            log(f"  first /predict answered {cold[-1]:.1f} s after process start")
+            log(f"  first /predict answered {started:.1f} s after process start")
             for clients in sorted(requests):
                 log(f"  {clients} client(s), {requests[clients]} requests")
                 result = load_test(server, clients, requests[clients], paths, marks_for(requests[clients]))
@@ -303,16 +290,7 @@ def run(paths: list[Path], requests: dict[int, int], cold_starts: int, batch_rat
         log(f"    server CPU {ms(floor.server_cpu_s / floor.requests)}/request, failed {floor.failed}")
     finally:
         floor_server.stop()
-    while len(cold) < cold_starts:
-        server = Server(True, log_dir)
-        log(f"extra cold start {len(cold) + 1}/{cold_starts}")
-        try:
-            cold.append(server.start(paths[0]))
-        finally:
-            server.stop()
-    log("start-up phases, one after another in a fresh process")
-    phases = startup_phases(paths[0])
-    rows = _rows(results, sorted(requests), cold, batch_rate, one_rate, baseline_cpu, floor, phases)
+    rows = _rows(results, sorted(requests), batch_rate, one_rate, baseline_cpu, floor)
     return ServerResults(rows=rows, details=_details(results, idle_rss))
 
 
@@ -346,8 +324,8 @@ def _cpu_ceiling(result: LoadResult) -> str:
             f"{per_s(cores / per_request)}")
 
 
-def _rows(results, counts: list[int], cold: list[float], batch_rate: float, one_rate: float,
-          baseline_cpu: Stats, floor: LoadResult, phases: list[tuple[str, float, float]]) -> list[Row]:
+def _rows(results, counts: list[int], batch_rate: float, one_rate: float, baseline_cpu: Stats,
+          floor: LoadResult) -> list[Row]:
     rows = []
     for batching in (True, False):
         for clients in counts:
@@ -392,19 +370,6 @@ def _rows(results, counts: list[int], cold: list[float], batch_rate: float, one_
             f"worst: batching {'on' if worst_key[0] else 'off'}, {worst_key[1]} clients "
             f"({worst.rss_marks[first] / 2**20:.0f} → {worst.rss_marks[last] / 2**20:.0f} MiB)",
         ))
-    stats = Stats.of(cold)
-    rows.append(Row(
-        "6. Cold start: process start → first /predict answer",
-        secs(stats.median), stats.spread(secs), f"target {secs(COLD_TARGET_S)}", x(stats.median / COLD_TARGET_S),
-        f"< {secs(COLD_TARGET_S)}",
-        "yes" if stats.median < COLD_TARGET_S else
-        f"**no**: {secs(stats.median)} vs <{secs(COLD_TARGET_S)} ({(stats.median / COLD_TARGET_S - 1) * 100:.0f}% over)",
-        "`python app.py`, ResNet50 weights and rebuilt package already cached; includes Python, TF and Gradio "
-        "imports, SavedModel load, server start, and one full /predict round trip. Its steps one after another "
-        "in a fresh process (wall / CPU): " + ", ".join(f"{name} {secs(wall)} / {secs(cpu)}" for name, wall, cpu in phases)
-        + f"; the three steps before the first model call take {secs(sum(cpu for _, _, cpu in phases[:3]))} of CPU, "
-        "in Python code that holds the GIL (imports, graph building), so threads cannot spread it over cores",
-    ))
     return rows
 
 

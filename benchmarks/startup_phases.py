@@ -1,44 +1,35 @@
-"""`python -m benchmarks.startup_phases IMAGE`: app.py's start-up steps timed one after another, as JSON.
+"""`python -m benchmarks.startup_phases IMAGE [model flags]`: app.py's start-up steps timed one after another.
 
-Run in a fresh process by benchmarks/server.py (row 6): each import is timed where it
-happens, so this module imports TensorFlow, Gradio, the library and app.py inside main().
+Run in a fresh process by benchmarks.cold_start (row 6): app.py is imported, then loads its model
+the way its main() does (lean TensorFlow import, the model flags given), answers one predict and
+builds its page, each step timed with a StepClock (heavy imports and the session or SavedModel
+opening inside them too), as one JSON line.
 """
 
 from __future__ import annotations
 
-import json
 import sys
-import time
+
+from .step_clock import StepClock
 
 
 def main(argv: list[str] | None = None) -> int:
-    image = (argv if argv is not None else sys.argv[1:])[0]
-    marks = [("start", time.perf_counter(), time.process_time())]
-
-    def mark(name: str) -> None:
-        marks.append((name, time.perf_counter(), time.process_time()))
-
-    from demo.startup import lean_tensorflow_import
-
-    lean = lean_tensorflow_import()
-    import tensorflow  # noqa: F401 - timed here
-
-    mark("import tensorflow" + (" (Keras spared)" if lean else " (with Keras)"))
-    import gradio  # noqa: F401 - timed here
-
-    mark("import gradio")
-    from lung_classifier import LungClassifier
-
-    classifier = LungClassifier.from_pretrained()
-    mark("package load (SavedModel)")
-    classifier.predict(image)
-    mark("first model call")
+    clock = StepClock()
+    arguments = argv if argv is not None else sys.argv[1:]
+    image, flags = arguments[0], arguments[1:]
     import app
-    from demo.startup import example_files
+    from demo.startup import example_files, lean_tensorflow_import
 
+    clock.mark("import app.py (Gradio, demo, library)")
+    clock.watch_model()
+    lean_tensorflow_import()
+    classifier = app.load(app.parse_args(flags))
+    clock.mark("model load")
+    classifier.predict(image)
+    clock.mark("first model call")
     app.build_demo(classifier, example_files(app.EXAMPLES))
-    mark("page build")
-    print(json.dumps([[name, t - t0, c - c0] for (name, t, c), (_, t0, c0) in zip(marks[1:], marks)]))
+    clock.mark("page build")
+    clock.report()
     return 0
 
 
