@@ -10,12 +10,11 @@ when the README's block differs from a fresh render.
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
 
-from training.readme_numbers import update_block
+from training.readme_numbers import block_command
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results.md"
@@ -56,10 +55,7 @@ def fresh_block() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.readme_table", description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only check; exit 1 if the README's block is stale")
-    args = parser.parse_args(argv)
-    return update_block(fresh_block(), BEGIN, END, args.check, "python -m benchmarks.readme_table")
+    return block_command("python -m benchmarks.readme_table", __doc__.splitlines()[0], fresh_block, BEGIN, END, argv)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -185,11 +186,16 @@ def update_block(fresh: str, begin: str, end: str, check: bool, command: str) ->
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.readme_numbers", description=__doc__.splitlines()[0])
+def block_command(prog: str, description: str, fresh: Callable[[], str], begin: str, end: str,
+                  argv: list[str] | None = None) -> int:
+    """The command line of a generated README block: rewrite it, or with --check only say whether it is current."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--check", action="store_true", help="only check; exit 1 if the README's block is stale")
-    args = parser.parse_args(argv)
-    return update_block(fresh_block(), BEGIN, END, args.check, "python -m training.readme_numbers")
+    return update_block(fresh(), begin, end, parser.parse_args(argv).check, prog)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return block_command("python -m training.readme_numbers", __doc__.splitlines()[0], fresh_block, BEGIN, END, argv)
 
 
 if __name__ == "__main__":
